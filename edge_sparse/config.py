@@ -1,0 +1,86 @@
+"""Typed, documented configuration of the build stages (frozen dataclasses, one comment per field)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from edge_sparse.errors import EdgeSparseError
+
+Augment = Literal["none", "crop", "crop_flip"]
+SparsityReg = Literal["none", "bn_l1", "group_lasso"]
+Schedule = Literal["cosine", "constant"]
+AdvTrain = Literal["none", "pgd"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one training (or fine-tuning) run goes."""
+
+    epochs: int = 4  # passes over the train split
+    batch_size: int = 128  # per process (DDP multiplies it by the world size)
+    lr: float = 0.1  # peak SGD learning rate
+    momentum: float = 0.9  # SGD momentum (Nesterov)
+    weight_decay: float = 5e-4  # L2 on conv/linear weights (not on BN, which the sparsity term owns)
+    schedule: Schedule = "cosine"  # learning-rate schedule over all steps
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    augment: Augment = "crop_flip"  # random 4-pixel-padded crop (+ horizontal flip)
+    sparsity_reg: SparsityReg = "bn_l1"  # network slimming (L1 on BN scales) or group lasso on channels
+    sparsity_lambda: float = 1e-4  # strength of the sparsity term
+    kd_alpha: float = 0.0  # weight of distillation from a teacher (0 = plain cross-entropy)
+    kd_temperature: float = 4.0  # distillation temperature
+    adv_train: AdvTrain = "none"  # PGD adversarial training (Madry et al.) mixed into each batch
+    adv_eps: float = 2.0  # PGD-AT epsilon, pixels /255
+    seed: int = 0  # seeds init, shuffling and augmentation
+    device: str = "cpu"  # "cpu" or "cuda"
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise EdgeSparseError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise EdgeSparseError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise EdgeSparseError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.kd_alpha <= 1:
+            raise EdgeSparseError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
+        if self.sparsity_lambda < 0:
+            raise EdgeSparseError(f"sparsity_lambda must be >= 0, got {self.sparsity_lambda}")
+        for name, allowed in (("augment", Augment), ("sparsity_reg", SparsityReg), ("schedule", Schedule),
+                              ("adv_train", AdvTrain)):
+            valid = allowed.__args__
+            if getattr(self, name) not in valid:
+                raise EdgeSparseError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a `make build` decides besides the target profile."""
+
+    dataset: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | folder
+    data_dir: Optional[str] = None  # the user's data (not needed for fashion-mnist)
+    model: str = "resnet8"  # a registered architecture
+    image_size: int = 64  # side length for folder datasets (others keep their native size)
+    criterion: str = "bn_scale"  # channel importance for pruning
+    sparsities: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidates the budget search tries
+    train: TrainConfig = TrainConfig()  # dense training, with the sparsity objective
+    finetune: TrainConfig = TrainConfig(epochs=2, lr=0.02, sparsity_reg="none", kd_alpha=0.7)  # after pruning
+    calib_size: int = 512  # calibration images for int8 (from calib_data/ or the train split)
+    eval_size: int = 2000  # held-out test images shipped in eval.npz and used for parity
+    limit_train: Optional[int] = None  # train on a class-balanced slice (QUICK)
+    limit_eval: Optional[int] = None  # val/test slices (QUICK)
+    robust_eps: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # PGD epsilons (/255) measured on the shipped model
+    robust_n: int = 500  # test images used for robustness
+    seed: int = 0  # one seed for data splits, init, shuffling
+
+    @classmethod
+    def quick(cls, **kw) -> "BuildConfig":
+        """QUICK=1: the same stages on a small slice and one short epoch."""
+        base = dict(
+            limit_train=3000, limit_eval=500, eval_size=500, robust_n=200, sparsities=(0.3, 0.5, 0.7),
+            train=TrainConfig(epochs=1), finetune=TrainConfig(epochs=1, lr=0.02, sparsity_reg="none", kd_alpha=0.7),
+        )
+        base.update(kw)
+        return cls(**base)

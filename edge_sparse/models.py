@@ -1,0 +1,185 @@
+"""Registered architectures: CIFAR-style ResNets, a MobileNetV2-style net and a VGG-style net.
+
+In:  a registered name plus `in_channels`, `num_classes`, `input_size`.
+Out: a plain `nn.Module` (no masks, no hooks) whose convs are followed by BatchNorm, so the
+     network-slimming objective (L1 on BN scales) and Torch-Pruning's graph both apply.
+Run: `edge-sparse models` lists them with params and MACs at the default input.
+
+Every model can also be rebuilt from an *architecture spec* (`arch_spec`/`build_from_spec`): the
+registered name, its kwargs, and per-layer channel counts after pruning, so a shrunk model is saved as
+JSON + safetensors and rebuilt without unpickling code.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge_sparse.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = conv_bn(cin, cout, k=1, stride=stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) of He et al. for small images: three stages of `n` basic blocks."""
+
+    def __init__(self, depth: int = 20, widths: Sequence[int] = (16, 32, 64), in_channels: int = 3,
+                 num_classes: int = 10, input_size: int = 32):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2Small(nn.Module):
+    """MobileNetV2 layout (depthwise convs, inverted residuals) scaled for small inputs."""
+
+    def __init__(self, width_mult: float = 1.0, in_channels: int = 3, num_classes: int = 10,
+                 input_size: int = 32, cfg: Sequence[Sequence[int]] = ((1, 16, 1, 1), (6, 24, 2, 1),
+                 (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1)), last: int = 256):
+        super().__init__()
+        c = lambda v: max(8, int(round(v * width_mult / 8)) * 8)  # noqa: E731
+        cin = c(32)
+        feats: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, cin, 3, 1, 1, bias=False),
+                                                nn.BatchNorm2d(cin), nn.ReLU6(inplace=True))]
+        for t, ch, n, s in cfg:
+            for i in range(n):
+                feats.append(InvertedResidual(cin, c(ch), s if i == 0 else 1, t))
+                cin = c(ch)
+        feats.append(nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(inplace=True)))
+        self.features = nn.Sequential(*feats)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class VGGSmall(nn.Module):
+    """VGG-style plain conv stack (conv-BN-ReLU, max-pool between stages), as in network slimming."""
+
+    def __init__(self, cfg: Sequence[int | str] = (32, 32, "M", 64, 64, "M", 128, 128), in_channels: int = 3,
+                 num_classes: int = 10, input_size: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, int(v), 3, 1, 1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+                cin = int(v)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@MODELS.register("resnet8")
+def resnet8(**kw) -> nn.Module:
+    """ResNet-8, widths 16/32/64: the default model (9.3 M MACs at 28x28, ~46 s/epoch on 2 cores)."""
+    return CifarResNet(depth=8, widths=(16, 32, 64), **kw)
+
+
+@MODELS.register("resnet20")
+def resnet20(**kw) -> nn.Module:
+    return CifarResNet(depth=20, widths=(16, 32, 64), **kw)
+
+
+@MODELS.register("resnet56")
+def resnet56(**kw) -> nn.Module:
+    return CifarResNet(depth=56, widths=(16, 32, 64), **kw)
+
+
+@MODELS.register("mobilenetv2")
+def mobilenetv2(**kw) -> nn.Module:
+    return MobileNetV2Small(width_mult=1.0, **kw)
+
+
+@MODELS.register("vgg11")
+def vgg11(**kw) -> nn.Module:
+    return VGGSmall(cfg=(64, "M", 128, "M", 256, 256, "M", 512, 512), **kw)
+
+
+# Tiny variants for tests: same structure, few channels.
+@MODELS.register("tiny_resnet")
+def tiny_resnet(**kw) -> nn.Module:
+    return CifarResNet(depth=8, widths=(8, 16, 16), **kw)
+
+
+@MODELS.register("tiny_mobilenet")
+def tiny_mobilenet(**kw) -> nn.Module:
+    return MobileNetV2Small(width_mult=0.5, cfg=((1, 8, 1, 1), (2, 16, 2, 2), (2, 24, 1, 2)), last=32, **kw)
+
+
+@MODELS.register("tiny_vgg")
+def tiny_vgg(**kw) -> nn.Module:
+    return VGGSmall(cfg=(8, "M", 16, "M", 16), **kw)
+
+
+def create(name: str, *, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
+    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, input_size=input_size)

@@ -1,0 +1,281 @@
+"""Training with a sparsity-inducing objective, distillation fine-tuning, checkpoints and DDP.
+
+In:  a model, `Splits` (uint8 images), a `TrainConfig`; optionally a teacher for distillation.
+Out: the trained model (in place), a per-epoch history, and `<ckpt_dir>/last.pt` after every epoch.
+Run: `edge-sparse train --model resnet8 --epochs 4 --out runs/dense`
+     `torchrun --nproc_per_node 2 -m edge_sparse.cli train ...` (DDP; gloo on CPU, nccl on CUDA)
+
+Sparsity objective: `bn_l1` adds lambda * sign(gamma) to every BatchNorm scale's gradient (network
+slimming, Liu et al. 2017), so channels that do not help the task get gamma -> 0 and are the first the
+`bn_scale` criterion removes; `group_lasso` adds lambda * sum_c ||W_c||_2 over conv output channels.
+
+Resume is exact: each epoch's shuffling and augmentation come from (seed, epoch), and the checkpoint
+holds model, optimizer, schedule position and history, so a run killed mid-epoch and resumed with
+`--resume` ends with the same weights as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge_sparse import _io
+from edge_sparse.config import TrainConfig
+from edge_sparse.data import ImageSet, Splits, to_tensor
+from edge_sparse.errors import EdgeSparseError
+
+CKPT_NAME = "last.pt"
+
+
+# --------------------------------------------------------------------------- distributed
+
+def _dist_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _maybe_init_dist(device: str) -> bool:
+    import torch.distributed as dist
+
+    _, world = _dist_env()
+    if world <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def is_main_process() -> bool:
+    return _dist_env()[0] == 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+def arch_signature(model: nn.Module) -> str:
+    """Names and shapes of every tensor: two models with the same signature can swap weights."""
+    return json.dumps([[k, list(v.shape)] for k, v in model.state_dict().items()])
+
+
+def _augment(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
+    if mode == "none":
+        return x
+    n, _, h, w = x.shape
+    pad = 4
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n,h
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n,w
+    out = xp[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1),
+             rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    if mode == "crop_flip":
+        flip = torch.rand(n, generator=g) < 0.5
+        out[flip] = out[flip].flip(3)
+    return out
+
+
+def _sparsity_grad(model: nn.Module, cfg: TrainConfig) -> None:
+    if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_lambda > 0:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
+                m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=cfg.sparsity_lambda)
+
+
+def _group_lasso(model: nn.Module) -> torch.Tensor:
+    terms = [m.weight.flatten(1).norm(dim=1).sum() for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return torch.stack(terms).sum()
+
+
+def _param_groups(model: nn.Module, wd: float):
+    decay, no_decay = [], []
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            (decay if isinstance(m, (nn.Conv2d, nn.Linear)) and name == "weight" else no_decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float, smoothing: float = 0.0):
+    """(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T) (Hinton et al. 2015)."""
+    ce = F.cross_entropy(student_logits, labels, label_smoothing=smoothing)
+    if alpha == 0:
+        return ce
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                  reduction="batchmean", log_target=True)
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
+# --------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def predict(model: nn.Module, images: ImageSet, mean, std, *, batch_size: int = 500, device: str = "cpu") -> np.ndarray:
+    """Logits (float32, N x classes) of the model on every image of `images`."""
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        idx = np.arange(i, min(i + batch_size, len(images)))
+        out.append(model(to_tensor(images.images(idx), mean, std).to(device)).float().cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def accuracy(model: nn.Module, images: ImageSet, mean, std, **kw) -> float:
+    """Top-1 accuracy in percent."""
+    logits = predict(model, images, mean, std, **kw)
+    return float((logits.argmax(1) == images.y).mean() * 100)
+
+
+# --------------------------------------------------------------------------- the loop
+
+def fit(
+    model: nn.Module,
+    splits: Splits,
+    cfg: TrainConfig,
+    *,
+    ckpt_dir: Optional[Path] = None,
+    resume: bool = False,
+    teacher: Optional[nn.Module] = None,
+    progress: bool = True,
+    stop_after_steps: Optional[int] = None,
+) -> list[dict]:
+    """Train `model` in place; return per-epoch history (loss, train/val accuracy, BN sparsity, time).
+
+    `stop_after_steps` ends the run abruptly after that many optimizer steps (tests use it to
+    simulate a kill mid-epoch).
+    """
+    from tqdm import tqdm
+
+    if cfg.kd_alpha > 0 and teacher is None:
+        raise EdgeSparseError("kd_alpha > 0 needs a teacher model for distillation")
+    device = cfg.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgeSparseError("--device cuda was asked for, but torch sees no CUDA device")
+    distributed = _maybe_init_dist(device)
+    rank, world = _dist_env()
+    if distributed and device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    n = len(splits.train)
+    steps_per_epoch = max(1, math.ceil(n / (cfg.batch_size * world)))
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    lr_at = (lambda s: cfg.lr * 0.5 * (1 + math.cos(math.pi * s / total_steps))) if cfg.schedule == "cosine" else (lambda s: cfg.lr)
+
+    start_epoch, history = 0, []
+    ckpt = Path(ckpt_dir) / CKPT_NAME if ckpt_dir else None
+    if resume and ckpt and ckpt.is_file():
+        state = load_checkpoint(ckpt, model)
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        history = json.loads(state["history"])
+
+    net = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+
+    mean, std = splits.mean, splits.std
+    attack = None
+    if cfg.adv_train == "pgd":
+        from edge_sparse.robustness import pgd
+        attack = pgd
+    steps_done = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        perm = torch.randperm(n, generator=g).numpy()
+        perm = perm[rank::world]
+        net.train()
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (progress and rank == 0), file=sys.stderr, dynamic_ncols=True)
+        for i in bar:
+            idx = np.sort(perm[i : i + cfg.batch_size])
+            x = _augment(to_tensor(splits.train.images(idx), mean, std), cfg.augment, g).to(device)
+            y = torch.from_numpy(splits.train.y[idx]).to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(steps_done)
+            if attack is not None:
+                x = attack(model, x, y, eps=cfg.adv_eps, steps=3, mean=mean, std=std, generator=g)
+                net.train()
+            logits = net(x)
+            if teacher is not None and cfg.kd_alpha > 0:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature, cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if cfg.sparsity_reg == "group_lasso" and cfg.sparsity_lambda > 0:
+                loss = loss + cfg.sparsity_lambda * _group_lasso(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            _sparsity_grad(model, cfg)
+            opt.step()
+            steps_done += 1
+            tot_loss += float(loss) * len(idx)
+            tot_correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
+            if stop_after_steps is not None and steps_done >= stop_after_steps:
+                raise KeyboardInterrupt(f"stopped after {steps_done} steps (simulated kill)")
+        val_acc = accuracy(model, splits.val, mean, std, device=device) if rank == 0 else float("nan")
+        rec = {"epoch": epoch + 1, "loss": tot_loss / max(1, seen), "train_acc": 100 * tot_correct / max(1, seen),
+               "val_acc": val_acc, "bn_small_frac": bn_small_fraction(model), "seconds": time.time() - t0}
+        history.append(rec)
+        if progress and rank == 0:
+            print(f"  epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.3f}  train {rec['train_acc']:.1f}%  "
+                  f"val {val_acc:.2f}%  |gamma|<1e-2: {100 * rec['bn_small_frac']:.0f}%  ({rec['seconds']:.0f}s)",
+                  file=sys.stderr)
+        if ckpt and rank == 0:
+            save_checkpoint(ckpt, model, opt, epoch + 1, history)
+    model.to("cpu")
+    if teacher is not None:
+        teacher.to("cpu")
+    return history
+
+
+def bn_small_fraction(model: nn.Module, thresh: float = 1e-2) -> float:
+    g = [m.weight.detach().abs().flatten() for m in model.modules()
+         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    if not g:
+        return 0.0
+    g = torch.cat(g)
+    return float((g < thresh).float().mean())
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, history: list[dict]) -> None:
+    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "optimizer": opt.state_dict(), "epoch": epoch, "history": json.dumps(history),
+             "arch": arch_signature(model)}
+    with _io.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict:
+    """Load weights into `model` (weights_only: no code is unpickled); refuse another architecture."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise EdgeSparseError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise EdgeSparseError(f"{path}: not an edge_sparse checkpoint (no 'model' entry)")
+    mine = arch_signature(model)
+    if state.get("arch") != mine:
+        theirs = json.loads(state["arch"]) if state.get("arch") else []
+        ours = json.loads(mine)
+        diff = next((f"{a[0]} {a[1]} vs {b[0]} {b[1]}" for a, b in zip(theirs, ours) if a != b),
+                    f"{len(theirs)} tensors vs {len(ours)}")
+        raise EdgeSparseError(f"{path}: checkpoint is of another architecture (first difference: {diff})")
+    model.load_state_dict(state["model"])
+    return state
