@@ -17,7 +17,7 @@ AdvTrain = Literal["none", "pgd"]
 class TrainConfig:
     """How one training (or fine-tuning) run goes."""
 
-    epochs: int = 4  # passes over the train split
+    epochs: int = 6  # passes over the train split
     batch_size: int = 128  # per process (DDP multiplies it by the world size)
     lr: float = 0.1  # peak SGD learning rate
     momentum: float = 0.9  # SGD momentum (Nesterov)
@@ -26,7 +26,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     augment: Augment = "crop_flip"  # random 4-pixel-padded crop (+ horizontal flip)
     sparsity_reg: SparsityReg = "bn_l1"  # network slimming (L1 on BN scales) or group lasso on channels
-    sparsity_lambda: float = 1e-4  # strength of the sparsity term
+    sparsity_lambda: float = 2e-3  # strength of the sparsity term (high: the epoch budget is short)
     kd_alpha: float = 0.0  # weight of distillation from a teacher (0 = plain cross-entropy)
     kd_temperature: float = 4.0  # distillation temperature
     adv_train: AdvTrain = "none"  # PGD adversarial training (Madry et al.) mixed into each batch
@@ -64,9 +64,9 @@ class BuildConfig:
     model: str = "resnet8"  # a registered architecture
     image_size: int = 64  # side length for folder datasets (others keep their native size)
     criterion: str = "bn_scale"  # channel importance for pruning
-    sparsities: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidates the budget search tries
+    sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidates the budget search tries
     train: TrainConfig = TrainConfig()  # dense training, with the sparsity objective
-    finetune: TrainConfig = TrainConfig(epochs=2, lr=0.02, sparsity_reg="none", kd_alpha=0.7)  # after pruning
+    finetune: TrainConfig = TrainConfig(epochs=3, lr=0.02, sparsity_reg="none", kd_alpha=0.7)  # after pruning
     calib_size: int = 512  # calibration images for int8 (from calib_data/ or the train split)
     eval_size: int = 2000  # held-out test images shipped in eval.npz and used for parity
     limit_train: Optional[int] = None  # train on a class-balanced slice (QUICK)
@@ -74,13 +74,16 @@ class BuildConfig:
     robust_eps: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)  # PGD epsilons (/255) measured on the shipped model
     robust_n: int = 500  # test images used for robustness
     seed: int = 0  # one seed for data splits, init, shuffling
+    fixed_sparsity: Optional[float] = None  # study mode: ship exactly this sparsity, budget reported not enforced
+    enforce_parity: bool = True  # parity gates (int8/float agreement, int8 accuracy loss) fail the build
+    enforce_accuracy_floor: bool = True  # QUICK builds report the floor but do not fail on it
 
     @classmethod
     def quick(cls, **kw) -> "BuildConfig":
-        """QUICK=1: the same stages on a small slice and one short epoch."""
+        """QUICK=1: the same stages on a small slice and short epochs; every gate but the accuracy floor holds."""
         base = dict(
-            limit_train=3000, limit_eval=500, eval_size=500, robust_n=200, sparsities=(0.3, 0.5, 0.7),
-            train=TrainConfig(epochs=1), finetune=TrainConfig(epochs=1, lr=0.02, sparsity_reg="none", kd_alpha=0.7),
+            limit_train=8000, limit_eval=500, eval_size=500, robust_n=200, sparsities=(0.2, 0.3, 0.5, 0.7),
+            train=TrainConfig(epochs=2), enforce_accuracy_floor=False, finetune=TrainConfig(epochs=1, lr=0.02, sparsity_reg="none", kd_alpha=0.7),
         )
         base.update(kw)
         return cls(**base)

@@ -339,6 +339,11 @@ def load(
     va_idx = _stratified_pick(train.y, n_val, rng)
     tr_idx = np.setdiff1d(np.arange(len(train)), va_idx)
     val, train = train.subset(va_idx), train.subset(tr_idx)
+    if len(train) < 2 or len(val) < 1 or len(test) < 1:
+        raise EdgeSparseError(
+            f"dataset {name!r} at {data_dir} is too small to split: {len(train)} train, {len(val)} val, "
+            f"{len(test)} test images; it needs at least a few images per class"
+        )
     if limit_train:
         train = train.subset(_stratified_pick(train.y, min(limit_train, len(train)), rng))
     if limit_eval:

@@ -183,3 +183,51 @@ def tiny_vgg(**kw) -> nn.Module:
 
 def create(name: str, *, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
     return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, input_size=input_size)
+
+
+# --------------------------------------------------------------------------- save / load without pickles
+
+def save(model: nn.Module, directory, *, arch: str, kwargs: dict, record: dict | None = None) -> None:
+    """`model.json` (architecture name, kwargs, pruning record) + `model.safetensors` (weights)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from edge_sparse import _io
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with _io.atomic_path(d / "model.safetensors") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    _io.write_json(d / "model.json", {"arch": arch, "kwargs": kwargs, "record": record})
+
+
+def load(directory) -> tuple[nn.Module, dict]:
+    """Rebuild the (possibly shrunk) model from `model.json` and load `model.safetensors`."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from edge_sparse.errors import EdgeSparseError
+
+    d = Path(directory)
+    try:
+        spec = json.loads((d / "model.json").read_text())
+        arch, kwargs = spec["arch"], spec["kwargs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise EdgeSparseError(f"{d}/model.json: not a saved edge_sparse model ({e})") from None
+    try:
+        model = create(arch, **kwargs)
+    except KeyError as e:
+        raise EdgeSparseError(f"{d}/model.json: {e.args[0]}") from None
+    if spec.get("record"):
+        from edge_sparse.pruning import replay
+
+        model = replay(model, spec["record"])
+    try:
+        state = load_file(str(d / "model.safetensors"))
+        model.load_state_dict(state)
+    except (OSError, RuntimeError) as e:
+        raise EdgeSparseError(f"{d}/model.safetensors does not fit {arch} ({str(e).splitlines()[0]})") from None
+    return model.eval(), spec

@@ -92,11 +92,12 @@ def _check_value(file: str, key: str, hint, value):
     elif hint is str:
         if not isinstance(value, str) or not value.strip():
             raise EdgeSparseError(f"{file}: key {key!r} must be a non-empty string, got {value!r}")
-    if key in _POSITIVE and value <= 0:
+    bare = key.split(".")[-1]
+    if bare in _POSITIVE and value <= 0:
         raise EdgeSparseError(f"{file}: key {key!r} must be > 0, got {value!r}")
-    if key in _NON_NEGATIVE and value < 0:
+    if bare in _NON_NEGATIVE and value < 0:
         raise EdgeSparseError(f"{file}: key {key!r} must be >= 0, got {value!r}")
-    if key.endswith("_pct") and not 0 <= value <= 100:
+    if bare.endswith("_pct") and not 0 <= value <= 100:
         raise EdgeSparseError(f"{file}: key {key!r} must be a percentage in [0, 100], got {value!r}")
     return value
 

@@ -199,7 +199,7 @@ def fit(
         net.train()
         tot_loss, tot_correct, seen = 0.0, 0, 0
         bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (progress and rank == 0), file=sys.stderr, dynamic_ncols=True)
+                   disable=not (progress and rank == 0 and sys.stderr.isatty()), file=sys.stderr, dynamic_ncols=True)
         for i in bar:
             idx = np.sort(perm[i : i + cfg.batch_size])
             x = _augment(to_tensor(splits.train.images(idx), mean, std), cfg.augment, g).to(device)
@@ -223,7 +223,7 @@ def fit(
             _sparsity_grad(model, cfg)
             opt.step()
             steps_done += 1
-            tot_loss += float(loss) * len(idx)
+            tot_loss += float(loss.detach()) * len(idx)
             tot_correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
@@ -279,3 +279,25 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict:
         raise EdgeSparseError(f"{path}: checkpoint is of another architecture (first difference: {diff})")
     model.load_state_dict(state["model"])
     return state
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: ImageSet, mean, std, *, batches: int = 20, batch_size: int = 128,
+                   seed: int = 0) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on train images (after pruning changed the inputs
+    each BN sees). Weights are untouched; the model is returned in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    rng = np.random.default_rng(seed)
+    for _ in range(batches):
+        idx = np.sort(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
+        model(to_tensor(images.images(idx), mean, std))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()

@@ -121,6 +121,9 @@ def quantize_int8(fp32_path: Path, calib_nchw: np.ndarray, path: Path) -> dict:
             x = next(self._it, None)
             return None if x is None else {INPUT_NAME: x}
 
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization warns via the root logger
     with _io.atomic_path(path) as tmp:
         tmp.unlink()
         try:

@@ -53,7 +53,8 @@ def onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) 
     """Run onnx2tf in `workdir` (pre-seeded with its sample file) and return the SavedModel path."""
     import onnx2tf
 
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()
+    onnx_path = Path(onnx_path).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     np.save(workdir / ONNX2TF_SAMPLE, _onnx2tf_sample(calib_nhwc))
     out = workdir / "saved_model"
@@ -63,7 +64,7 @@ def onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) 
         with _quiet() as log:
             try:
                 onnx2tf.convert(
-                    input_onnx_file_path=str(Path(onnx_path).resolve()), output_folder_path=str(out),
+                    input_onnx_file_path=str(onnx_path), output_folder_path=str(out),
                     non_verbose=True, verbosity="error", output_signaturedefs=True,
                     copy_onnx_input_output_names_to_tflite=True,
                 )

@@ -136,13 +136,43 @@ class PruneResult:
         return "\n".join(rows)
 
 
+def _pruner_class():
+    """Torch-Pruning's MetaPruner with one policy changed: how `round_to` rounds.
+
+    Upstream rounds the *kept* channels down to the multiple, so a 16-channel layer asked to keep 7
+    keeps 0 — and then TP skips that layer entirely (it would remove every channel). The result is
+    that *higher* sparsity can leave *more* MACs. We round the kept count to the nearest multiple,
+    never below one multiple (or the layer's own width if that is smaller), so MACs fall
+    monotonically as sparsity rises and every kept width is kernel-friendly.
+    """
+    import torch_pruning as tp
+
+    class RoundingPruner(tp.pruner.MetaPruner):
+        def _round_to(self, n_pruned, current_channels, round_to):
+            kept = current_channels - n_pruned
+            kept = max(round_to, int(round(kept / round_to)) * round_to)
+            return max(0, current_channels - min(kept, current_channels))
+
+    return RoundingPruner
+
+
 def _classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
     """Layers whose outputs are the model's outputs: never pruned."""
     with torch.no_grad():
         was = model.training
         model.eval()
-        out = model(example_input[:1])
-        model.train(was)
+        try:
+            out = model(example_input[:1])
+        except Exception as e:
+            raise EdgeSparseError(
+                f"Torch-Pruning cannot trace this model: it does not run on example_input of shape "
+                f"{tuple(example_input.shape)} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
+        finally:
+            model.train(was)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise EdgeSparseError(f"the model must return (batch, classes) logits; it returned {type(out).__name__} "
+                                  f"{tuple(getattr(out, 'shape', ()))}")
     n_out = out.shape[1]
     last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     heads = [m for m in last if isinstance(m, nn.Linear) and m.out_features == n_out]
@@ -201,10 +231,9 @@ def prune(
     dense = copy.deepcopy(model).eval()
     work = copy.deepcopy(model).eval()
     named = dict(work.named_modules())
+    ignored = _classifier_layers(work, example_input)  # also checks the model runs on example_input
     dense_layers = profile(dense, example_input)
     dense_params, dense_macs = count(dense, example_input)
-
-    ignored = _classifier_layers(work, example_input)
     for n in ignored_layers or []:
         if n not in named:
             raise EdgeSparseError(f"ignored layer {n!r} is not a module of the model")
@@ -222,7 +251,7 @@ def prune(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruner = tp.pruner.MetaPruner(
+            pruner = _pruner_class()(
                 work, example_input[:1], importance=imp_factory(), global_pruning=global_pruning,
                 pruning_ratio=float(sparsity), pruning_ratio_dict=ratio_dict,
                 max_pruning_ratio=max_layer_sparsity, ignored_layers=ignored, round_to=round_to,

@@ -1,0 +1,80 @@
+# edge_sparse — `make build TARGET=rpi4` and `make test` are all a fresh clone needs.
+# The first run makes .venv from python3.11 and installs the pinned stack (re-installed when
+# pyproject.toml changes), and installs Debian's Fashion-MNIST package when it is missing.
+
+PYTHON   ?= python3.11
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+TARGET   ?= rpi4
+DATASET  ?= fashion-mnist
+DATA_DIR ?=
+QUICK    ?=
+SEED     ?= 0
+DEVICE   ?=
+ARGS     ?=
+FMNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+STAMP    := $(VENV)/.installed
+
+BUILD_FLAGS = --target $(TARGET) --dataset $(DATASET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(QUICK),--quick) $(ARGS)
+
+.PHONY: help build test test-fast bench verify-arm benchmarks study clean check-target data setup
+
+help:  ## list the targets of this Makefile
+	@echo "make build TARGET=<name> [QUICK=1] [DATASET=cifar10 DATA_DIR=<dir>]   build dist/<name>/"
+	@echo "make test                        the test suite (what CI runs)"
+	@echo "make bench TARGET=<name> [DEVICE=user@host|adb[:serial]]   run the bundle's bench.py"
+	@echo "make verify-arm TARGET=<name>    run the bundle on an emulated aarch64 userland, compare outputs"
+	@echo "make benchmarks                  dense vs shipped, side by side -> BENCHMARKS.md"
+	@echo "make study TARGET=<name>         sparsity x accuracy x robustness x latency sweep -> docs/study/"
+	@echo "make clean                       remove build/, dist/ (keeps .venv)"
+	@echo "targets: $$(ls targets | sed 's/.toml//' | tr '\n' ' ')"
+
+check-target:
+	@test -f targets/$(TARGET).toml || { echo "error: unknown TARGET=$(TARGET); valid: $$(ls targets | sed 's/.toml//' | tr '\n' ' ')" >&2; exit 2; }
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (apt-get install python3.11 python3.11-venv)" >&2; exit 2; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# test-only: real CIFAR/ImageNet sample images for the loader tests (foolbox's wheel carries them)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
+	@touch $@
+
+setup: $(STAMP)
+
+data:
+	@if [ "$(DATASET)" = fashion-mnist ] && [ -z "$$EDGE_SPARSE_DATA" ] && [ ! -f $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's dataset-fashion-mnist ..."; \
+	    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } ; \
+	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+	    sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	  fi; \
+	  test -f $(FMNIST) || { echo "error: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set EDGE_SPARSE_DATA=<dir holding the four idx .gz files>" >&2; exit 2; }; \
+	fi
+
+build: check-target data $(STAMP)
+	$(VENV)/bin/edge-sparse build $(BUILD_FLAGS)
+
+test: data $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: data $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: check-target $(STAMP)
+	@test -f dist/$(TARGET)/bench.py || { echo "error: no bundle in dist/$(TARGET); run 'make build TARGET=$(TARGET)' first" >&2; exit 2; }
+	$(PY) -m edge_sparse.remote --bundle dist/$(TARGET) $(if $(DEVICE),--device $(DEVICE)) -- $(ARGS)
+
+verify-arm: check-target $(STAMP)
+	@test -f dist/$(TARGET)/bench.py || { echo "error: no bundle in dist/$(TARGET); run 'make build TARGET=$(TARGET)' first" >&2; exit 2; }
+	$(PY) -m edge_sparse.arm --bundle dist/$(TARGET) --target $(TARGET)
+
+benchmarks: data $(STAMP)
+	$(PY) -m benchmarks $(ARGS)
+
+study: check-target data $(STAMP)
+	$(VENV)/bin/edge-sparse study $(BUILD_FLAGS) --sparsity $(or $(SPARSITY),0,0.3,0.5,0.7,0.85)
+
+clean:
+	rm -rf build dist

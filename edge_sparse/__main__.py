@@ -1,0 +1,3 @@
+from edge_sparse.cli import main
+
+raise SystemExit(main())

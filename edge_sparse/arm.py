@@ -1,0 +1,162 @@
+"""`make verify-arm`: run a bundle's bench.py on a real aarch64 userland under qemu-user emulation and
+check that the int8 outputs are bit-identical to this host's and the accuracy equal.
+
+    python -m edge_sparse.arm --bundle dist/rpi4 --target rpi4
+
+Recipe (no chroot, no binfmt): Debian's qemu-user-static and mmdebstrap; an `extract`-variant arm64
+bookworm sysroot with python3.11; aarch64 wheels of numpy<2, ai-edge-litert, tflite-runtime and
+onnxruntime installed into SYSROOT/site with pip's cross-platform flags; an ARM /proc/cpuinfo at
+SYSROOT/proc/cpuinfo (onnxruntime and newer LiteRT crash parsing the x86 one; qemu -L serves it).
+QEMU_CPU names the target's core (cortex-a72 for a Pi 4, cortex-a76 for a Pi 5): qemu's default `max`
+CPU takes LiteRT down an SME path whose int8 results differ. Emulated timings mean nothing and the
+harness says so (`--emulated`); correctness is the point. The sysroot is cached in build/arm64-sysroot.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CORES = {"rpi4": "cortex-a72", "rpi5": "cortex-a76", "android-arm64": "cortex-a76"}
+WHEELS = ["numpy<2", "ai-edge-litert==2.1.0", "tflite-runtime==2.14.0", "onnxruntime==1.23.0"]
+PLATFORMS = ["manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64",
+             "manylinux_2_34_aarch64"]
+CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x0
+CPU part\t: {part}
+CPU revision\t: 3
+
+Model\t\t: emulated aarch64 ({core}) under qemu-user
+"""
+
+
+class Fail(Exception):
+    pass
+
+
+def _sh(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise Fail(f"`{' '.join(map(str, cmd[:4]))} …` failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
+    return r
+
+
+def _mirror() -> str:
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        try:
+            for line in f.read_text().splitlines():
+                line = line.strip()
+                if line.startswith("URIs:") and line.rstrip("/").endswith("/debian"):
+                    return line.split(":", 1)[1].strip()
+                if line.startswith("deb ") and line.split()[1].rstrip("/").endswith("/debian"):
+                    return line.split()[1]
+        except OSError:
+            continue
+    return "http://deb.debian.org/debian"
+
+
+def ensure_tools() -> None:
+    missing = [t for t in ("qemu-aarch64-static", "mmdebstrap") if shutil.which(t) is None]
+    if not missing:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        pk = ["qemu-user-static" if "qemu" in m else "mmdebstrap" for m in missing]
+        r = subprocess.run(["apt-get", "install", "-y", "-q", *pk], capture_output=True, text=True)
+        if r.returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+            _sh(["apt-get", "install", "-y", "-q", *pk])
+        return
+    raise Fail(f"missing {', '.join(missing)}: run `sudo apt-get install qemu-user-static mmdebstrap`")
+
+
+def ensure_sysroot(root: Path, core: str) -> Path:
+    py = root / "usr" / "bin" / "python3.11"
+    if not py.exists():
+        tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"verify-arm: making an arm64 sysroot in {root} (once) ...", file=sys.stderr, flush=True)
+        _sh(["mmdebstrap", "--variant=extract", "--arch=arm64", "--include=python3.11,libstdc++6,libgomp1",
+             "bookworm", str(tmp), _mirror()], timeout=900)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+    site = root / "site"
+    if not (site / ".complete").exists():
+        print("verify-arm: fetching aarch64 wheels ...", file=sys.stderr, flush=True)
+        shutil.rmtree(site, ignore_errors=True)
+        plat = [a for p in PLATFORMS for a in ("--platform", p)]
+        _sh([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", str(site),
+             "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", *plat,
+             *WHEELS], timeout=900)
+        (site / ".complete").write_text("ok\n")
+    parts = {"cortex-a72": "0xd08", "cortex-a76": "0xd0b"}
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc" / "cpuinfo").write_text(CPUINFO.format(part=parts.get(core, "0xd08"), core=core))
+    return root
+
+
+def run_arm(root: Path, core: str, bundle: Path, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QEMU_CPU": core, "PYTHONPATH": str(root / "site"), "QEMU_LD_PREFIX": str(root)}
+    return subprocess.run(["qemu-aarch64-static", "-L", str(root), str(root / "usr/bin/python3.11"), "bench.py",
+                           "--emulated", *args], cwd=bundle, env=env, capture_output=True, text=True, timeout=1800)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="make verify-arm")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--sysroot", default="build/arm64-sysroot")
+    p.add_argument("--eval-limit", type=int, default=300, help="images compared (emulation is slow)")
+    p.add_argument("--runtimes", default="ai_edge_litert,tflite_runtime,onnxruntime")
+    a = p.parse_args(argv)
+    bundle = Path(a.bundle).resolve()
+    core = CORES.get(a.target, "cortex-a72")
+    try:
+        if not (bundle / "bench.py").is_file():
+            raise Fail(f"{bundle} is not a bundle (no bench.py)")
+        ensure_tools()
+        root = ensure_sysroot(Path(a.sysroot).resolve(), core)
+        ok = True
+        with tempfile.TemporaryDirectory() as tmp:
+            for rt in a.runtimes.split(","):
+                model = "model.onnx" if rt == "onnxruntime" else "model.tflite"
+                common = ["--runtime", rt, "--model", model, "--runs", "3", "--warmup-runs", "1",
+                          "--eval-limit", str(a.eval_limit)]
+                h = subprocess.run([sys.executable, "bench.py", *common, "--dump-outputs", f"{tmp}/host_{rt}.npy"],
+                                   cwd=bundle, capture_output=True, text=True, timeout=600)
+                if h.returncode not in (0, 1):
+                    raise Fail(f"host run of bench.py ({rt}) failed: {h.stderr.strip()[-300:]}")
+                r = run_arm(root, core, bundle, [*common, "--dump-outputs", f"{tmp}/arm_{rt}.npy"])
+                if r.returncode != 0:
+                    print(f"[{rt}] FAILED under emulation: {(r.stderr or r.stdout).strip()[-400:]}")
+                    ok = False
+                    continue
+                host, arm = np.load(f"{tmp}/host_{rt}.npy"), np.load(f"{tmp}/arm_{rt}.npy")
+                same = host.dtype == arm.dtype and np.array_equal(host, arm)
+                diff = float(np.abs(host.astype(np.float64) - arm.astype(np.float64)).max())
+                with np.load(bundle / "eval.npz") as z:
+                    y = z["y"][: a.eval_limit]
+                acc_h, acc_a = float((host.argmax(1) == y).mean() * 100), float((arm.argmax(1) == y).mean() * 100)
+                exact = rt != "onnxruntime"  # int8 TFLite outputs must match bit for bit; ORT returns float logits
+                good = (same if exact else diff < 1e-3) and acc_h == acc_a
+                ok &= good
+                print(f"[{rt}] aarch64 ({core}, emulated) vs host: outputs {'bit-identical' if same else f'max |diff| {diff:.3g}'}"
+                      f" ({host.dtype}, {len(host)} images), accuracy {acc_a:.2f}% vs {acc_h:.2f}% -> {'OK' if good else 'MISMATCH'}")
+        print("verify-arm: " + ("OK" if ok else "FAILED") + " (timings under emulation are meaningless and not reported)")
+        return 0 if ok else 1
+    except Fail as e:
+        print(f"error: verify-arm: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""The deployment bundle `dist/<target>/`: model.tflite, model.onnx, model_fp32.onnx, labels.txt,
+metadata.json, eval.npz, bench.py, report.md (+ plots), manifest.json (sha256 and size of each file).
+
+In:  a finished `pipeline.Build` (export, verify and robustness results in its cache).
+Out: the bundle directory, written beside its final place and renamed into it (all or nothing).
+Run: the last stage of `make build TARGET=<name>`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from edge_sparse import _io
+from edge_sparse.errors import EdgeSparseError
+
+HARNESS = Path(__file__).resolve().parent / "harness" / "bench.py"
+BUNDLE_FILES = ("model.tflite", "model.onnx", "model_fp32.onnx", "labels.txt", "metadata.json", "eval.npz",
+                "bench.py", "report.md")
+
+
+def io_params(tflite_path: Path) -> dict:
+    """Input/output dtype, shape, scale and zero point as the .tflite itself declares them."""
+    from edge_sparse.verify import tflite_interpreter
+
+    it = tflite_interpreter(tflite_path)
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    return {"input": {"shape": [int(v) for v in i["shape"]], "dtype": i["dtype"].__name__,
+                      "scale": float(i["quantization"][0]), "zero_point": int(i["quantization"][1])},
+            "output": {"shape": [int(v) for v in o["shape"]], "dtype": o["dtype"].__name__,
+                       "scale": float(o["quantization"][0]), "zero_point": int(o["quantization"][1])}}
+
+
+def metadata(b) -> dict:
+    from edge_sparse.pipeline import environment_versions, git_commit
+
+    t, r = b.target, b.results
+    e = b.dirs["export"]
+    io = io_params(e / "model.tflite")
+    chosen = r["search"]["chosen"]
+    dense_c = next(c for c in r["search"]["candidates"] if c["sparsity"] == 0)
+    rob = r.get("robustness", {})
+    return {
+        "format": "edge_sparse.bundle/1",
+        "target": t.name, "device": t.device, "threads": t.threads, "runtime": t.runtime,
+        "dataset": b.cfg.dataset, "labels": list(b.splits.classes),
+        "input": {**io["input"], "layout": "NHWC", "mean": list(b.splits.mean), "std": list(b.splits.std),
+                  "raw": "uint8 pixels; normalise (x/255 - mean)/std, then quantise with scale/zero_point",
+                  "onnx_layout": "NCHW float32 (model.onnx takes normalised float; Q/DQ inside)"},
+        "output": {**io["output"], "meaning": "logits; dequantise (q - zero_point) * scale"},
+        "model": {"arch": b.cfg.model, "params": chosen["params"], "macs": chosen["macs"], "layers": chosen["layers"],
+                  "size_kb": round((e / "model.tflite").stat().st_size / 1024, 2)},
+        "dense": {"params": dense_c["params"], "macs": dense_c["macs"], "layers": dense_c["layers"],
+                  "size_kb_int8": round((e / "dense_int8.tflite").stat().st_size / 1024, 2)},
+        "sparsity": chosen["sparsity"], "criterion": b.cfg.criterion, "channel_multiple": t.channel_multiple,
+        "accuracy": r["verify"]["accuracy"],
+        "latency_ms": {"predicted_p90": chosen["predicted_p90_ms"], "budget": t.latency_budget_ms,
+                       "dense_predicted_p90": dense_c["predicted_p90_ms"], "latency_model": t.latency_model.source.split("\n")[0]},
+        "size_budget_kb": t.model_size_budget_kb, "accuracy_floor_pct": t.accuracy_floor_pct,
+        "robustness": {"n": rob.get("n"), "eps_per_255": rob.get("eps"),
+                       "pgd_transfer_tflite_int8": {k: v.get("tflite_int8_pgd_transfer") for k, v in rob.get("sparse_fp32", {}).get("eps", {}).items()},
+                       "pgd_sparse_fp32": {k: v["pgd"] for k, v in rob.get("sparse_fp32", {}).get("eps", {}).items()},
+                       "pgd_dense_fp32": {k: v["pgd"] for k, v in rob.get("dense_fp32", {}).get("eps", {}).items()}},
+        "versions": environment_versions(),
+        "build": {"git_commit": git_commit(), "seed": b.cfg.seed, "quick": b.cfg.limit_train is not None,
+                  "stage_seconds": {k: round(v, 2) for k, v in b.times.items()},
+                  "stage_seconds_when_built": {k: round(v.get("_seconds", 0), 2) for k, v in r.items() if isinstance(v, dict)}},
+    }
+
+
+def write(b) -> dict:
+    from edge_sparse import report
+    from edge_sparse.export import metadata as md
+
+    dest = b.out_dir / b.target.name
+    meta = metadata(b)
+    e, v = b.dirs["export"], b.dirs["verify"]
+    with _io.atomic_dir(dest) as tmp:
+        (tmp / "model.tflite").write_bytes(md.embed((e / "model.tflite").read_bytes(), meta))
+        for name in ("model.onnx", "model_fp32.onnx"):
+            shutil.copyfile(e / name, tmp / name)
+        shutil.copyfile(v / "eval.npz", tmp / "eval.npz")
+        shutil.copyfile(HARNESS, tmp / "bench.py")
+        (tmp / "labels.txt").write_text("\n".join(b.splits.classes) + "\n")
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        report.write(b, meta, tmp)
+        write_manifest(tmp)
+    return {"path": str(dest), "files": sorted(p.name for p in dest.iterdir())}
+
+
+def write_manifest(d: Path) -> dict:
+    files = {p.name: {"sha256": _io.sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(d.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    missing = [f for f in BUNDLE_FILES if f not in files]
+    if missing:
+        raise EdgeSparseError(f"bundle {d} is missing {missing}")
+    manifest = {"format": "edge_sparse.manifest/1", "files": files}
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def check(d: Path) -> list[str]:
+    """Problems with a bundle on disk (missing files, sha256 mismatches); empty when it is whole."""
+    d = Path(d)
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        return [f"{d}/manifest.json unreadable ({e})"]
+    probs = [f"{f} missing" for f in BUNDLE_FILES if not (d / f).is_file()]
+    for name, ent in manifest["files"].items():
+        p = d / name
+        if not p.is_file():
+            probs.append(f"{name} listed but missing")
+        elif _io.sha256_file(p) != ent["sha256"]:
+            probs.append(f"{name} sha256 mismatch")
+    return probs

@@ -1,0 +1,231 @@
+"""`edge-sparse <command>`: thin wrappers over the pipeline and its stages.
+
+    edge-sparse build --target rpi4 [--dataset cifar10 --data-dir DIR] [--quick] [--from S] [--until S]
+    edge-sparse train|prune|export --target rpi4 ...   (the build, stopped after that stage; cached)
+    edge-sparse bench --target rpi4 [-- bench.py flags]   (the bundle's harness on this host)
+    edge-sparse targets | models
+    edge-sparse calib --dataset fashion-mnist --count 520
+    edge-sparse calibrate rpi4 bench.json
+    edge-sparse study --target rpi4 --sparsity 0,0.3,0.5,0.7,0.85
+
+Errors print one line, `error: ...`, and exit non-zero (2 bad input, 3 budget unreachable,
+4 a numeric gate failed).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edge_sparse.errors import EdgeSparseError
+
+STAGE_ALIASES = {"train": "train", "prune": "search", "export": "export"}
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return vals
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    from edge_sparse.pipeline import STAGES
+
+    p.add_argument("--target", required=True, help="profile name in targets/ (see `edge-sparse targets`)")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) | cifar10 | cifar100 | folder")
+    p.add_argument("--data-dir", help="the dataset's directory (not needed for fashion-mnist)")
+    p.add_argument("--model", default="resnet8", help="registered architecture (see `edge-sparse models`)")
+    p.add_argument("--criterion", default="bn_scale", help="bn_scale | l1 | l2 | taylor")
+    p.add_argument("--sparsities", type=_floats, help="candidate sparsities for the budget search, e.g. 0.3,0.5,0.7")
+    p.add_argument("--epochs", type=int, help="dense training epochs")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning")
+    p.add_argument("--sparsity-lambda", type=float, help="strength of the L1-on-BN-scales objective")
+    p.add_argument("--adv-train", choices=("none", "pgd"), help="PGD adversarial fine-tuning")
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--image-size", type=int, help="side length for folder datasets (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="small slice, one short epoch: a valid bundle in minutes")
+    p.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on (ignore its cache)")
+    p.add_argument("--until", dest="until_stage", choices=STAGES, help="stop after this stage")
+    p.add_argument("--out", default="dist", help="bundle parent directory (default dist/)")
+    p.add_argument("--cache", default="build/cache", help="stage cache directory (default build/cache/)")
+
+
+def _config(a):
+    from edge_sparse.config import BuildConfig
+
+    base = BuildConfig.quick() if a.quick else BuildConfig()
+    kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion, "seed": a.seed}
+    if a.sparsities is not None:
+        kw["sparsities"] = a.sparsities
+    if a.image_size:
+        kw["image_size"] = a.image_size
+    train, ft = base.train, base.finetune
+    if a.epochs is not None:
+        train = train.replace(epochs=a.epochs)
+    if a.finetune_epochs is not None:
+        ft = ft.replace(epochs=a.finetune_epochs)
+    if a.sparsity_lambda is not None:
+        train = train.replace(sparsity_lambda=a.sparsity_lambda)
+    if a.adv_train:
+        ft = ft.replace(adv_train=a.adv_train)
+    if a.device:
+        train, ft = train.replace(device=a.device), ft.replace(device=a.device)
+    from edge_sparse.models import MODELS
+    from edge_sparse.pruning import CRITERIA
+
+    MODELS.get(a.model)
+    CRITERIA.get(a.criterion)
+    for s in kw.get("sparsities", ()):
+        if not 0 <= s < 1:
+            raise EdgeSparseError(f"--sparsities: {s} is outside [0, 1); 1 would remove every channel")
+    import dataclasses
+
+    return dataclasses.replace(base, train=train, finetune=ft, **kw)
+
+
+def cmd_build(a) -> int:
+    from edge_sparse.pipeline import run
+    from edge_sparse.targets import load_target
+
+    load_target(a.target)  # validate before any work
+    until = STAGE_ALIASES.get(a.command, a.until_stage) if a.command != "build" else a.until_stage
+    b = run(a.target, _config(a), out_dir=a.out, cache_dir=a.cache, from_stage=a.from_stage, until_stage=until)
+    if "bundle" in b.results:
+        meta_acc = b.results["verify"]["accuracy"]
+        ch = b.results["search"]["chosen"]
+        print(f"bundle: {b.results['bundle']['path']}  (sparsity {ch['sparsity']:.2f}, predicted p90 "
+              f"{ch['predicted_p90_ms']:.3f} ms <= {b.target.latency_budget_ms} ms, int8 top-1 {meta_acc['tflite_int8']:.2f}%, "
+              f"dense fp32 {meta_acc['torch_fp32_dense']:.2f}%)")
+    else:
+        print(f"stopped after {until}; cache in {a.cache}")
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from edge_sparse.targets import list_targets, load_target
+
+    rows = [("target", "device", "runtime", "threads", "p90 budget (ms)", "size (KiB)", "acc floor (%)", "ch. multiple")]
+    for name in list_targets():
+        t = load_target(name)
+        rows.append((t.name, t.device, t.runtime, str(t.threads), f"{t.latency_budget_ms:g}", f"{t.model_size_budget_kb:g}",
+                     f"{t.accuracy_floor_pct:g}", str(t.channel_multiple)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return 0
+
+
+def cmd_models(a) -> int:
+    import torch
+
+    from edge_sparse.models import MODELS, create
+    from edge_sparse.pruning import count
+
+    for name in MODELS:
+        m = create(name, in_channels=a.in_channels, num_classes=a.num_classes, input_size=a.input_size)
+        params, macs = count(m, torch.zeros(1, a.in_channels, a.input_size, a.input_size))
+        print(f"{name:<16} params {params:>10,}  MACs {macs:>13,}  ({a.in_channels}x{a.input_size}x{a.input_size})")
+    return 0
+
+
+def cmd_calib(a) -> int:
+    from edge_sparse import data, quantize
+
+    splits = data.load(a.dataset, a.data_dir, seed=a.seed, image_size=a.image_size)
+    x, y = quantize.make(splits, a.count, a.seed)
+    cmd = f"edge-sparse calib --dataset {a.dataset} --count {a.count} --seed {a.seed}" + (
+        f" --data-dir {a.data_dir}" if a.data_dir else "")
+    entry = quantize.write(Path(a.out), a.dataset, x, y, cmd)
+    print(f"wrote {Path(a.out) / entry['file']}: {entry['count']} images {entry['shape']} {entry['dtype']}, "
+          f"classes {len(entry['class_counts'])}")
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    from edge_sparse.latency import calibrate
+
+    r = calibrate(a.target, Path(a.report))
+    print(f"{r['target']}: measured p90 {r['measured_p90_ms']:.4g} ms vs predicted {r['predicted_p90_ms']:.4g} ms; "
+          f"coefficients scaled x{r['scale']:.3g} (ms_per_mmac {r['ms_per_mmac']:.4g}, ms_per_layer {r['ms_per_layer']:.4g}, "
+          f"overhead_ms {r['overhead_ms']:.4g})")
+    return 0
+
+
+def cmd_bench(a, rest: list[str]) -> int:
+    from edge_sparse.targets import load_target
+
+    load_target(a.target)
+    d = Path(a.out) / a.target
+    if not (d / "bench.py").is_file():
+        raise EdgeSparseError(f"no bundle at {d}; run `make build TARGET={a.target}` first")
+    return subprocess.call([sys.executable, str(d / "bench.py"), *rest], cwd=d)
+
+
+def cmd_study(a) -> int:
+    from edge_sparse.study import run_study
+
+    run_study(a.target, _config(a), a.sparsity, Path(a.study_out), cache_dir=a.cache)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    rest: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1 :]
+    p = argparse.ArgumentParser(prog="edge-sparse", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("build", "the whole pipeline for one target"), ("train", "dense training with the sparsity objective"),
+                        ("prune", "train + budget-driven pruning and shrink"), ("export", "... + fine-tune, int8 export")):
+        _build_args(sub.add_parser(name, help=help_))
+    s = sub.add_parser("study", help="sparsity sweep: accuracy, robustness, latency per sparsity")
+    _build_args(s)
+    s.add_argument("--sparsity", type=_floats, required=True, help="e.g. 0,0.3,0.5,0.7,0.85")
+    s.add_argument("--study-out", default="docs/study", help="where the table and plots go")
+    sub.add_parser("targets", help="list target profiles and budgets")
+    m = sub.add_parser("models", help="list registered architectures")
+    m.add_argument("--in-channels", type=int, default=1)
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--input-size", type=int, default=28)
+    c = sub.add_parser("calib", help="write a class-balanced int8 calibration slice of a train split")
+    c.add_argument("--dataset", default="fashion-mnist")
+    c.add_argument("--data-dir")
+    c.add_argument("--count", type=int, default=520)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--image-size", type=int, default=64)
+    c.add_argument("--out", default="calib_data")
+    cal = sub.add_parser("calibrate", help="fit a target's latency model to an on-device bench.py --json report")
+    cal.add_argument("target")
+    cal.add_argument("report")
+    bn = sub.add_parser("bench", help="run the bundle's bench.py on this host (flags after -- go to bench.py)")
+    bn.add_argument("--target", required=True)
+    bn.add_argument("--out", default="dist")
+    a = p.parse_args(argv)
+    try:
+        if a.command in ("build", "train", "prune", "export"):
+            return cmd_build(a)
+        if a.command == "bench":
+            return cmd_bench(a, rest)
+        return {"targets": cmd_targets, "models": cmd_models, "calib": cmd_calib, "calibrate": cmd_calibrate,
+                "study": cmd_study}[a.command](a)
+    except EdgeSparseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyError as e:  # registry look-ups: unknown model / criterion
+        if e.args and isinstance(e.args[0], str) and e.args[0].startswith("unknown"):
+            print(f"error: {e.args[0]}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted; finished stages are cached, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,363 @@
+"""The conductor: train -> search (prune + shrink) -> finetune -> export (quantize) -> verify ->
+robustness -> bundle (with report), for one target profile.
+
+In:  a target name and a `BuildConfig`.
+Out: `dist/<target>/` (see DESIGN.md) and, per stage, a cache entry `build/cache/<stage>-<hash>/`
+     keyed by a hash of that stage's inputs and config, so a re-run skips finished stages.
+Run: `make build TARGET=rpi4` or `edge-sparse build --target rpi4 [--from STAGE] [--until STAGE]`
+
+A cache entry appears under its final name only when its stage finished (it is written to a temp
+directory and renamed), so an interrupted build never reuses a half-written entry. Training also
+checkpoints every epoch beside its entry and resumes from there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from edge_sparse import _io, data as data_mod, models, quantize
+from edge_sparse.config import BuildConfig
+from edge_sparse.errors import EdgeSparseError, GateError
+from edge_sparse.targets import Target, load_target
+
+STAGES = ("train", "search", "finetune", "export", "verify", "robustness", "bundle")
+CACHE_VERSION = "1"
+
+
+def _code_fingerprint() -> str:
+    """Hash of edge_sparse's own sources: a code change invalidates every cached stage."""
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Build:
+    """State that flows between stages; each stage reads what earlier ones left here."""
+
+    target: Target
+    cfg: BuildConfig
+    cache: Path
+    out_dir: Path
+    splits: Optional[data_mod.Splits] = None
+    keys: dict = field(default_factory=dict)  # stage -> cache key
+    dirs: dict = field(default_factory=dict)  # stage -> cache directory
+    results: dict = field(default_factory=dict)  # stage -> JSON result
+    times: dict = field(default_factory=dict)  # stage -> wall seconds (this run; cached stages: 0)
+
+    @property
+    def arch_kwargs(self) -> dict:
+        c, h, w = self.splits.input_shape
+        return {"in_channels": c, "num_classes": len(self.splits.classes), "input_size": h}
+
+    def example(self) -> torch.Tensor:
+        return torch.zeros(1, *self.splits.input_shape)
+
+
+# --------------------------------------------------------------------------- stages
+
+def stage_train(b: Build, d: Path) -> dict:
+    from edge_sparse.train import accuracy, fit
+
+    torch.manual_seed(b.cfg.seed)
+    model = models.create(b.cfg.model, **b.arch_kwargs)
+    ckpt_dir = b.cache / f"train-{b.keys['train']}.ckpt"
+    hist = fit(model, b.splits, b.cfg.train.replace(seed=b.cfg.seed), ckpt_dir=ckpt_dir, resume=True)
+    models.save(model, d / "dense", arch=b.cfg.model, kwargs=b.arch_kwargs)
+    res = {"history": hist, "val_acc": accuracy(model, b.splits.val, b.splits.mean, b.splits.std),
+           "test_acc": accuracy(model, b.splits.test, b.splits.mean, b.splits.std)}
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return res
+
+
+def stage_search(b: Build, d: Path) -> dict:
+    from edge_sparse.search import candidates_table, search
+
+    dense, _ = models.load(b.dirs["train"] / "dense")
+    chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
+                                fixed=b.cfg.fixed_sparsity)
+    _log(f"  chosen: sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.3f} ms "
+         f"<= {b.target.latency_budget_ms} ms)")
+    model = res.model if res else dense
+    models.save(model, d / "pruned", arch=b.cfg.model, kwargs=b.arch_kwargs, record=res.record if res else None)
+    out = {"chosen": asdict(chosen), "candidates": candidates_table(tried),
+           "shrink_max_abs_diff": res.shrink_max_abs_diff if res else 0.0}
+    if res:
+        (d / "prune_table.txt").write_text(res.table() + "\n")
+        out["layers"] = [asdict(l) for l in res.layers]
+        out["dense_layers"] = [asdict(l) for l in res.dense_layers]
+    return out
+
+
+def stage_finetune(b: Build, d: Path) -> dict:
+    from edge_sparse.train import accuracy, fit
+
+    teacher, _ = models.load(b.dirs["train"] / "dense")
+    student, spec = models.load(b.dirs["search"] / "pruned")
+    cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
+    if b.results["search"]["chosen"]["sparsity"] == 0:
+        cfg = cfg.replace(epochs=0)  # the dense model fits: nothing was removed, nothing to recover
+    hist = fit(student, b.splits, cfg, teacher=teacher if cfg.kd_alpha > 0 else None,
+               ckpt_dir=b.cache / f"finetune-{b.keys['finetune']}.ckpt", resume=True)
+    models.save(student, d / "model", arch=spec["arch"], kwargs=spec["kwargs"], record=spec["record"])
+    shutil.rmtree(b.cache / f"finetune-{b.keys['finetune']}.ckpt", ignore_errors=True)
+    return {"history": hist, "val_acc": accuracy(student, b.splits.val, b.splits.mean, b.splits.std)}
+
+
+def _calibration(b: Build) -> np.ndarray:
+    """uint8 NHWC calibration images: the committed calib_data/ slice, else one drawn from train."""
+    c, h, w = b.splits.input_shape
+    x = None
+    if b.cfg.dataset == "fashion-mnist" or not b.cfg.data_dir:
+        x = quantize.load(b.cfg.dataset, hwc=(h, w, c), num_classes=len(b.splits.classes))
+    if x is None:
+        x, _ = quantize.make(b.splits, b.cfg.calib_size, b.cfg.seed)
+    return x[: b.cfg.calib_size]
+
+
+def stage_export(b: Build, d: Path) -> dict:
+    from edge_sparse.export import lint, onnx as eonnx, tflite as etflite
+    from edge_sparse.pruning import profile
+
+    model, _ = models.load(b.dirs["finetune"] / "model")
+    dense, _ = models.load(b.dirs["train"] / "dense")
+    calib = _calibration(b)
+    mean, std = b.splits.mean, b.splits.std
+    nchw = data_mod.normalize_np(calib, mean, std, "NCHW")
+    nhwc = data_mod.normalize_np(calib, mean, std, "NHWC")
+    times = {}
+    t = time.time()
+    ops_fp32 = eonnx.export_fp32(model, b.splits.input_shape, d / "model_fp32.onnx")
+    times["onnx_fp32"] = time.time() - t
+    t = time.time()
+    ops_int8 = eonnx.quantize_int8(d / "model_fp32.onnx", nchw, d / "model.onnx")
+    times["onnx_int8"] = time.time() - t
+    t = time.time()
+    etflite.export(d / "model_fp32.onnx", nhwc, d / "model_fp32.tflite", d / "model.tflite")
+    times["tflite"] = time.time() - t
+    # the dense reference, exported the same way (report and benchmarks compare against it)
+    t = time.time()
+    eonnx.export_fp32(dense, b.splits.input_shape, d / "dense_fp32.onnx")
+    eonnx.quantize_int8(d / "dense_fp32.onnx", nchw, d / "dense_int8.onnx")
+    etflite.export(d / "dense_fp32.onnx", nhwc, d / "dense_fp32.tflite", d / "dense_int8.tflite")
+    times["dense_reference"] = time.time() - t
+    layers = profile(model, b.example())
+    rep = lint.check(d / "model.tflite", layers, int8=True)
+    lint.check(d / "model_fp32.tflite", layers, int8=False)
+    return {"onnx_ops_fp32": ops_fp32, "onnx_ops_int8": ops_int8, "tflite_lint": rep.to_dict(), "seconds": times,
+            "calib_count": int(len(calib)), "calib_sha256": data_mod.sha256_array(calib)}
+
+
+def _eval_set(b: Build) -> tuple[np.ndarray, np.ndarray]:
+    n = min(b.cfg.eval_size, len(b.splits.test))
+    idx = data_mod._stratified_pick(b.splits.test.y, n, np.random.default_rng(b.cfg.seed + 11))
+    return b.splits.test.images(idx), b.splits.test.y[idx]
+
+
+def stage_verify(b: Build, d: Path) -> dict:
+    from edge_sparse import verify
+    from edge_sparse.train import predict
+
+    model, _ = models.load(b.dirs["finetune"] / "model")
+    dense, _ = models.load(b.dirs["train"] / "dense")
+    x, y = _eval_set(b)
+    es = data_mod.ImageSet(x, y)
+    ref = predict(model, es, b.splits.mean, b.splits.std)
+    ref_dense = predict(dense, es, b.splits.mean, b.splits.std)
+    e = b.dirs["export"]
+    arts = {"model_fp32.onnx": ("float", e / "model_fp32.onnx"), "model.onnx": ("int8", e / "model.onnx"),
+            "model_fp32.tflite": ("float", e / "model_fp32.tflite"), "model.tflite": ("int8", e / "model.tflite")}
+    par = verify.check_all(arts, ref, x, y, b.splits.mean, b.splits.std, enforce=False)
+    dense_par = verify.check_all({"dense_int8.tflite": ("int8", e / "dense_int8.tflite"),
+                                  "dense_fp32.tflite": ("float", e / "dense_fp32.tflite")},
+                                 ref_dense, x, y, b.splits.mean, b.splits.std, enforce=False)
+    layer_err = verify.layer_errors(e / "model_fp32.onnx", e / "model.onnx",
+                                    data_mod.normalize_np(_calibration(b)[:32], b.splits.mean, b.splits.std, "NCHW"))
+    np.savez_compressed(d / "eval.npz", x=x, y=y)
+    acc = {"torch_fp32_dense": float((ref_dense.argmax(1) == y).mean() * 100),
+           "torch_fp32": float((ref.argmax(1) == y).mean() * 100),
+           "tflite_int8": par["model.tflite"]["accuracy"], "onnx_int8": par["model.onnx"]["accuracy"],
+           "tflite_fp32": par["model_fp32.tflite"]["accuracy"], "onnx_fp32": par["model_fp32.onnx"]["accuracy"],
+           "dense_tflite_int8": dense_par["dense_int8.tflite"]["accuracy"], "n_eval": int(len(y))}
+    return {"parity": par, "dense_parity": dense_par, "accuracy": acc, "layer_errors": layer_err}
+
+
+def stage_robustness(b: Build, d: Path) -> dict:
+    from edge_sparse import verify
+    from edge_sparse.robustness import robust_accuracy
+
+    eps = list(b.cfg.robust_eps)
+    if b.target.robust_eps and b.target.robust_eps not in eps:
+        eps.append(b.target.robust_eps)
+    model, _ = models.load(b.dirs["finetune"] / "model")
+    dense, _ = models.load(b.dirs["train"] / "dense")
+    x, y = _eval_set(b)
+    x, y = x[: b.cfg.robust_n], y[: b.cfg.robust_n]
+    e = b.dirs["export"]
+    mean, std = b.splits.mean, b.splits.std
+    shipped = {"tflite_int8": lambda xx: verify.run_tflite(e / "model.tflite", xx, mean, std),
+               "onnx_int8": lambda xx: verify.run_onnx(e / "model.onnx", xx, mean, std)}
+    sparse = robust_accuracy(model, x, y, eps, mean=mean, std=std, transfer_to=shipped, seed=b.cfg.seed)
+    dense_r = robust_accuracy(dense, x, y, eps, mean=mean, std=std, seed=b.cfg.seed)
+    return {"n": int(len(y)), "eps": eps, "sparse_fp32": sparse, "dense_fp32": dense_r, "steps": 10}
+
+
+def stage_bundle(b: Build, d: Optional[Path]) -> dict:
+    from edge_sparse import bundle
+
+    return bundle.write(b)
+
+
+STAGE_FNS: dict[str, Callable[[Build, Path], dict]] = {
+    "train": stage_train, "search": stage_search, "finetune": stage_finetune, "export": stage_export,
+    "verify": stage_verify, "robustness": stage_robustness, "bundle": stage_bundle,
+}
+
+
+# --------------------------------------------------------------------------- keys and gates
+
+def _keys(b: Build) -> dict:
+    c, t = b.cfg, b.target
+    data_key = {"dataset": c.dataset, "data_dir": str(Path(c.data_dir).resolve()) if c.data_dir else None,
+                "limit_train": c.limit_train, "limit_eval": c.limit_eval, "image_size": c.image_size, "seed": c.seed}
+    keys = {}
+    keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint(), data_key, c.model, asdict(c.train)])
+    keys["search"] = _hash(["search", keys["train"], c.criterion, sorted(c.sparsities), c.fixed_sparsity, t.latency_budget_ms,
+                            t.model_size_budget_kb, t.channel_multiple, asdict(t.latency_model)])
+    keys["finetune"] = _hash(["finetune", keys["search"], asdict(c.finetune)])
+    keys["export"] = _hash(["export", keys["finetune"], c.calib_size, _calib_fingerprint()])
+    keys["verify"] = _hash(["verify", keys["export"], c.eval_size])
+    keys["robustness"] = _hash(["robustness", keys["verify"], list(c.robust_eps), c.robust_n, t.robust_eps])
+    keys["bundle"] = "-"
+    return keys
+
+
+def _calib_fingerprint() -> str:
+    m = quantize.calib_dir() / "MANIFEST.json"
+    return hashlib.sha256(m.read_bytes()).hexdigest()[:16] if m.is_file() else "none"
+
+
+def _gates(b: Build) -> None:
+    """Numeric gates after verify: parity, accuracy floor, size; robustness floor after robustness."""
+    from edge_sparse.verify import FLOAT_MIN_AGREEMENT, INT8_MAX_ACC_LOSS, INT8_MIN_AGREEMENT
+
+    v = b.results.get("verify")
+    if v and "verify_gated" not in b.results:
+        fails = []
+        for name, p in v["parity"].items() if b.cfg.enforce_parity else ():
+            need = FLOAT_MIN_AGREEMENT if p["kind"] == "float" else INT8_MIN_AGREEMENT
+            if p["agreement"] < need:
+                fails.append(f"{name} top-1 agreement {p['agreement']:.2f}% < {need}%")
+            if p["kind"] == "int8" and p["accuracy_loss"] > INT8_MAX_ACC_LOSS:
+                fails.append(f"{name} loses {p['accuracy_loss']:.2f} pt > {INT8_MAX_ACC_LOSS} pt")
+        acc = v["accuracy"]["tflite_int8" if b.target.runtime == "tflite" else "onnx_int8"]
+        if acc < b.target.accuracy_floor_pct and b.cfg.enforce_accuracy_floor:
+            fails.append(f"shipped int8 accuracy {acc:.2f}% is below {b.target.name}'s floor "
+                         f"{b.target.accuracy_floor_pct}% (short by {b.target.accuracy_floor_pct - acc:.2f} pt)")
+        art = "model.tflite" if b.target.runtime == "tflite" else "model.onnx"
+        size_kb = (b.dirs["export"] / art).stat().st_size / 1024
+        if size_kb > b.target.model_size_budget_kb and b.cfg.fixed_sparsity is None:
+            fails.append(f"{art} is {size_kb:.1f} KiB > size budget {b.target.model_size_budget_kb} KiB")
+        if fails:
+            raise GateError("build gates failed: " + "; ".join(fails))
+        b.results["verify_gated"] = True
+    r = b.results.get("robustness")
+    if r and b.target.robust_eps and b.target.robust_accuracy_floor_pct:
+        key = f"{b.target.robust_eps:g}"
+        got = r["sparse_fp32"]["eps"][key]["tflite_int8_pgd_transfer"]
+        if got < b.target.robust_accuracy_floor_pct:
+            raise GateError(f"robust accuracy {got:.2f}% at eps {key}/255 is below {b.target.name}'s floor "
+                            f"{b.target.robust_accuracy_floor_pct}%")
+
+
+# --------------------------------------------------------------------------- run
+
+def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cache_dir: str | Path = "build/cache",
+        from_stage: Optional[str] = None, until_stage: Optional[str] = None) -> Build:
+    """Run the stages in order for one target; return the finished `Build` (bundle at out_dir/<target>)."""
+    for name, s in (("--from", from_stage), ("--until", until_stage)):
+        if s is not None and s not in STAGES:
+            raise EdgeSparseError(f"{name} {s!r} is not a stage; valid: {', '.join(STAGES)}")
+    target = load_target(target_name)
+    b = Build(target, cfg, Path(cache_dir), Path(out_dir))
+    first = STAGES.index(from_stage) if from_stage else len(STAGES)
+    last = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
+    t_all = time.time()
+    _log(f"edge_sparse build: target {target.name} ({target.device}), dataset {cfg.dataset}, model {cfg.model}, "
+         f"budget p90 <= {target.latency_budget_ms} ms")
+    t = time.time()
+    b.splits = data_mod.load(cfg.dataset, cfg.data_dir, seed=cfg.seed, limit_train=cfg.limit_train,
+                             limit_eval=cfg.limit_eval, image_size=cfg.image_size)
+    b.times["data"] = time.time() - t
+    b.keys = _keys(b)
+    for i, stage in enumerate(STAGES[: last + 1]):
+        d = b.cache / f"{stage}-{b.keys[stage]}"
+        b.dirs[stage] = d
+        cached = (d / "stage.json").is_file() and i < first
+        if stage == "bundle":  # cheap, and its output is dist/<target>/ itself: always rebuilt
+            _log(f"[{i + 1}/{len(STAGES)}] bundle ...")
+            t = time.time()
+            b.results[stage] = stage_bundle(b, None)
+            b.times[stage] = time.time() - t
+            _log(f"[{i + 1}/{len(STAGES)}] bundle: {b.results[stage]['path']} ({b.times[stage]:.1f}s)")
+        elif cached:
+            b.results[stage] = json.loads((d / "stage.json").read_text())
+            b.times[stage] = 0.0
+            _log(f"[{i + 1}/{len(STAGES)}] {stage}: cached ({d})")
+        else:
+            _log(f"[{i + 1}/{len(STAGES)}] {stage} ...")
+            t = time.time()
+            with _io.atomic_dir(d) as tmp:
+                res = STAGE_FNS[stage](b, tmp)
+                res["_seconds"] = time.time() - t
+                _io.write_json(tmp / "stage.json", res)
+            b.results[stage] = res
+            b.times[stage] = time.time() - t
+            _log(f"[{i + 1}/{len(STAGES)}] {stage}: done in {b.times[stage]:.1f}s")
+        if stage in ("verify", "robustness"):
+            _gates(b)
+    _log(f"edge_sparse build: finished in {time.time() - t_all:.1f}s")
+    return b
+
+
+def environment_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "tensorflow", "onnx", "onnxruntime", "ai-edge-litert", "onnx2tf", "torch-pruning", "numpy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,160 @@
+"""The build report: `report.md` with PNG plots, written into the bundle.
+
+In:  a finished build's results and its metadata.
+Out: report.md (dense vs shipped accuracy/params/MACs/size, predicted latency vs budget, per-layer
+     channels kept, the search's candidates, parity, per-layer int8 error, robustness, stage times)
+     and candidates.png, channels.png, robustness.png, training.png.
+Run: the bundle stage of `make build`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plots(b, meta, d: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = b.results
+    made = []
+    # candidates: val accuracy after pruning vs predicted latency, with the budget
+    c = r["search"]["candidates"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([x["predicted_p90_ms"] for x in c], [x["val_acc_pruned"] for x in c],
+               c=["tab:green" if x["fits_latency"] and x["fits_size"] else "tab:red" for x in c])
+    for x in c:
+        ax.annotate(f"s={x['sparsity']:.2f}", (x["predicted_p90_ms"], x["val_acc_pruned"]), fontsize=8,
+                    xytext=(3, 3), textcoords="offset points")
+    ch = r["search"]["chosen"]
+    ax.scatter([ch["predicted_p90_ms"]], [ch["val_acc_pruned"]], s=160, facecolors="none", edgecolors="k", label="chosen")
+    ax.axvline(b.target.latency_budget_ms, color="k", ls="--", lw=1, label="budget")
+    ax.set_xlabel(f"predicted p90 on {b.target.name} (ms)")
+    ax.set_ylabel("val top-1 right after pruning (%)")
+    ax.set_title("sparsity search candidates")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(d / "candidates.png", dpi=110)
+    plt.close(fig)
+    made.append("candidates.png")
+    # channels kept per layer
+    if "layers" in r["search"]:
+        dense = {l["name"]: l["out_channels"] for l in r["search"]["dense_layers"]}
+        kept = {l["name"]: l["out_channels"] for l in r["search"]["layers"]}
+        names = list(dense)
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
+        ax.bar(range(len(names)), [dense[n] for n in names], color="lightgray", label="dense")
+        ax.bar(range(len(names)), [kept.get(n, 0) for n in names], color="tab:blue", label="kept")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
+        ax.set_ylabel("output channels")
+        ax.legend()
+        ax.set_title("channels kept per layer")
+        fig.tight_layout()
+        fig.savefig(d / "channels.png", dpi=110)
+        plt.close(fig)
+        made.append("channels.png")
+    rob = r.get("robustness")
+    if rob:
+        eps = [float(e) for e in rob["sparse_fp32"]["eps"]]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, src, key, clean in (
+            ("dense fp32 (PGD white-box)", rob["dense_fp32"], "pgd", rob["dense_fp32"]["clean"]["torch"]),
+            ("sparse fp32 (PGD white-box)", rob["sparse_fp32"], "pgd", rob["sparse_fp32"]["clean"]["torch"]),
+            ("shipped int8 .tflite (PGD transfer)", rob["sparse_fp32"], "tflite_int8_pgd_transfer",
+             rob["sparse_fp32"]["clean"].get("tflite_int8")),
+        ):
+            ax.plot([0] + eps, [clean] + [src["eps"][f"{e:g}"][key] for e in eps], marker="o", label=label)
+        ax.set_xlabel("epsilon (/255, L-inf)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"robustness on {rob['n']} test images")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(d / "robustness.png", dpi=110)
+        plt.close(fig)
+        made.append("robustness.png")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    th = r["train"]["history"]
+    fh = r["finetune"]["history"]
+    ax.plot([h["epoch"] for h in th], [h["val_acc"] for h in th], marker="o", label="dense training (sparsity objective)")
+    ax.plot([len(th) + h["epoch"] for h in fh], [h["val_acc"] for h in fh], marker="s", label="fine-tune after pruning (KD)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val top-1 (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(d / "training.png", dpi=110)
+    plt.close(fig)
+    made.append("training.png")
+    return made
+
+
+def write(b, meta: dict, d: Path) -> None:
+    r, t = b.results, b.target
+    acc = meta["accuracy"]
+    plots = _plots(b, meta, d)
+    ch = r["search"]["chosen"]
+    L = []
+    L.append(f"# edge_sparse build report: {t.name}\n")
+    L.append(f"{t.device} ({t.cpu}); runtime {t.runtime}, {t.threads} threads. Dataset {b.cfg.dataset}, "
+             f"model {b.cfg.model}, criterion {b.cfg.criterion}, channel multiple {t.channel_multiple}"
+             f"{', QUICK build (small slice, short epochs)' if meta['build']['quick'] else ''}.\n")
+    verdict = "meets" if ch["predicted_p90_ms"] <= t.latency_budget_ms else "MISSES"
+    L.append(f"**Verdict:** predicted p90 {ch['predicted_p90_ms']:.3f} ms {verdict} the {t.latency_budget_ms} ms budget; "
+             f"int8 .tflite top-1 {acc['tflite_int8']:.2f}% (floor {t.accuracy_floor_pct}%), "
+             f"{meta['model']['size_kb']:.1f} KiB (budget {t.model_size_budget_kb} KiB).\n")
+    L.append("## Dense vs shipped\n")
+    L.append("| | dense | shipped | ratio |\n|---|---|---|---|")
+    L.append(f"| params | {meta['dense']['params']:,} | {meta['model']['params']:,} | ÷{meta['dense']['params'] / meta['model']['params']:.2f} |")
+    L.append(f"| MACs | {meta['dense']['macs']:,} | {meta['model']['macs']:,} | ÷{meta['dense']['macs'] / meta['model']['macs']:.2f} |")
+    L.append(f"| int8 .tflite size (KiB) | {meta['dense']['size_kb_int8']:.1f} | {meta['model']['size_kb']:.1f} | ÷{meta['dense']['size_kb_int8'] / meta['model']['size_kb']:.2f} |")
+    L.append(f"| predicted p90 on {t.name} (ms) | {meta['latency_ms']['dense_predicted_p90']:.3f} | {ch['predicted_p90_ms']:.3f} | ÷{meta['latency_ms']['dense_predicted_p90'] / ch['predicted_p90_ms']:.2f} |")
+    L.append(f"| top-1 torch fp32 (%) | {acc['torch_fp32_dense']:.2f} | {acc['torch_fp32']:.2f} | {acc['torch_fp32'] - acc['torch_fp32_dense']:+.2f} pt |")
+    L.append(f"| top-1 int8 .tflite (%) | {acc['dense_tflite_int8']:.2f} | {acc['tflite_int8']:.2f} | {acc['tflite_int8'] - acc['dense_tflite_int8']:+.2f} pt |")
+    L.append(f"\nSparsity: {meta['sparsity']:.2f} of prunable channels removed. Accuracy on {acc['n_eval']} held-out test images.\n")
+    L.append("## Sparsity search\n")
+    L.append("![candidates](candidates.png)\n")
+    L.append("| sparsity | MACs | params | predicted p90 (ms) | est. size (KiB) | val top-1 after pruning | fits |\n|---|---|---|---|---|---|---|")
+    for c in r["search"]["candidates"]:
+        mark = "**chosen**" if c["sparsity"] == ch["sparsity"] else ("yes" if c["fits_latency"] and c["fits_size"] else "no")
+        L.append(f"| {c['sparsity']:.2f} | {c['macs']:,} | {c['params']:,} | {c['predicted_p90_ms']:.3f} | {c['est_size_kb']:.1f} | {c['val_acc_pruned']:.2f} | {mark} |")
+    L.append(f"\nLatency model: {t.latency_model.source.strip()}\n")
+    if "channels.png" in plots:
+        L.append("## Channels kept per layer\n\n![channels](channels.png)\n")
+        kept = {l["name"]: l for l in r["search"]["layers"]}
+        L.append("| layer | dense in→out | kept in→out |\n|---|---|---|")
+        for l in r["search"]["dense_layers"]:
+            k = kept.get(l["name"])
+            L.append(f"| {l['name']} | {l['in_channels']}→{l['out_channels']} | {f'{k['in_channels']}→{k['out_channels']}' if k else 'removed'} |")
+        L.append(f"\nShrink check: max |masked dense − shrunk| = {r['search']['shrink_max_abs_diff']:.2e}\n")
+    L.append("## Parity (against torch fp32 of the shipped model)\n")
+    L.append("| artifact | kind | top-1 (%) | agreement (%) | max abs diff (logits) | accuracy loss (pt) |\n|---|---|---|---|---|---|")
+    for name, p in r["verify"]["parity"].items():
+        L.append(f"| {name} | {p['kind']} | {p['accuracy']:.2f} | {p['agreement']:.2f} | {p['max_abs_diff']:.4f} | {p['accuracy_loss']:+.2f} |")
+    L.append("\nWorst layers under int8 (ONNX QDQ vs fp32, calibration images):\n")
+    L.append("| tensor | op | rel. L2 error | cosine |\n|---|---|---|---|")
+    for e in r["verify"]["layer_errors"][:6]:
+        L.append(f"| {e['tensor']} | {e['op']} | {e['rel_l2_error']:.4f} | {e['cosine']:.5f} |")
+    lint = r["export"]["tflite_lint"]
+    L.append(f"\n.tflite ops: {', '.join(f'{k}×{v}' for k, v in sorted(lint['ops'].items()))}; "
+             f"I/O {lint['input_dtype']}/{lint['output_dtype']}; no custom/Flex ops; conv channels equal the shrunk torch model's.\n")
+    rob = r.get("robustness")
+    if rob:
+        L.append(f"## Robustness ({rob['n']} test images, L∞, PGD-{rob['steps']} with random start)\n")
+        L.append("![robustness](robustness.png)\n")
+        L.append("| eps (/255) | dense fp32 FGSM | dense fp32 PGD | sparse fp32 FGSM | sparse fp32 PGD | int8 .tflite (PGD transfer) | int8 .onnx (PGD transfer) |\n|---|---|---|---|---|---|---|")
+        L.append(f"| 0 | {rob['dense_fp32']['clean']['torch']:.1f} | {rob['dense_fp32']['clean']['torch']:.1f} | {rob['sparse_fp32']['clean']['torch']:.1f} | {rob['sparse_fp32']['clean']['torch']:.1f} | {rob['sparse_fp32']['clean']['tflite_int8']:.1f} | {rob['sparse_fp32']['clean']['onnx_int8']:.1f} |")
+        for e in rob["sparse_fp32"]["eps"]:
+            dd, ss = rob["dense_fp32"]["eps"][e], rob["sparse_fp32"]["eps"][e]
+            L.append(f"| {e} | {dd['fgsm']:.1f} | {dd['pgd']:.1f} | {ss['fgsm']:.1f} | {ss['pgd']:.1f} | {ss['tflite_int8_pgd_transfer']:.1f} | {ss['onnx_int8_pgd_transfer']:.1f} |")
+        L.append("")
+    L.append("## Training\n\n![training](training.png)\n")
+    L.append("## Stage wall times (s)\n")
+    L.append("| stage | this run | when built |\n|---|---|---|")
+    built = meta["build"]["stage_seconds_when_built"]
+    for k, v in meta["build"]["stage_seconds"].items():
+        L.append(f"| {k} | {v:.1f} | {built.get(k, v):.1f} |")
+    ex = r["export"]["seconds"]
+    L.append(f"\nExport breakdown: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.items()) + "\n")
+    L.append(f"Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". Commit {meta['build']['git_commit']}.\n")
+    (d / "report.md").write_text("\n".join(L) + "\n")

@@ -1,0 +1,120 @@
+"""Budget-driven sparsity search: the least-damaging sparsity whose shrunk model fits the target.
+
+In:  the dense (sparsity-trained) model, the validation split, a `Target`, candidate sparsities.
+Out: every candidate tried (sparsity, MACs, params, predicted p90, estimated size, validation
+     accuracy right after pruning) and the chosen one; `BudgetError` listing the best candidates when
+     none fits (never a bundle that silently misses its budget).
+Run: part of `make build`; `edge-sparse build --until search` stops after it.
+
+Each candidate is pruned with the target's channel multiple (`round_to`), so the predicted latency is
+that of the widths the device's kernels will really run. Accuracy right after pruning ranks candidates
+(network slimming has already pushed the pruned channels' scales to ~0, so it tracks the fine-tuned
+accuracy); only the chosen candidate is fine-tuned, which keeps the default build within minutes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from edge_sparse.data import Splits, to_tensor
+from edge_sparse.errors import BudgetError, EdgeSparseError
+from edge_sparse.pruning import PruneResult, prune
+from edge_sparse.targets import Target
+from edge_sparse.train import accuracy, recalibrate_bn
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sparsity: float  # fraction of prunable channels removed
+    macs: int
+    params: int
+    layers: int  # conv/linear ops
+    predicted_p90_ms: float  # on the target, by its latency model
+    est_size_kb: float  # int8 .tflite size estimate
+    val_acc_pruned: float  # validation top-1 right after pruning (BN re-estimated if that helps), percent
+    fits_latency: bool
+    fits_size: bool
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_latency and self.fits_size
+
+
+def estimate_size_kb(params: int, channels: int) -> float:
+    """int8 weights, int32 biases and per-channel scales/zero-points, plus ~4 KiB of graph."""
+    return round((params + 12 * channels) / 1024 + 4.0, 2)
+
+
+def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, sparsity: float, criterion: str,
+                       example: torch.Tensor) -> tuple[Candidate, Optional[PruneResult]]:
+    if sparsity == 0:
+        from edge_sparse.pruning import count, profile
+        layers = profile(dense, example)
+        params, macs = count(dense, example)
+        model, res = dense, None
+    else:
+        res = prune(dense, example, sparsity=sparsity, criterion=criterion, round_to=target.channel_multiple,
+                    check_batch=to_tensor(splits.val.images(range(min(16, len(splits.val)))), splits.mean, splits.std))
+        layers, params, macs, model = res.layers, res.params, res.macs, res.model
+    pred = round(target.predict_ms(macs, len(layers)), 4)
+    size = estimate_size_kb(params, sum(l.out_channels for l in layers))
+    acc = accuracy(model, splits.val, splits.mean, splits.std)
+    if res is not None:  # re-estimate BN statistics for the new widths; keep them only where that helps
+        saved = {k: v.clone() for k, v in res.model.state_dict().items()}
+        recalibrate_bn(res.model, splits.train, splits.mean, splits.std)
+        recal = accuracy(res.model, splits.val, splits.mean, splits.std)
+        if recal > acc:
+            acc = recal
+        else:
+            res.model.load_state_dict(saved)
+    c = Candidate(float(sparsity), int(macs), int(params), len(layers), pred, size, round(acc, 3),
+                  pred <= target.latency_budget_ms, size <= target.model_size_budget_kb)
+    return c, res
+
+
+def describe(c: Candidate) -> str:
+    return (f"sparsity {c.sparsity:.2f}: p90 {c.predicted_p90_ms:.3f} ms, {c.est_size_kb:.0f} KiB, "
+            f"{c.macs / 1e6:.2f} M MACs, val acc {c.val_acc_pruned:.2f}% (before fine-tune)")
+
+
+def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: Sequence[float], criterion: str,
+           log=print, fixed: Optional[float] = None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+    """Try every candidate sparsity (plus 0: the dense model); pick the most accurate one that fits.
+
+    With `fixed`, only that sparsity (and the dense reference) is evaluated and it is chosen whether
+    or not it fits (the study's sweep points); its fit is still reported.
+    """
+    if fixed is not None:
+        sparsities = [fixed]
+    if not sparsities:
+        raise EdgeSparseError("the sparsity search needs at least one candidate sparsity")
+    for s in sparsities:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1:
+            raise EdgeSparseError(f"candidate sparsity {s!r} is outside [0, 1); 1 would remove every channel")
+    example = torch.zeros(1, *splits.input_shape)
+    tried: list[tuple[Candidate, Optional[PruneResult]]] = []
+    for s in sorted({0.0, *map(float, sparsities)}):
+        c, res = evaluate_candidate(dense, splits, target, s, criterion, example)
+        mark = "fits" if c.fits else ("over latency" if not c.fits_latency else "over size")
+        log(f"  candidate {describe(c)} -> {mark}")
+        tried.append((c, res))
+    if fixed is not None:
+        c, res = next(t for t in tried if t[0].sparsity == float(fixed))
+        return c, res, [c for c, _ in tried]
+    feasible = [t for t in tried if t[0].fits]
+    if not feasible:
+        best = sorted(tried, key=lambda t: t[0].predicted_p90_ms)[:3]
+        lines = "; ".join(describe(c) for c, _ in best)
+        raise BudgetError(
+            f"no candidate meets target {target.name!r} (p90 <= {target.latency_budget_ms} ms, size <= "
+            f"{target.model_size_budget_kb} KiB); fastest tried: {lines}. Try higher sparsities "
+            f"(--sparsities), a smaller --model, or a larger budget in {target.path}"
+        )
+    chosen, res = max(feasible, key=lambda t: (t[0].val_acc_pruned, -t[0].predicted_p90_ms))
+    return chosen, res, [c for c, _ in tried]
+
+
+def candidates_table(cands: Sequence[Candidate]) -> list[dict]:
+    return [asdict(c) for c in cands]

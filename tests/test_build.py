@@ -1,0 +1,211 @@
+"""End to end: a QUICK build for rpi4 on real Fashion-MNIST makes a complete bundle whose harness
+runs; re-runs hit the cache; bad input and unmet budgets fail clearly with nothing half-written."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_sparse import pipeline
+from edge_sparse.config import BuildConfig
+from edge_sparse.errors import BudgetError, EdgeSparseError
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+DESIGN_FILES = {"model.tflite", "model.onnx", "model_fp32.onnx", "labels.txt", "metadata.json", "eval.npz",
+                "bench.py", "report.md", "manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    d = tmp_path_factory.mktemp("build")
+    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=d / "dist", cache_dir=d / "cache")
+    return {"b": b, "dir": d, "bundle": d / "dist" / "rpi4"}
+
+
+def _bench(bundle: Path, *args, timeout=240):
+    return subprocess.run([sys.executable, "bench.py", "--runs", "50", "--warmup-runs", "5", *args],
+                          cwd=bundle, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bundle_is_complete(quick):
+    d = quick["bundle"]
+    names = {p.name for p in d.iterdir()}
+    assert DESIGN_FILES <= names and {"candidates.png", "robustness.png", "training.png"} <= names
+    manifest = json.loads((d / "manifest.json").read_text())["files"]
+    from edge_sparse import _io, bundle
+
+    assert set(manifest) == names - {"manifest.json"}
+    assert all(_io.sha256_file(d / n) == e["sha256"] for n, e in manifest.items())
+    assert bundle.check(d) == []
+    meta = json.loads((d / "metadata.json").read_text())
+    for k in ("target", "dataset", "labels", "input", "output", "model", "dense", "sparsity", "accuracy", "latency_ms",
+              "versions", "build"):
+        assert k in meta, k
+    for k in ("shape", "layout", "dtype", "mean", "std", "scale", "zero_point"):
+        assert k in meta["input"], k
+    assert meta["input"]["dtype"] == "int8" and meta["output"]["dtype"] == "int8" and meta["input"]["layout"] == "NHWC"
+    for k in ("torch_fp32_dense", "torch_fp32", "tflite_int8", "onnx_int8", "n_eval"):
+        assert k in meta["accuracy"], k
+    assert meta["latency_ms"]["predicted_p90"] <= meta["latency_ms"]["budget"]
+    assert meta["model"]["macs"] < meta["dense"]["macs"] and 0 < meta["sparsity"] < 1
+    assert (d / "labels.txt").read_text().splitlines() == meta["labels"]
+    with np.load(d / "eval.npz") as z:
+        assert z["x"].dtype == np.uint8 and z["x"].shape[1:] == (28, 28, 1) and len(z["x"]) == meta["accuracy"]["n_eval"]
+    from edge_sparse.export import metadata
+
+    assert metadata.read((d / "model.tflite").read_bytes()) == meta
+    report = (d / "report.md").read_text()
+    assert "budget" in report and "candidates.png" in report and "| model.tflite | int8 |" in report
+    from PIL import Image
+
+    with Image.open(d / "candidates.png") as im:
+        assert im.size[0] > 300
+
+
+def test_rerun_uses_cache(quick):
+    d = quick["dir"]
+    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=d / "dist", cache_dir=d / "cache")
+    assert all(b.times[s] == 0.0 for s in pipeline.STAGES if s != "bundle")
+    assert b.results["verify"]["accuracy"] == quick["b"].results["verify"]["accuracy"]
+
+
+def test_same_seed_same_result(quick, tmp_path):
+    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache",
+                     until_stage="search")
+    a = quick["b"]
+    assert b.results["search"]["chosen"] == a.results["search"]["chosen"]
+    assert b.results["train"]["val_acc"] == a.results["train"]["val_acc"]
+    assert not (tmp_path / "dist").exists()
+
+
+def test_harness_within_budget_and_accuracy_matches(quick, tmp_path):
+    d = quick["bundle"]
+    meta = json.loads((d / "metadata.json").read_text())
+    r = _bench(d, "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["runtime"] == "ai_edge_litert" and rep["xnnpack"] is True and rep["within_budget"] is True
+    assert rep["accuracy_top1"] == pytest.approx(meta["accuracy"]["tflite_int8"], abs=1e-6)
+    lat = rep["latency_ms"]
+    assert lat["n"] >= 50 and lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert rep["peak_rss_mb"] > 10 and rep["init_ms"] > 0 and rep["device"]["cores"] >= 1
+    assert "verdict: WITHIN" in r.stdout
+    o = _bench(d, "--runtime", "onnxruntime", "--json", str(tmp_path / "o.json"))
+    assert o.returncode == 0, o.stderr
+    assert json.loads((tmp_path / "o.json").read_text())["accuracy_top1"] == pytest.approx(meta["accuracy"]["onnx_int8"], abs=1e-6)
+
+
+def test_harness_warns_when_xnnpack_is_missing(quick):
+    r = _bench(quick["bundle"], "--runtime", "tflite_runtime", "--runs", "5")
+    assert r.returncode in (0, 1), r.stderr
+    assert "XNNPACK did not take this graph" in r.stdout and "ai-edge-litert" in r.stdout
+
+
+def test_harness_bad_inputs(quick, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(quick["bundle"], b)
+    for args, words in ((["--runtime", "coreml"], "unknown --runtime"), (["--threads", "0"], "--threads must be >= 1"),
+                        (["--runtime", "onnxruntime", "--model", "model.tflite"], "runs .onnx")):
+        r = _bench(b, *args)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    meta = json.loads((b / "metadata.json").read_text())
+    # over budget -> exit 1
+    meta["latency_ms"]["budget"] = 1e-6
+    (b / "metadata.json").write_text(json.dumps(meta))
+    r = _bench(b)
+    assert r.returncode == 1 and "verdict: OVER" in r.stdout
+    # budget missing -> exit 2
+    del meta["latency_ms"]["budget"]
+    (b / "metadata.json").write_text(json.dumps(meta))
+    r = _bench(b)
+    assert r.returncode == 2 and "latency_ms.budget" in r.stderr
+    shutil.copyfile(quick["bundle"] / "metadata.json", b / "metadata.json")
+    # eval.npz missing -> latency only, says so
+    (b / "eval.npz").unlink()
+    r = _bench(b)
+    assert r.returncode == 0 and "latency only" in r.stdout
+    # tampered model -> refused before loading
+    data = bytearray((b / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (b / "model.tflite").write_bytes(bytes(data))
+    r = _bench(b)
+    assert r.returncode == 2 and "sha256" in r.stderr and "Traceback" not in r.stderr
+    # truncated model whose manifest was updated to match -> the runtime refuses, cleanly
+    (b / "model.tflite").write_bytes(bytes(data[:2000]))
+    from edge_sparse import bundle
+
+    shutil.copyfile(quick["bundle"] / "eval.npz", b / "eval.npz")
+    bundle.write_manifest(b)
+    r = _bench(b)
+    assert r.returncode == 2 and "truncated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_harness_is_standalone(quick, tmp_path):
+    src = (quick["bundle"] / "bench.py").read_text()
+    assert "edge_sparse" not in src.replace("edge_sparse on-device harness", "").split('"""', 2)[2]
+    b = tmp_path / "elsewhere"
+    shutil.copytree(quick["bundle"], b)
+    r = subprocess.run([sys.executable, "-I", "bench.py", "--runs", "10"], cwd=b, capture_output=True, text=True,
+                       timeout=120, env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0, r.stderr
+
+
+def test_unreachable_budget_fails_listing_candidates(quick, tmp_path, monkeypatch):
+    tdir = tmp_path / "targets"
+    shutil.copytree(ROOT / "targets", tdir)
+    p = tdir / "rpi4.toml"
+    p.write_text(p.read_text().replace("latency_budget_ms = 0.70", "latency_budget_ms = 0.01"))
+    monkeypatch.setenv("EDGE_SPARSE_TARGETS", str(tdir))
+    with pytest.raises(BudgetError) as e:
+        pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
+    msg = str(e.value)
+    assert "no candidate meets" in msg and "sparsity 0.70" in msg and "p90" in msg
+    assert not (tmp_path / "dist").exists()
+    from edge_sparse.cli import main
+
+    assert main(["build", "--target", "rpi4", "--quick", "--out", str(tmp_path / "dist"),
+                 "--cache", str(quick["dir"] / "cache")]) == 3
+
+
+def test_interrupted_stage_leaves_no_cache_entry(quick, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    shutil.copytree(quick["dir"] / "cache", cache)
+    victim = next(p for p in cache.iterdir() if p.name.startswith("robustness-"))
+    shutil.rmtree(victim)
+
+    def boom(b, d):
+        (d / "partial.json").write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(pipeline.STAGE_FNS, "robustness", boom)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=cache)
+    assert not victim.exists() and not any(p.name.endswith(".tmp") for p in cache.iterdir())
+    monkeypatch.undo()
+    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=cache)
+    assert b.times["train"] == b.times["export"] == 0.0 and b.times["robustness"] > 0
+    assert (tmp_path / "dist" / "rpi4" / "model.tflite").is_file()
+
+
+def test_unwritable_dist(quick, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(EdgeSparseError, match="cannot write"):
+        pipeline.run("rpi4", BuildConfig.quick(), out_dir=blocker / "dist", cache_dir=quick["dir"] / "cache")
+
+
+def test_cli_unknown_target_and_stage(capsys):
+    from edge_sparse.cli import main
+
+    assert main(["build", "--target", "rpi9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown target 'rpi9'") and "rpi4" in err
+    with pytest.raises(SystemExit):
+        main(["build", "--target", "rpi4", "--until", "polish"])

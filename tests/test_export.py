@@ -1,0 +1,163 @@
+"""Export on a tiny real model trained on real data: ONNX fp32/int8 and TFLite fp32/int8 compute
+what torch computes (numbers, with gates), lint catches what it promises, and nothing is fetched."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edge_sparse as es
+from edge_sparse import data, models, verify
+from edge_sparse.config import TrainConfig
+from edge_sparse.errors import EdgeSparseError, GateError
+from edge_sparse.export import lint, metadata, onnx as eonnx, tflite as etflite
+from edge_sparse.pruning import profile
+from edge_sparse.train import fit, predict
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fmnist_small):
+    """tiny_resnet trained 6 epochs on a real slice, pruned 40 %, exported to all four artifacts."""
+    torch.manual_seed(0)
+    s = fmnist_small
+    dense = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28)
+    fit(dense, s, TrainConfig(epochs=6, batch_size=64, lr=0.05, augment="none"), progress=False)
+    res = es.prune(dense, torch.zeros(1, 1, 28, 28), sparsity=0.4, round_to=4)
+    model = res.model.eval()
+    d = tmp_path_factory.mktemp("export")
+    calib = s.train.images(range(200))
+    nchw = data.normalize_np(calib, s.mean, s.std, "NCHW")
+    nhwc = data.normalize_np(calib, s.mean, s.std, "NHWC")
+    ops = eonnx.export_fp32(model, (1, 28, 28), d / "model_fp32.onnx")
+    qops = eonnx.quantize_int8(d / "model_fp32.onnx", nchw, d / "model.onnx")
+    etflite.export(d / "model_fp32.onnx", nhwc, d / "model_fp32.tflite", d / "model.tflite")
+    x, y = s.test.images(range(300)), s.test.y[:300]
+    ref = predict(model, data.ImageSet(x, y), s.mean, s.std)
+    return {"dir": d, "model": model, "dense": dense, "ops": ops, "qops": qops, "x": x, "y": y, "ref": ref, "s": s,
+            "nhwc": nhwc, "nchw": nchw}
+
+
+def test_onnx_graph_shape(exported):
+    ops = exported["ops"]
+    assert "BatchNormalization" not in ops  # folded into Conv
+    assert ops.get("GlobalAveragePool") == 1 and "Transpose" not in ops and "Identity" not in ops
+    mp = onnx.load(str(exported["dir"] / "model_fp32.onnx"))
+    onnx.checker.check_model(mp, full_check=True)
+    assert mp.opset_import[0].version == eonnx.OPSET
+    q = exported["qops"]
+    assert q.get("QuantizeLinear", 0) > 0 and q.get("DequantizeLinear", 0) > q["QuantizeLinear"]
+
+
+def test_parity_numbers_and_gates(exported):
+    d, s = exported["dir"], exported["s"]
+    arts = {"model_fp32.onnx": ("float", d / "model_fp32.onnx"), "model.onnx": ("int8", d / "model.onnx"),
+            "model_fp32.tflite": ("float", d / "model_fp32.tflite"), "model.tflite": ("int8", d / "model.tflite")}
+    res = verify.check_all(arts, exported["ref"], exported["x"], exported["y"], s.mean, s.std, enforce=False)
+    for name, p in res.items():
+        assert p["n"] == 300 and 0 <= p["max_abs_diff"]
+        if p["kind"] == "float":
+            assert p["agreement"] >= 99.9 and p["max_abs_diff"] < 1e-3, (name, p)
+        else:
+            assert p["agreement"] >= 97.0 and p["max_abs_diff"] > 0, (name, p)  # int8 really quantises
+    # a gate failure says by how much
+    bad = verify.parity("x.tflite", "int8", -exported["ref"], exported["ref"], exported["y"])
+    assert any("short by" in f for f in bad.failures())
+    with pytest.raises(GateError, match="agreement"):
+        verify.check_all({"model.tflite": ("int8", d / "model.tflite")}, np.roll(exported["ref"], 1, axis=1),
+                         exported["x"], exported["y"], s.mean, s.std)
+
+
+def test_tflite_is_full_integer_with_int8_io(exported):
+    rep = lint.check(exported["dir"] / "model.tflite", profile(exported["model"], torch.zeros(1, 1, 28, 28)))
+    assert rep.input_dtype == "INT8" and rep.output_dtype == "INT8"
+    assert not rep.custom_ops and not rep.float_ops
+    assert rep.ops.get("CONV_2D", 0) >= 5 and rep.ops.get("FULLY_CONNECTED") == 1
+    it = verify.tflite_interpreter(exported["dir"] / "model.tflite")
+    inp = it.get_input_details()[0]
+    assert inp["dtype"] == np.int8 and tuple(inp["shape"]) == (1, 28, 28, 1) and inp["quantization"][0] > 0
+
+
+def test_lint_catches_dense_widths_and_float_model(exported):
+    dense_layers = profile(exported["dense"], torch.zeros(1, 1, 28, 28))
+    with pytest.raises(GateError, match="channel counts differ"):
+        lint.check(exported["dir"] / "model.tflite", dense_layers)
+    with pytest.raises(GateError, match="INT8"):
+        lint.check(exported["dir"] / "model_fp32.tflite", int8=True)
+    assert not lint.check(exported["dir"] / "model_fp32.tflite", int8=False).problems(int8=False)
+
+
+def test_layer_errors_are_numbers(exported):
+    rows = verify.layer_errors(exported["dir"] / "model_fp32.onnx", exported["dir"] / "model.onnx", exported["nchw"][:8])
+    assert rows and all(0 < r["rel_l2_error"] < 0.5 and 0.8 < r["cosine"] <= 1.0 + 1e-9 for r in rows)
+    assert rows == sorted(rows, key=lambda r: -r["rel_l2_error"])
+
+
+def test_metadata_round_trip_keeps_outputs(exported, tmp_path):
+    src = (exported["dir"] / "model.tflite").read_bytes()
+    meta = {"labels": list(exported["s"].classes), "input": {"mean": list(exported["s"].mean)}}
+    out = tmp_path / "m.tflite"
+    out.write_bytes(metadata.embed(src, meta))
+    assert metadata.read(out.read_bytes()) == meta
+    assert metadata.read(src) is None
+    s = exported["s"]
+    a = verify.run_tflite(exported["dir"] / "model.tflite", exported["x"][:50], s.mean, s.std)
+    b = verify.run_tflite(out, exported["x"][:50], s.mean, s.std)
+    assert np.array_equal(a, b)
+
+
+def test_three_channel_conversion_is_offline(tmp_path, monkeypatch):
+    """onnx2tf fetches a sample file for 3-channel inputs; we pre-seed it, so no request is made."""
+    import requests
+
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise requests.exceptions.ConnectionError("network unreachable (test)")
+
+    monkeypatch.setattr(requests, "get", refuse)
+    monkeypatch.setattr(requests.Session, "request", refuse)
+    torch.manual_seed(0)
+    m = models.create("tiny_vgg", in_channels=3, num_classes=10, input_size=32).eval()
+    eonnx.export_fp32(m, (3, 32, 32), tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype(np.float32)
+    etflite.export(tmp_path / "m.onnx", calib, None, tmp_path / "m.tflite")
+    assert (tmp_path / "m.tflite").stat().st_size > 1000 and not calls
+    assert not any(p.name.endswith(".npy") for p in Path.cwd().iterdir())
+
+
+def test_bad_inputs(exported, tmp_path):
+    d = exported["dir"]
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes((d / "model_fp32.onnx").read_bytes()[:500])
+    with pytest.raises(EdgeSparseError, match="trunc.onnx: not a valid ONNX"):
+        eonnx.quantize_int8(trunc, exported["nchw"], tmp_path / "q.onnx")
+    with pytest.raises(EdgeSparseError, match="empty"):
+        eonnx.quantize_int8(d / "model_fp32.onnx", np.zeros((0, 1, 28, 28), np.float32), tmp_path / "q.onnx")
+    with pytest.raises(EdgeSparseError, match=r"shape \(3, 32, 32\)"):
+        eonnx.quantize_int8(d / "model_fp32.onnx", np.zeros((4, 3, 32, 32), np.float32), tmp_path / "q.onnx")
+    with pytest.raises(EdgeSparseError, match="float32"):
+        eonnx.quantize_int8(d / "model_fp32.onnx", np.zeros((4, 1, 28, 28), np.uint8), tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()  # nothing half-written
+    assert [p.name for p in tmp_path.iterdir()] == ["trunc.onnx"]
+    with pytest.raises(EdgeSparseError, match="not a loadable .tflite"):
+        tt = tmp_path / "t.tflite"
+        tt.write_bytes((d / "model.tflite").read_bytes()[:300])
+        verify.tflite_interpreter(tt)
+
+
+class _Unexportable(torch.nn.Module):
+    def forward(self, x):
+        return torch.fft.fft2(x).real.flatten(1)
+
+
+def test_unsupported_op_names_the_problem(tmp_path):
+    with pytest.raises(EdgeSparseError) as e:
+        eonnx.export_fp32(_Unexportable(), (1, 8, 8), tmp_path / "m.onnx")
+    assert "fft" in str(e.value).lower()
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,134 @@
+"""Training: learns on real data, the sparsity objective sparsifies, resume is exact, DDP runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from edge_sparse import models
+from edge_sparse.config import TrainConfig
+from edge_sparse.errors import EdgeSparseError
+from edge_sparse.train import accuracy, bn_small_fraction, fit, load_checkpoint, recalibrate_bn
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28)
+
+
+def test_learns_above_chance(fmnist_small):
+    m = _tiny()
+    hist = fit(m, fmnist_small, TrainConfig(epochs=6, batch_size=64, lr=0.05, augment="none", sparsity_reg="none"),
+               progress=False)
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    assert accuracy(m, fmnist_small.val, fmnist_small.mean, fmnist_small.std) > 65  # chance is 10
+
+
+def test_bn_l1_drives_scales_down(fmnist_small):
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05, augment="none")
+    plain, sparse = _tiny(), _tiny()
+    fit(plain, fmnist_small, cfg.replace(sparsity_reg="none"), progress=False)
+    fit(sparse, fmnist_small, cfg.replace(sparsity_reg="bn_l1", sparsity_lambda=2e-2), progress=False)
+    g = lambda m: torch.cat([b.weight.detach().abs() for b in m.modules() if isinstance(b, nn.BatchNorm2d)]).mean()
+    assert g(sparse) < 0.7 * g(plain)
+    assert bn_small_fraction(sparse) > bn_small_fraction(plain)
+
+
+def test_group_lasso_runs(fmnist_small):
+    m = _tiny()
+    hist = fit(m, fmnist_small, TrainConfig(epochs=1, batch_size=128, sparsity_reg="group_lasso", sparsity_lambda=1e-3),
+               progress=False)
+    assert np.isfinite(hist[0]["loss"])
+
+
+def test_resume_is_exact_after_a_kill(fmnist_small, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=100, lr=0.05, seed=1)
+    ref = _tiny()
+    fit(ref, fmnist_small, cfg, ckpt_dir=tmp_path / "ref", progress=False)
+    killed = _tiny()
+    steps_per_epoch = -(-len(fmnist_small.train) // 100)
+    with pytest.raises(KeyboardInterrupt):  # killed mid-way through epoch 2
+        fit(killed, fmnist_small, cfg, ckpt_dir=tmp_path / "run", stop_after_steps=steps_per_epoch + 3, progress=False)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1 survived
+    resumed = _tiny()
+    hist = fit(resumed, fmnist_small, cfg, ckpt_dir=tmp_path / "run", resume=True, progress=False)
+    assert [h["epoch"] for h in hist] == [1, 2]
+    for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_architecture(fmnist_small, tmp_path):
+    m = _tiny()
+    fit(m, fmnist_small, TrainConfig(epochs=1, batch_size=256), ckpt_dir=tmp_path, progress=False)
+    other = models.create("tiny_vgg", in_channels=1, num_classes=10, input_size=28)
+    with pytest.raises(EdgeSparseError, match="another architecture"):
+        load_checkpoint(tmp_path / "last.pt", other)
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(EdgeSparseError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt", m)
+
+
+def test_distillation_needs_teacher(fmnist_small):
+    with pytest.raises(EdgeSparseError, match="teacher"):
+        fit(_tiny(), fmnist_small, TrainConfig(epochs=1, kd_alpha=0.5), progress=False)
+
+
+def test_bad_config_values():
+    with pytest.raises(EdgeSparseError, match="augment"):
+        TrainConfig(augment="mixup")
+    with pytest.raises(EdgeSparseError, match="kd_alpha"):
+        TrainConfig(kd_alpha=2)
+
+
+def test_cuda_request_without_cuda(fmnist_small):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(EdgeSparseError, match="CUDA"):
+        fit(_tiny(), fmnist_small, TrainConfig(epochs=1, device="cuda"), progress=False)
+
+
+def test_bn_recalibration_is_eval_and_changes_stats(fmnist_small):
+    m = _tiny()
+    before = [b.running_mean.clone() for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+    recalibrate_bn(m, fmnist_small.train, fmnist_small.mean, fmnist_small.std, batches=2)
+    after = [b.running_mean for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+    assert not m.training and not torch.equal(before[0], after[0])
+
+
+DDP_SCRIPT = r"""
+import sys, torch, json, hashlib
+from edge_sparse import data, models
+from edge_sparse.config import TrainConfig
+from edge_sparse.train import fit
+torch.manual_seed(0)
+s = data.load("fashion-mnist", seed=0, limit_train=400, limit_eval=100)
+m = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28)
+fit(m, s, TrainConfig(epochs=1, batch_size=50), ckpt_dir=sys.argv[1], progress=False)
+import torch.distributed as dist
+h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters())).hexdigest()
+world = dist.get_world_size()
+rank = dist.get_rank()
+open(f"{sys.argv[1]}/rank{rank}.txt", "w").write(f"{world} {h}")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                        str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    w0, h0 = (tmp_path / "rank0.txt").read_text().split()
+    w1, h1 = (tmp_path / "rank1.txt").read_text().split()
+    assert w0 == w1 == "2"
+    assert h0 == h1  # DDP kept the replicas identical
+    assert (tmp_path / "last.pt").is_file()  # rank 0 checkpointed
