@@ -3,6 +3,8 @@
     edge-sparse build --target rpi4 [--dataset cifar10 --data-dir DIR] [--quick] [--from S] [--until S]
     edge-sparse train|prune|export --target rpi4 ...   (the build, stopped after that stage; cached)
     edge-sparse bench --target rpi4 [-- bench.py flags]   (the bundle's harness on this host)
+    edge-sparse report --target rpi4        (the bundle and report.md again, from the cache)
+    edge-sparse verify --bundle dist/rpi4   (manifest hashes and accuracy on eval.npz, re-checked)
     edge-sparse targets | models
     edge-sparse calib --dataset fashion-mnist --count 520
     edge-sparse calibrate rpi4 bench.json
@@ -166,6 +168,34 @@ def cmd_bench(a, rest: list[str]) -> int:
     return subprocess.call([sys.executable, str(d / "bench.py"), *rest], cwd=d)
 
 
+def cmd_verify(a) -> int:
+    """Re-check a bundle on disk: manifest hashes, then each model's accuracy on eval.npz vs metadata."""
+    import json
+
+    import numpy as np
+
+    from edge_sparse import bundle, verify
+
+    d = Path(a.bundle)
+    probs = bundle.check(d)
+    if probs:
+        raise EdgeSparseError(f"bundle {d}: " + "; ".join(probs))
+    meta = json.loads((d / "metadata.json").read_text())
+    with np.load(d / "eval.npz") as z:
+        x, y = z["x"], z["y"]
+    mean, std = meta["input"]["mean"], meta["input"]["std"]
+    bad = []
+    for f, key, run in (("model.tflite", "tflite_int8", verify.run_tflite), ("model.onnx", "onnx_int8", verify.run_onnx)):
+        acc = float((run(d / f, x, mean, std).argmax(1) == y).mean() * 100)
+        ok = abs(acc - meta["accuracy"][key]) < 1e-6
+        print(f"{f}: top-1 {acc:.2f}% on {len(y)} images (metadata says {meta['accuracy'][key]:.2f}%) {'ok' if ok else 'MISMATCH'}")
+        bad += [] if ok else [f]
+    if bad:
+        raise EdgeSparseError(f"bundle {d}: {', '.join(bad)} no longer computes what the build measured")
+    print(f"bundle {d}: manifest ok, accuracy reproduced")
+    return 0
+
+
 def cmd_study(a) -> int:
     from edge_sparse.study import run_study
 
@@ -175,6 +205,7 @@ def cmd_study(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter, before TF loads
     rest: list[str] = []
     if "--" in argv:
         i = argv.index("--")
@@ -182,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-sparse", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("build", "the whole pipeline for one target"), ("train", "dense training with the sparsity objective"),
-                        ("prune", "train + budget-driven pruning and shrink"), ("export", "... + fine-tune, int8 export")):
+                        ("prune", "train + budget-driven pruning and shrink"), ("export", "... + fine-tune, int8 export"),
+                        ("report", "rebuild the bundle and its report from the cached stages")):
         _build_args(sub.add_parser(name, help=help_))
     s = sub.add_parser("study", help="sparsity sweep: accuracy, robustness, latency per sparsity")
     _build_args(s)
@@ -203,17 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("calibrate", help="fit a target's latency model to an on-device bench.py --json report")
     cal.add_argument("target")
     cal.add_argument("report")
+    v = sub.add_parser("verify", help="re-check a bundle: manifest sha256s and accuracy on eval.npz")
+    v.add_argument("--bundle", required=True)
     bn = sub.add_parser("bench", help="run the bundle's bench.py on this host (flags after -- go to bench.py)")
     bn.add_argument("--target", required=True)
     bn.add_argument("--out", default="dist")
     a = p.parse_args(argv)
     try:
-        if a.command in ("build", "train", "prune", "export"):
+        if a.command in ("build", "train", "prune", "export", "report"):
             return cmd_build(a)
         if a.command == "bench":
             return cmd_bench(a, rest)
         return {"targets": cmd_targets, "models": cmd_models, "calib": cmd_calib, "calibrate": cmd_calibrate,
-                "study": cmd_study}[a.command](a)
+                "study": cmd_study, "verify": cmd_verify}[a.command](a)
     except EdgeSparseError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

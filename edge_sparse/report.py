@@ -125,7 +125,8 @@ def write(b, meta: dict, d: Path) -> None:
         L.append("| layer | dense in→out | kept in→out |\n|---|---|---|")
         for l in r["search"]["dense_layers"]:
             k = kept.get(l["name"])
-            L.append(f"| {l['name']} | {l['in_channels']}→{l['out_channels']} | {f'{k['in_channels']}→{k['out_channels']}' if k else 'removed'} |")
+            kept_txt = f"{k['in_channels']}→{k['out_channels']}" if k else "removed"
+            L.append(f"| {l['name']} | {l['in_channels']}→{l['out_channels']} | {kept_txt} |")
         L.append(f"\nShrink check: max |masked dense − shrunk| = {r['search']['shrink_max_abs_diff']:.2e}\n")
     L.append("## Parity (against torch fp32 of the shipped model)\n")
     L.append("| artifact | kind | top-1 (%) | agreement (%) | max abs diff (logits) | accuracy loss (pt) |\n|---|---|---|---|---|---|")

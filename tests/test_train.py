@@ -34,10 +34,10 @@ def test_bn_l1_drives_scales_down(fmnist_small):
     cfg = TrainConfig(epochs=6, batch_size=64, lr=0.05, augment="none")
     plain, sparse = _tiny(), _tiny()
     fit(plain, fmnist_small, cfg.replace(sparsity_reg="none"), progress=False)
-    fit(sparse, fmnist_small, cfg.replace(sparsity_reg="bn_l1", sparsity_lambda=2e-2), progress=False)
+    fit(sparse, fmnist_small, cfg.replace(sparsity_reg="bn_l1", sparsity_lambda=1e-1), progress=False)
     g = lambda m: torch.cat([b.weight.detach().abs() for b in m.modules() if isinstance(b, nn.BatchNorm2d)]).mean()
     assert g(sparse) < 0.7 * g(plain)
-    assert bn_small_fraction(sparse) > bn_small_fraction(plain)
+    assert bn_small_fraction(sparse, 0.3) > bn_small_fraction(plain, 0.3) + 0.1
 
 
 def test_group_lasso_runs(fmnist_small):
