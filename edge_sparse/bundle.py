@@ -64,6 +64,8 @@ def metadata(b) -> dict:
                        "pgd_dense_fp32": {k: v["pgd"] for k, v in rob.get("dense_fp32", {}).get("eps", {}).items()}},
         "versions": environment_versions(),
         "build": {"git_commit": git_commit(), "seed": b.cfg.seed, "quick": b.cfg.limit_train is not None,
+                  "gates_enforced": {"parity": b.cfg.enforce_parity, "accuracy_floor": b.cfg.enforce_accuracy_floor,
+                                     "latency_budget": b.cfg.fixed_sparsity is None, "size_budget": b.cfg.fixed_sparsity is None},
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   "stage_seconds": {k: round(v, 2) for k, v in b.times.items()},
                   "stage_seconds_when_built": {k: round(v.get("_seconds", 0), 2) for k, v in r.items() if isinstance(v, dict)}},

@@ -103,6 +103,10 @@ def write(b, meta: dict, d: Path) -> None:
     L.append(f"**Verdict:** predicted p90 {ch['predicted_p90_ms']:.3f} ms {verdict} the {t.latency_budget_ms} ms budget; "
              f"int8 .tflite top-1 {acc['tflite_int8']:.2f}% (floor {t.accuracy_floor_pct}%), "
              f"{meta['model']['size_kb']:.1f} KiB (budget {t.model_size_budget_kb} KiB).\n")
+    relaxed = [k for k, v in meta["build"]["gates_enforced"].items() if not v]
+    if relaxed:
+        L.append(f"**Gates reported, not enforced in this build:** {', '.join(relaxed)}"
+                 f"{' (QUICK: small slice, short epochs)' if meta['build']['quick'] else ''}.\n")
     L.append("## Dense vs shipped\n")
     L.append("| | dense | shipped | ratio |\n|---|---|---|---|")
     L.append(f"| params | {meta['dense']['params']:,} | {meta['model']['params']:,} | ÷{meta['dense']['params'] / meta['model']['params']:.2f} |")
