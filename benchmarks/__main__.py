@@ -14,7 +14,6 @@ Writes BENCHMARKS.md, benchmarks/results.json, and keeps every timed model in be
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -86,7 +85,7 @@ def _baseline(b, cache: Path) -> dict:
     import torch
 
     from edge_sparse import models
-    from edge_sparse.pipeline import _hash, _keys
+    from edge_sparse.pipeline import _hash
     from edge_sparse.train import accuracy, fit
 
     epochs = b.cfg.train.epochs + b.cfg.finetune.epochs

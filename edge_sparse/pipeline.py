@@ -12,10 +12,8 @@ checkpoints every epoch beside its entry and resumes from there.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -41,7 +39,7 @@ CACHE_VERSION = "1"
 # the chained keys, every later one). The glue in this file is not hashed; after changing it, re-run
 # with --from STAGE.
 STAGE_CODE = {
-    "train": ("data.py", "models.py", "train.py", "config.py"),
+    "train": ("data.py", "models.py", "train.py"),
     "search": ("pruning.py", "search.py", "targets.py"),
     "finetune": ("train.py",),
     "export": ("quantize.py", "export/onnx.py", "export/tflite.py", "export/lint.py"),

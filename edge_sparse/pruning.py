@@ -15,10 +15,9 @@ Torch-Pruning's `DependencyGraph`; we never trace the graph ourselves.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -217,7 +216,6 @@ def prune(
     `max_layer_sparsity` keeps at least that fraction of any layer's channels from going. The
     classifier's outputs and the input layer's inputs are never pruned.
     """
-    import torch_pruning as tp
 
     _check_sparsity(sparsity)
     imp_factory = CRITERIA.get(criterion)

@@ -160,6 +160,6 @@ def write(b, meta: dict, d: Path) -> None:
     for k, v in meta["build"]["stage_seconds"].items():
         L.append(f"| {k} | {v:.1f} | {built.get(k, v):.1f} |")
     ex = r["export"]["seconds"]
-    L.append(f"\nExport breakdown: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.items()) + "\n")
-    L.append(f"Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". Commit {meta['build']['git_commit']}.\n")
+    L.append("\nExport breakdown: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.items()) + "\n")
+    L.append("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". Commit {meta['build']['git_commit']}.\n")
     (d / "report.md").write_text("\n".join(L) + "\n")

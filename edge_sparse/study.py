@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -157,8 +156,8 @@ def _markdown(rows, eps, t, cfg) -> str:
     cols = ["sparsity", "macs", "params", "size_kb", "predicted_p90_ms", "host_p50_ms_1t", "host_p50_ms_2t", "acc_fp32",
             "acc_int8_tflite", "int8_agreement"] + [f"pgd_fp32_eps{e}" for e in eps] + [f"pgd_int8_transfer_eps{e}" for e in eps]
     L = [f"# Sparsity study: {cfg.model} on {cfg.dataset}, target {t.name}\n",
-         f"Robust accuracy: PGD-10 (L∞, random start) crafted on the fp32 model; the int8 .tflite is attacked by transfer. "
-         f"Host latency: ai-edge-litert with XNNPACK on this machine (median).\n",
+         "Robust accuracy: PGD-10 (L∞, random start) crafted on the fp32 model; the int8 .tflite is attacked by transfer. "
+         "Host latency: ai-edge-litert with XNNPACK on this machine (median).\n",
          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         L.append("| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

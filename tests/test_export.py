@@ -2,8 +2,6 @@
 what torch computes (numbers, with gates), lint catches what it promises, and nothing is fetched."""
 from __future__ import annotations
 
-import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
