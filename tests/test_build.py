@@ -209,3 +209,18 @@ def test_cli_unknown_target_and_stage(capsys):
     assert err.startswith("error: unknown target 'rpi9'") and "rpi4" in err
     with pytest.raises(SystemExit):
         main(["build", "--target", "rpi4", "--until", "polish"])
+
+
+def test_verify_arm_bit_identical(quick, capsys):
+    """The bundle on a real aarch64 userland under qemu-user: int8 outputs bit-identical to the host's."""
+    from edge_sparse import arm
+
+    try:
+        arm.ensure_tools()
+    except arm.Fail as e:
+        pytest.skip(f"qemu-user/mmdebstrap unavailable here: {e}")
+    rc = arm.main(["--bundle", str(quick["bundle"]), "--target", "rpi4", "--eval-limit", "100",
+                   "--sysroot", str(ROOT / "build" / "arm64-sysroot")])
+    out = capsys.readouterr().out
+    assert "[ai_edge_litert] aarch64 (cortex-a72, emulated) vs host: bit-identical" in out, out
+    assert rc == 0, out
