@@ -38,7 +38,7 @@ def metadata(b) -> dict:
     t, r = b.target, b.results
     e = b.dirs["export"]
     io = io_params(e / "model.tflite")
-    chosen = r["search"]["chosen"]
+    chosen = r["finetune"]["final"]  # the shipped model's own numbers (equal to the search's unless iterative)
     dense_c = next(c for c in r["search"]["candidates"] if c["sparsity"] == 0)
     rob = r.get("robustness", {})
     return {
@@ -54,6 +54,7 @@ def metadata(b) -> dict:
         "dense": {"params": dense_c["params"], "macs": dense_c["macs"], "layers": dense_c["layers"],
                   "size_kb_int8": round((e / "dense_int8.tflite").stat().st_size / 1024, 2)},
         "sparsity": chosen["sparsity"], "criterion": b.cfg.criterion, "channel_multiple": t.channel_multiple,
+        "prune_steps": chosen["prune_steps"],
         "accuracy": r["verify"]["accuracy"],
         "latency_ms": {"predicted_p90": chosen["predicted_p90_ms"], "budget": t.latency_budget_ms,
                        "dense_predicted_p90": dense_c["predicted_p90_ms"], "latency_model": t.latency_model.source.split("\n")[0]},

@@ -47,6 +47,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning")
     p.add_argument("--sparsity-lambda", type=float, help="strength of the L1-on-BN-scales objective")
     p.add_argument("--adv-train", choices=("none", "pgd"), help="PGD adversarial fine-tuning")
+    p.add_argument("--prune-steps", type=int, help="reach the sparsity in this many prune -> fine-tune steps (default 1)")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--image-size", type=int, help="side length for folder datasets (default 64)")
     p.add_argument("--seed", type=int, default=0)
@@ -66,6 +67,10 @@ def _config(a):
         kw["sparsities"] = a.sparsities
     if a.image_size:
         kw["image_size"] = a.image_size
+    if a.prune_steps is not None:
+        if a.prune_steps < 1:
+            raise EdgeSparseError(f"--prune-steps must be >= 1, got {a.prune_steps}")
+        kw["prune_steps"] = a.prune_steps
     train, ft = base.train, base.finetune
     if a.epochs is not None:
         train = train.replace(epochs=a.epochs)
@@ -99,7 +104,7 @@ def cmd_build(a) -> int:
     b = run(a.target, _config(a), out_dir=a.out, cache_dir=a.cache, from_stage=a.from_stage, until_stage=until)
     if "bundle" in b.results:
         meta_acc = b.results["verify"]["accuracy"]
-        ch = b.results["search"]["chosen"]
+        ch = b.results["finetune"]["final"]
         print(f"bundle: {b.results['bundle']['path']}  (sparsity {ch['sparsity']:.2f}, predicted p90 "
               f"{ch['predicted_p90_ms']:.3f} ms <= {b.target.latency_budget_ms} ms, int8 top-1 {meta_acc['tflite_int8']:.2f}%, "
               f"dense fp32 {meta_acc['torch_fp32_dense']:.2f}%)")

@@ -66,6 +66,7 @@ class BuildConfig:
     criterion: str = "bn_scale"  # channel importance for pruning
     sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidates the budget search tries
     train: TrainConfig = TrainConfig()  # dense training, with the sparsity objective
+    prune_steps: int = 1  # >1: reach the chosen sparsity in this many prune -> fine-tune (1 epoch) steps
     finetune: TrainConfig = TrainConfig(epochs=3, lr=0.02, sparsity_reg="none", kd_alpha=0.7)  # after pruning
     calib_size: int = 512  # calibration images for int8 (from calib_data/ or the train split)
     eval_size: int = 2000  # held-out test images shipped in eval.npz and used for parity

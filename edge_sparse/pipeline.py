@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ CACHE_VERSION = "1"
 STAGE_CODE = {
     "train": ("data.py", "models.py", "train.py"),
     "search": ("pruning.py", "search.py", "targets.py"),
-    "finetune": ("train.py",),
+    "finetune": ("train.py", "pruning.py"),
     "export": ("quantize.py", "export/onnx.py", "export/tflite.py", "export/lint.py"),
     "verify": ("verify.py",),
     "robustness": ("robustness.py",),
@@ -124,18 +126,32 @@ def stage_search(b: Build, d: Path) -> dict:
 
 
 def stage_finetune(b: Build, d: Path) -> dict:
+    from edge_sparse.pruning import count, profile, prune
     from edge_sparse.train import accuracy, fit
 
     teacher, _ = models.load(b.dirs["train"] / "dense")
     student, spec = models.load(b.dirs["search"] / "pruned")
     cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
-    if b.results["search"]["chosen"]["sparsity"] == 0:
+    sparsity = b.results["search"]["chosen"]["sparsity"]
+    kd = teacher if cfg.kd_alpha > 0 else None
+    if sparsity == 0:
         cfg = cfg.replace(epochs=0)  # the dense model fits: nothing was removed, nothing to recover
-    hist = fit(student, b.splits, cfg, teacher=teacher if cfg.kd_alpha > 0 else None,
-               ckpt_dir=b.cache / f"finetune-{b.keys['finetune']}.ckpt", resume=True)
+    elif b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 KD epoch between them
+        step_cfg = cfg.replace(epochs=1)
+        res = prune(teacher, b.example(), sparsity=sparsity, criterion=b.cfg.criterion, round_to=b.target.channel_multiple,
+                    iterative_steps=b.cfg.prune_steps,
+                    between_steps=lambda m, i: fit(m, b.splits, step_cfg.replace(seed=cfg.seed + 10 + i), teacher=kd,
+                                                   distributed=False))
+        student, spec = res.model, {**spec, "record": res.record}
+    hist = fit(student, b.splits, cfg, teacher=kd, ckpt_dir=b.cache / f"finetune-{b.keys['finetune']}.ckpt", resume=True,
+               distributed=False)
     models.save(student, d / "model", arch=spec["arch"], kwargs=spec["kwargs"], record=spec["record"])
     shutil.rmtree(b.cache / f"finetune-{b.keys['finetune']}.ckpt", ignore_errors=True)
-    return {"history": hist, "val_acc": accuracy(student, b.splits.val, b.splits.mean, b.splits.std)}
+    layers = profile(student, b.example())
+    params, macs = count(student, b.example())
+    final = {"sparsity": sparsity, "params": params, "macs": macs, "layers": len(layers),
+             "predicted_p90_ms": round(b.target.predict_ms(macs, len(layers)), 4), "prune_steps": b.cfg.prune_steps}
+    return {"history": hist, "val_acc": accuracy(student, b.splits.val, b.splits.mean, b.splits.std), "final": final}
 
 
 def _calibration(b: Build) -> np.ndarray:
@@ -258,7 +274,8 @@ def _keys(b: Build) -> dict:
     keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint("train"), data_key, c.model, asdict(c.train)])
     keys["search"] = _hash(["search", keys["train"], _code_fingerprint("search"), c.criterion, sorted(c.sparsities), c.fixed_sparsity, t.latency_budget_ms,
                             t.model_size_budget_kb, t.channel_multiple, asdict(t.latency_model)])
-    keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune)])
+    keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune)]
+                             + ([c.prune_steps] if c.prune_steps > 1 else []))
     keys["export"] = _hash(["export", keys["finetune"], _code_fingerprint("export"), c.calib_size, _calib_fingerprint()])
     keys["verify"] = _hash(["verify", keys["export"], _code_fingerprint("verify"), c.eval_size])
     keys["robustness"] = _hash(["robustness", keys["verify"], _code_fingerprint("robustness"), list(c.robust_eps),
@@ -289,6 +306,10 @@ def _gates(b: Build) -> None:
         if acc < b.target.accuracy_floor_pct and b.cfg.enforce_accuracy_floor:
             fails.append(f"shipped int8 accuracy {acc:.2f}% is below {b.target.name}'s floor "
                          f"{b.target.accuracy_floor_pct}% (short by {b.target.accuracy_floor_pct - acc:.2f} pt)")
+        final = b.results["finetune"]["final"]
+        if final["predicted_p90_ms"] > b.target.latency_budget_ms and b.cfg.fixed_sparsity is None:
+            fails.append(f"the fine-tuned model predicts p90 {final['predicted_p90_ms']:.3f} ms > budget "
+                         f"{b.target.latency_budget_ms} ms (iterative pruning kept more channels than the search)")
         art = "model.tflite" if b.target.runtime == "tflite" else "model.onnx"
         size_kb = (b.dirs["export"] / art).stat().st_size / 1024
         if size_kb > b.target.model_size_budget_kb and b.cfg.fixed_sparsity is None:
@@ -325,10 +346,22 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
                              limit_eval=cfg.limit_eval, image_size=cfg.image_size)
     b.times["data"] = time.time() - t
     b.keys = _keys(b)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     for i, stage in enumerate(STAGES[: last + 1]):
         d = b.cache / f"{stage}-{b.keys[stage]}"
         b.dirs[stage] = d
         cached = (d / "stage.json").is_file() and i < first
+        if world > 1 and stage != "train":  # DDP (torchrun): every rank trained; rank 0 alone goes on
+            _end_distributed()
+            if rank != 0:
+                return b
+        if world > 1 and rank != 0 and not cached:  # a helper rank: train with the others, keep nothing
+            tmp = Path(tempfile.mkdtemp(prefix="edge_sparse_rank"))
+            try:
+                b.results[stage] = STAGE_FNS[stage](b, tmp)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            continue
         if stage == "bundle":  # cheap, and its output is dist/<target>/ itself: always rebuilt
             _log(f"[{i + 1}/{len(STAGES)}] bundle ...")
             t = time.time()
@@ -351,8 +384,18 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
             _log(f"[{i + 1}/{len(STAGES)}] {stage}: done in {b.times[stage]:.1f}s")
         if stage in ("verify", "robustness"):
             _gates(b)
+    if world > 1:
+        _end_distributed()
     _log(f"edge_sparse build: finished in {time.time() - t_all:.1f}s")
     return b
+
+
+def _end_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def environment_versions() -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -208,6 +208,8 @@ def prune(
     ignored_layers: Optional[list[str]] = None,
     taylor_batch: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     check_batch: Optional[torch.Tensor] = None,
+    iterative_steps: int = 1,
+    between_steps: Optional[Callable[[nn.Module, int], None]] = None,
 ) -> PruneResult:
     """Remove `sparsity` of the prunable channels, chosen by `criterion`, and physically shrink.
 
@@ -215,6 +217,10 @@ def prune(
     sparsity lands where channels matter least); `layer_sparsity` sets per-layer ratios by module name.
     `max_layer_sparsity` keeps at least that fraction of any layer's channels from going. The
     classifier's outputs and the input layer's inputs are never pruned.
+
+    Iterative pruning: with `iterative_steps=k` the sparsity is reached in k equal steps, and
+    `between_steps(model, step)` (e.g. a short fine-tune, in place) runs after each step but the last,
+    so later steps rank channels on the recovered network. Each step is shrink-checked.
     """
 
     _check_sparsity(sparsity)
@@ -223,6 +229,8 @@ def prune(
         raise EdgeSparseError("criterion 'taylor' needs gradients: pass taylor_batch=(images, labels)")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
         raise EdgeSparseError(f"round_to must be a positive integer channel multiple, got {round_to!r}")
+    if not isinstance(iterative_steps, int) or iterative_steps < 1:
+        raise EdgeSparseError(f"iterative_steps must be a positive integer, got {iterative_steps!r}")
     if not 0 < max_layer_sparsity < 1:
         raise EdgeSparseError(f"max_layer_sparsity must be in (0, 1), got {max_layer_sparsity!r}")
 
@@ -253,6 +261,7 @@ def prune(
                 work, example_input[:1], importance=imp_factory(), global_pruning=global_pruning,
                 pruning_ratio=float(sparsity), pruning_ratio_dict=ratio_dict,
                 max_pruning_ratio=max_layer_sparsity, ignored_layers=ignored, round_to=round_to,
+                iterative_steps=iterative_steps,
             )
     except EdgeSparseError:
         raise
@@ -262,37 +271,44 @@ def prune(
             f"the model must run on example_input of shape {tuple(example_input.shape)} with traceable ops"
         ) from None
 
-    if criterion == "taylor":
-        x, y = taylor_batch
-        work.zero_grad()
-        nn.functional.cross_entropy(work(x), y).backward()
-
-    masked = copy.deepcopy(work)
-    masked_named = dict(masked.named_modules())
-    name_of = {m: n for n, m in work.named_modules()}
-    dg = pruner.DG
-    plan: list[str] = []
-    for group in pruner.step(interactive=True):
-        for dep, idxs in group:
-            if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in name_of:
-                _zero_out_channels(masked_named[name_of[dep.target.module]], [int(getattr(i, "idx", i)) for i in idxs])
-        root = group[0].dep
-        plan.append(f"{name_of.get(root.target.module, '?')} out {len(group[0].idxs)} ch")
-        group.prune()
-    work.zero_grad(set_to_none=True)
-    for p in work.parameters():
-        p.grad = None
-
-    shrunk = work.eval()
     probe = check_batch if check_batch is not None else torch.randn(8, *example_input.shape[1:],
                                                                      generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        diff = float((masked.eval()(probe) - shrunk(probe)).abs().max())
-    if diff > SHRINK_TOLERANCE:
-        raise EdgeSparseError(
-            f"shrink check failed: masked and shrunk outputs differ by {diff:.3g} (> {SHRINK_TOLERANCE}); "
-            f"the pruned channels were not removed consistently"
-        )
+    dg = pruner.DG
+    plan: list[str] = []
+    diff = 0.0
+    for step in range(iterative_steps):
+        if criterion == "taylor":
+            x, y = taylor_batch
+            work.zero_grad()
+            nn.functional.cross_entropy(work(x), y).backward()
+        masked = copy.deepcopy(work)
+        masked_named = dict(masked.named_modules())
+        name_of = {m: n for n, m in work.named_modules()}
+        for group in pruner.step(interactive=True):
+            coupled = []
+            for dep, idxs in group:
+                name = name_of.get(dep.target.module)
+                if name is None:
+                    continue
+                out = dg.is_out_channel_pruning_fn(dep.handler)
+                if out:
+                    _zero_out_channels(masked_named[name], [int(getattr(i, "idx", i)) for i in idxs])
+                coupled.append(f"{name} {'out' if out else 'in'}")
+            plan.append(f"step {step + 1}: {len(group[0].idxs)} ch: " + " => ".join(dict.fromkeys(coupled)))
+            group.prune()
+        for p in work.parameters():
+            p.grad = None
+        work.eval()
+        with torch.no_grad():
+            diff = max(diff, float((masked.eval()(probe) - work(probe)).abs().max()))
+        if diff > SHRINK_TOLERANCE:
+            raise EdgeSparseError(
+                f"shrink check failed at step {step + 1}: masked and shrunk outputs differ by {diff:.3g} "
+                f"(> {SHRINK_TOLERANCE}); the pruned channels were not removed consistently"
+            )
+        if between_steps is not None and step < iterative_steps - 1:
+            between_steps(work, step)
+    shrunk = work.eval()
     params, macs = count(shrunk, example_input)
     history = [[n, bool(out), [int(i) for i in idx]] for n, out, idx in dg.pruning_history()]
     record = {
@@ -302,7 +318,9 @@ def prune(
         "round_to": round_to,
         "global_pruning": global_pruning,
         "input_shape": list(example_input.shape[1:]),
+        "iterative_steps": iterative_steps,
         "history": history,
+        "plan": plan,
         "channels": {s.name: [s.in_channels, s.out_channels] for s in profile(shrunk, example_input)},
     }
     return PruneResult(shrunk, params, macs, dense_params, dense_macs, record, diff,

@@ -93,7 +93,7 @@ def write(b, meta: dict, d: Path) -> None:
     r, t = b.results, b.target
     acc = meta["accuracy"]
     plots = _plots(b, meta, d)
-    ch = r["search"]["chosen"]
+    ch = r["finetune"]["final"]
     L = []
     L.append(f"# edge_sparse build report: {t.name}\n")
     L.append(f"{t.device} ({t.cpu}); runtime {t.runtime}, {t.threads} threads. Dataset {b.cfg.dataset}, "

@@ -46,7 +46,7 @@ def run_study(target: str, cfg: BuildConfig, sparsities: Sequence[float], out: P
         c = dataclasses.replace(cfg, fixed_sparsity=s, enforce_parity=False, enforce_accuracy_floor=False)
         b = pipeline.run(target, c, out_dir=Path(out) / "bundles", cache_dir=cache_dir, until_stage="robustness")
         r = b.results
-        ch = r["search"]["chosen"]
+        ch = {**r["search"]["chosen"], **r["finetune"]["final"]}
         tfl = b.dirs["export"] / "model.tflite"
         host = {th: measure_tflite(tfl, threads=th, runs=300)["p50"] for th in (1, 2)}
         rob = r["robustness"]

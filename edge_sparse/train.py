@@ -146,11 +146,13 @@ def fit(
     teacher: Optional[nn.Module] = None,
     progress: bool = True,
     stop_after_steps: Optional[int] = None,
+    distributed: Optional[bool] = None,
 ) -> list[dict]:
     """Train `model` in place; return per-epoch history (loss, train/val accuracy, BN sparsity, time).
 
     `stop_after_steps` ends the run abruptly after that many optimizer steps (tests use it to
-    simulate a kill mid-epoch).
+    simulate a kill mid-epoch). `distributed=None` uses DDP when torchrun started this process
+    (WORLD_SIZE > 1); False keeps this run on this process alone.
     """
     from tqdm import tqdm
 
@@ -159,8 +161,8 @@ def fit(
     device = cfg.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EdgeSparseError("--device cuda was asked for, but torch sees no CUDA device")
-    distributed = _maybe_init_dist(device)
-    rank, world = _dist_env()
+    distributed = _maybe_init_dist(device) if distributed is not False else False
+    rank, world = _dist_env() if distributed else (0, 1)
     if distributed and device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     model.to(device)

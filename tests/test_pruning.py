@@ -185,3 +185,24 @@ def test_torchvision_models(arch):
     x = torch.randn(1, 3, 64, 64)
     res = es.prune(m, x, sparsity=0.5, criterion="l2", round_to=8)
     assert res.macs < 0.7 * res.dense_macs and res.shrink_max_abs_diff <= 1e-4
+
+
+def test_iterative_prune_then_finetune_steps():
+    m = _model("resnet8", c=1, size=28)
+    x = torch.randn(4, 1, 28, 28)
+    seen = []
+
+    def between(model, step):  # a stand-in fine-tune: perturb weights in place, as training would
+        seen.append((step, sum(p.numel() for p in model.parameters())))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+
+    res = es.prune(m, x, sparsity=0.5, criterion="l2", round_to=8, iterative_steps=3, between_steps=between)
+    assert [s for s, _ in seen] == [0, 1] and seen[0][1] > seen[1][1] > res.params  # shrinks step by step
+    assert res.record["iterative_steps"] == 3 and res.shrink_max_abs_diff <= 1e-4
+    assert any("=>" in line for line in res.record["plan"])  # coupled channels, printed like a plan
+    # the record replays the whole sequence on the dense model (weights differ: they were fine-tuned)
+    assert [l.out_channels for l in profile(es.replay(m, res.record), x)] == [l.out_channels for l in res.layers]
+    with pytest.raises(EdgeSparseError, match="iterative_steps"):
+        es.prune(m, x, sparsity=0.5, iterative_steps=0)

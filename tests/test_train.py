@@ -131,3 +131,21 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert w0 == w1 == "2"
     assert h0 == h1  # DDP kept the replicas identical
     assert (tmp_path / "last.pt").is_file()  # rank 0 checkpointed
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_pipeline_train_stage(tmp_path):
+    """`torchrun -m edge_sparse.cli train`: the build's own train stage under DDP (gloo, 2 processes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+                        "-m", "edge_sparse.cli", "train", "--target", "rpi4", "--quick", "--epochs", "1",
+                        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "dist")],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    entries = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    assert entries == ["train"], entries  # one entry, written once (by rank 0), nothing half-written
+    import json
+
+    res = json.loads(next((tmp_path / "cache").iterdir()).joinpath("stage.json").read_text())
+    assert res["val_acc"] > 30 and len(res["history"]) == 1
+    assert not (tmp_path / "dist").exists()
