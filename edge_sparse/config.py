@@ -9,6 +9,7 @@ from edge_sparse.errors import EdgeSparseError
 
 Augment = Literal["none", "crop", "crop_flip"]
 SparsityReg = Literal["none", "bn_l1", "group_lasso"]
+SparsityWeighting = Literal["uniform", "cost"]
 Schedule = Literal["cosine", "constant"]
 AdvTrain = Literal["none", "pgd"]
 
@@ -27,6 +28,7 @@ class TrainConfig:
     augment: Augment = "crop_flip"  # random 4-pixel-padded crop (+ horizontal flip)
     sparsity_reg: SparsityReg = "bn_l1"  # network slimming (L1 on BN scales) or group lasso on channels
     sparsity_lambda: float = 2e-3  # strength of the sparsity term (high: the epoch budget is short)
+    sparsity_weighting: SparsityWeighting = "uniform"  # "cost": scale each channel's term by what it costs (H*W*C)
     kd_alpha: float = 0.0  # weight of distillation from a teacher (0 = plain cross-entropy)
     kd_temperature: float = 4.0  # distillation temperature
     adv_train: AdvTrain = "none"  # PGD adversarial training (Madry et al.) mixed into each batch
@@ -46,7 +48,7 @@ class TrainConfig:
         if self.sparsity_lambda < 0:
             raise EdgeSparseError(f"sparsity_lambda must be >= 0, got {self.sparsity_lambda}")
         for name, allowed in (("augment", Augment), ("sparsity_reg", SparsityReg), ("schedule", Schedule),
-                              ("adv_train", AdvTrain)):
+                              ("adv_train", AdvTrain), ("sparsity_weighting", SparsityWeighting)):
             valid = allowed.__args__
             if getattr(self, name) not in valid:
                 raise EdgeSparseError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")

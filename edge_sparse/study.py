@@ -95,32 +95,26 @@ def _plots(rows, eps, t, out: Path) -> None:
     f = pareto(rows, "predicted_p90_ms", "acc_int8_tflite")
     ax.plot([r["predicted_p90_ms"] for r in f], [r["acc_int8_tflite"] for r in f], "k--", lw=1, label="Pareto front")
     ax.axvline(t.latency_budget_ms, color="r", lw=1, ls=":", label=f"{t.name} budget")
-    ax.set_xlabel(f"predicted p90 on {t.name} (ms)")
-    ax.set_ylabel("top-1 (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_latency.png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, f"predicted p90 on {t.name} (ms)", "top-1 (%)", out / "accuracy_vs_latency.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     for e in eps:
         ax.plot([r["sparsity"] for r in rows], [r[f"pgd_fp32_eps{e}"] for r in rows], marker="o", label=f"PGD fp32 eps {e}")
         ax.plot([r["sparsity"] for r in rows], [r[f"pgd_int8_transfer_eps{e}"] for r in rows], marker="x", ls="--",
                 label=f"int8 transfer eps {e}")
-    ax.set_xlabel("sparsity (channel fraction removed)")
-    ax.set_ylabel("robust top-1 (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "robust_vs_sparsity.png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, "sparsity (channel fraction removed)", "robust top-1 (%)", out / "robust_vs_sparsity.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         ax.plot([0] + [float(e) for e in eps], [r["acc_fp32"]] + [r[f"pgd_fp32_eps{e}"] for e in eps], marker="o",
                 label=f"sparsity {r['sparsity']:.2f}")
-    ax.set_xlabel("epsilon (/255)")
-    ax.set_ylabel("PGD top-1, fp32 (%)")
+    _finish(plt, fig, ax, "epsilon (/255)", "PGD top-1, fp32 (%)", out / "per_eps.png")
+
+
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "per_eps.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -224,3 +224,39 @@ def test_verify_arm_bit_identical(quick, capsys):
     out = capsys.readouterr().out
     assert "[ai_edge_litert] aarch64 (cortex-a72, emulated) vs host: bit-identical" in out, out
     assert rc == 0, out
+
+
+def test_study_two_points(quick, tmp_path):
+    from edge_sparse.study import run_study
+
+    rows = run_study("rpi4", BuildConfig.quick(robust_eps=(2.0,), robust_n=100), [0, 0.5], tmp_path / "study",
+                     cache_dir=quick["dir"] / "cache")
+    assert [r["sparsity"] for r in rows] == [0.0, 0.5]
+    assert rows[1]["macs"] < rows[0]["macs"] and rows[1]["predicted_p90_ms"] < rows[0]["predicted_p90_ms"]
+    assert rows[0]["host_p50_ms_1t"] > 0 and "pgd_int8_transfer_eps2" in rows[0]
+    names = {p.name for p in (tmp_path / "study").iterdir()}
+    assert {"study.csv", "study.json", "study.md", "accuracy_vs_latency.png", "robust_vs_sparsity.png", "per_eps.png"} <= names
+    md = (tmp_path / "study" / "study.md").read_text()
+    assert "## Verdict" in md and any(w in md for w in ("**TRUE.**", "**FALSE.**", "**MIXED.**"))
+
+
+def test_harness_without_any_runtime_says_what_to_install(quick, tmp_path):
+    shadow = tmp_path / "shadow"
+    for name in ("ai_edge_litert", "tflite_runtime", "tensorflow", "onnxruntime"):
+        (shadow / name).mkdir(parents=True)
+        (shadow / name / "__init__.py").write_text("raise ImportError('not installed (test shadow)')\n")
+    r = subprocess.run([sys.executable, "bench.py"], cwd=quick["bundle"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(shadow)})
+    assert r.returncode == 2 and "no runtime for model.tflite is installed" in r.stderr and "pip install" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_robust_accuracy_floor_fails_the_build(quick, tmp_path, monkeypatch):
+    tdir = tmp_path / "targets"
+    shutil.copytree(ROOT / "targets", tdir)
+    p = tdir / "rpi4.toml"
+    p.write_text(p.read_text().replace("channel_multiple = 8", "channel_multiple = 8\nrobust_eps = 8.0\nrobust_accuracy_floor_pct = 99.0"))
+    monkeypatch.setenv("EDGE_SPARSE_TARGETS", str(tdir))
+    with pytest.raises(pipeline.GateError, match=r"robust accuracy .* at eps 8/255 is below rpi4's floor 99.0%"):
+        pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
+    assert not (tmp_path / "dist").exists()

@@ -149,3 +149,13 @@ def test_torchrun_runs_the_pipeline_train_stage(tmp_path):
     res = json.loads(next((tmp_path / "cache").iterdir()).joinpath("stage.json").read_text())
     assert res["val_acc"] > 30 and len(res["history"]) == 1
     assert not (tmp_path / "dist").exists()
+
+
+def test_pgd_adversarial_training_runs_and_changes_the_model(fmnist_small):
+    cfg = TrainConfig(epochs=1, batch_size=100, lr=0.05, augment="none", sparsity_reg="none")
+    plain, adv = _tiny(), _tiny()
+    fit(plain, fmnist_small, cfg, progress=False)
+    hist = fit(adv, fmnist_small, cfg.replace(adv_train="pgd", adv_eps=4.0), progress=False)
+    assert np.isfinite(hist[0]["loss"])
+    # same seed, same data order: only the adversarial inputs differ
+    assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), adv.state_dict().values()))
