@@ -17,7 +17,7 @@ STAMP    := $(VENV)/.installed
 
 BUILD_FLAGS = --target $(TARGET) --dataset $(DATASET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(QUICK),--quick) $(ARGS)
 
-.PHONY: help build test test-fast bench verify-arm benchmarks study clean check-target data setup
+.PHONY: help build test test-fast bench verify-arm benchmarks study clean check-target data sysdeps setup
 
 help:  ## list the targets of this Makefile
 	@echo "make build TARGET=<name> [QUICK=1] [DATASET=cifar10 DATA_DIR=<dir>]   build dist/<name>/"
@@ -36,13 +36,16 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 (apt-get install python3.11 python3.11-venv)" >&2; exit 2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# TFLite Support metadata writer: needs protobuf<4, onnx2tf pins 4.25.5, so it lives apart from
+	@# site-packages and runs in a subprocess on pure-Python protobuf (edge_sparse/export/metadata.py)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target $(VENV)/tflite-support tflite-support==0.4.4
 	@# test-only: real CIFAR/ImageNet sample images for the loader tests (foolbox's wheel carries them)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
 	@touch $@
 
 setup: $(STAMP)
 
-data:
+data: sysdeps
 	@if [ "$(DATASET)" = fashion-mnist ] && [ -z "$$EDGE_SPARSE_DATA" ] && [ ! -f $(FMNIST) ]; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian's dataset-fashion-mnist ..."; \
@@ -51,6 +54,15 @@ data:
 	    sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; \
 	  fi; \
 	  test -f $(FMNIST) || { echo "error: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set EDGE_SPARSE_DATA=<dir holding the four idx .gz files>" >&2; exit 2; }; \
+	fi
+
+# libusb-1.0: tflite-support's metadata library links it
+sysdeps:
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q libusb-1.0-0 >/dev/null; } ; \
+	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then sudo apt-get install -y -q libusb-1.0-0 >/dev/null; fi; \
+	  ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || { echo "error: libusb-1.0 is missing: run 'sudo apt-get install libusb-1.0-0'" >&2; exit 2; }; \
 	fi
 
 build: check-target data $(STAMP)

@@ -81,12 +81,15 @@ def write(b) -> dict:
     meta = metadata(b)
     e, v = b.dirs["export"], b.dirs["verify"]
     with _io.atomic_dir(dest) as tmp:
-        (tmp / "model.tflite").write_bytes(md.embed((e / "model.tflite").read_bytes(), meta))
+        (tmp / "labels.txt").write_text("\n".join(b.splits.classes) + "\n")
+        (tmp / "model_ours.tflite").write_bytes(md.embed((e / "model.tflite").read_bytes(), meta))
+        md.write_support_metadata(tmp / "model_ours.tflite", tmp / "model.tflite", tmp / "labels.txt",
+                                  [m * 255 for m in b.splits.mean], [s * 255 for s in b.splits.std])
+        (tmp / "model_ours.tflite").unlink()
         for name in ("model.onnx", "model_fp32.onnx"):
             shutil.copyfile(e / name, tmp / name)
         shutil.copyfile(v / "eval.npz", tmp / "eval.npz")
         shutil.copyfile(HARNESS, tmp / "bench.py")
-        (tmp / "labels.txt").write_text("\n".join(b.splits.classes) + "\n")
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
         report.write(b, meta, tmp)
         write_manifest(tmp)

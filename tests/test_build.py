@@ -260,3 +260,18 @@ def test_robust_accuracy_floor_fails_the_build(quick, tmp_path, monkeypatch):
     with pytest.raises(pipeline.GateError, match=r"robust accuracy .* at eps 8/255 is below rpi4's floor 99.0%"):
         pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
     assert not (tmp_path / "dist").exists()
+
+
+def test_tflite_support_metadata_round_trip(quick):
+    """labels, normalisation and our JSON travel inside model.tflite, readable by TFLite Support."""
+    from edge_sparse.export import metadata
+
+    d = quick["bundle"]
+    meta = json.loads((d / "metadata.json").read_text())
+    got = metadata.read_support_metadata(d / "model.tflite")
+    assert got["files"] == ["labels.txt"] and got["labels"].splitlines() == meta["labels"]
+    tensor = got["metadata"]["subgraph_metadata"][0]["input_tensor_metadata"][0]
+    norm = next(u for u in tensor["process_units"] if u["options_type"] == "NormalizationOptions")["options"]
+    assert norm["mean"][0] == pytest.approx(meta["input"]["mean"][0] * 255, rel=1e-5)
+    assert norm["std"][0] == pytest.approx(meta["input"]["std"][0] * 255, rel=1e-5)
+    assert metadata.read((d / "model.tflite").read_bytes()) == meta  # our entry survives the populator

@@ -159,3 +159,13 @@ def test_pgd_adversarial_training_runs_and_changes_the_model(fmnist_small):
     assert np.isfinite(hist[0]["loss"])
     # same seed, same data order: only the adversarial inputs differ
     assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), adv.state_dict().values()))
+
+
+def test_cost_weights_favour_expensive_channels():
+    from edge_sparse.train import bn_cost_weights
+
+    m = models.create("resnet8", in_channels=1, num_classes=10, input_size=28)
+    w = {n: bn_cost_weights(m, (1, 28, 28))[mod] for n, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d)}
+    assert w["bn1"] == pytest.approx(4 * w["layer3.0.bn1"]) and w["layer2.0.bn1"] == pytest.approx(2 * w["layer3.0.bn1"])
+    ch = {n: mod.num_features for n, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d)}
+    assert sum(w[n] * ch[n] for n in w) / sum(ch.values()) == pytest.approx(1.0)

@@ -42,3 +42,73 @@ def read(tflite: bytes) -> Optional[dict]:
         if md.Name() in (METADATA_NAME, METADATA_NAME.encode()):
             return json.loads(bytes(m.Buffers(md.Buffer()).DataAsNumpy().tobytes()).decode())
     return None
+
+
+# --------------------------------------------------------------------------- TFLite Support metadata
+
+_WRITER = r"""
+import json, sys
+from tensorflow_lite_support.metadata.python import metadata
+from tensorflow_lite_support.metadata.python.metadata_writers import image_classifier, writer_utils
+src, labels, out, mean, std = sys.argv[1:6]
+w = image_classifier.MetadataWriter.create_for_inference(
+    writer_utils.load_file(src), json.loads(mean), json.loads(std), [labels])
+writer_utils.save_file(w.populate(), out)
+"""
+
+_READER = r"""
+import json, sys
+from tensorflow_lite_support.metadata.python import metadata
+d = metadata.MetadataDisplayer.with_model_file(sys.argv[1])
+files = d.get_packed_associated_file_list()
+print(json.dumps({"metadata": json.loads(d.get_metadata_json()), "files": files,
+                  "labels": d.get_associated_file_buffer("labels.txt").decode() if "labels.txt" in files else None}))
+"""
+
+
+def support_library_dir() -> "Path":
+    """Where `make` installs tflite-support 0.4.4 (--no-deps, beside the venv's site-packages)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    return Path(os.environ.get("EDGE_SPARSE_TFLITE_SUPPORT") or Path(sys.prefix) / "tflite-support")
+
+
+def _run_support(code: str, args: list[str]) -> str:
+    """tflite-support needs protobuf < 4 while onnx2tf pins 4.25.5: it runs in a subprocess on the pure-
+    Python protobuf, from its own directory, and never imports its `tflite_support` package (whose task
+    bindings clash with TensorFlow's)."""
+    import os
+    import subprocess
+    import sys
+
+    from edge_sparse.errors import EdgeSparseError
+
+    site = support_library_dir()
+    if not (site / "tensorflow_lite_support").is_dir():
+        raise EdgeSparseError(
+            f"TFLite Support metadata writer not found in {site}; run `make setup` or "
+            f"`pip install --no-deps --target {site} tflite-support==0.4.4`"
+        )
+    env = {**os.environ, "PYTHONPATH": str(site), "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise EdgeSparseError(f"TFLite Support metadata step failed: {tail}")
+    return r.stdout
+
+
+def write_support_metadata(src: "Path", out: "Path", labels_file: "Path", mean_px: list, std_px: list) -> None:
+    """Populate `src` with TFLite Support image-classifier metadata (normalisation in pixel units, labels
+    packed as an associated file) into `out`, readable by Android's support library / Task Library."""
+    import json
+
+    _run_support(_WRITER, [str(src), str(labels_file), str(out), json.dumps(list(mean_px)), json.dumps(list(std_px))])
+
+
+def read_support_metadata(path: "Path") -> dict:
+    import json
+
+    return json.loads(_run_support(_READER, [str(path)]).strip().splitlines()[-1])
