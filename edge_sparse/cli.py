@@ -46,6 +46,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="dense training epochs")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning")
     p.add_argument("--sparsity-lambda", type=float, help="strength of the L1-on-BN-scales objective")
+    p.add_argument("--sparsity-weighting", choices=("uniform", "cost"),
+                   help="cost: scale each channel's L1 term by its feature map's H*W*C (default uniform)")
     p.add_argument("--adv-train", choices=("none", "pgd"), help="PGD adversarial fine-tuning")
     p.add_argument("--prune-steps", type=int, help="reach the sparsity in this many prune -> fine-tune steps (default 1)")
     p.add_argument("--device", help="cpu (default) or cuda")
@@ -78,6 +80,8 @@ def _config(a):
         ft = ft.replace(epochs=a.finetune_epochs)
     if a.sparsity_lambda is not None:
         train = train.replace(sparsity_lambda=a.sparsity_lambda)
+    if a.sparsity_weighting:
+        train = train.replace(sparsity_weighting=a.sparsity_weighting)
     if a.adv_train:
         ft = ft.replace(adv_train=a.adv_train)
     if a.device:

@@ -9,6 +9,7 @@ model computes exactly what it did before (a test checks outputs are bit-identic
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 METADATA_NAME = "edge_sparse_metadata"
@@ -66,11 +67,10 @@ print(json.dumps({"metadata": json.loads(d.get_metadata_json()), "files": files,
 """
 
 
-def support_library_dir() -> "Path":
+def support_library_dir() -> Path:
     """Where `make` installs tflite-support 0.4.4 (--no-deps, beside the venv's site-packages)."""
     import os
     import sys
-    from pathlib import Path
 
     return Path(os.environ.get("EDGE_SPARSE_TFLITE_SUPPORT") or Path(sys.prefix) / "tflite-support")
 
@@ -100,7 +100,7 @@ def _run_support(code: str, args: list[str]) -> str:
     return r.stdout
 
 
-def write_support_metadata(src: "Path", out: "Path", labels_file: "Path", mean_px: list, std_px: list) -> None:
+def write_support_metadata(src: Path, out: Path, labels_file: Path, mean_px: list, std_px: list) -> None:
     """Populate `src` with TFLite Support image-classifier metadata (normalisation in pixel units, labels
     packed as an associated file) into `out`, readable by Android's support library / Task Library."""
     import json
@@ -108,7 +108,7 @@ def write_support_metadata(src: "Path", out: "Path", labels_file: "Path", mean_p
     _run_support(_WRITER, [str(src), str(labels_file), str(out), json.dumps(list(mean_px)), json.dumps(list(std_px))])
 
 
-def read_support_metadata(path: "Path") -> dict:
+def read_support_metadata(path: Path) -> dict:
     import json
 
     return json.loads(_run_support(_READER, [str(path)]).strip().splitlines()[-1])
