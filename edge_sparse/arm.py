@@ -90,6 +90,7 @@ def ensure_sysroot(root: Path, core: str) -> Path:
     if not py.exists():
         tmp = root.with_name(root.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        root.parent.mkdir(parents=True, exist_ok=True)  # mmdebstrap needs the parent to exist
         print(f"verify-arm: making an arm64 sysroot in {root} (once) ...", file=sys.stderr, flush=True)
         _sh(["mmdebstrap", "--variant=extract", "--arch=arm64", "--include=python3.11,libstdc++6,libgomp1",
              "bookworm", str(tmp), _mirror()], timeout=900)

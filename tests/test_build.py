@@ -221,8 +221,9 @@ def test_verify_arm_bit_identical(quick, capsys):
         pytest.skip(f"qemu-user/mmdebstrap unavailable here: {e}")
     rc = arm.main(["--bundle", str(quick["bundle"]), "--target", "rpi4", "--eval-limit", "100",
                    "--sysroot", str(ROOT / "build" / "arm64-sysroot")])
-    out = capsys.readouterr().out
-    assert "[ai_edge_litert] aarch64 (cortex-a72, emulated) vs host: bit-identical" in out, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "[ai_edge_litert] aarch64 (cortex-a72, emulated) vs host: bit-identical" in out, out + captured.err
     assert rc == 0, out
 
 
