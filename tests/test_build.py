@@ -157,12 +157,18 @@ def test_harness_is_standalone(quick, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_unreachable_budget_fails_listing_candidates(quick, tmp_path, monkeypatch):
+def _edited_rpi4(tmp_path, monkeypatch, old: str, new: str) -> None:
+    """A copy of targets/ whose rpi4.toml has `old` replaced by `new`, made the active profile set."""
     tdir = tmp_path / "targets"
     shutil.copytree(ROOT / "targets", tdir)
     p = tdir / "rpi4.toml"
-    p.write_text(p.read_text().replace("latency_budget_ms = 0.70", "latency_budget_ms = 0.01"))
+    assert old in p.read_text()
+    p.write_text(p.read_text().replace(old, new))
     monkeypatch.setenv("EDGE_SPARSE_TARGETS", str(tdir))
+
+
+def test_unreachable_budget_fails_listing_candidates(quick, tmp_path, monkeypatch):
+    _edited_rpi4(tmp_path, monkeypatch, "latency_budget_ms = 0.70", "latency_budget_ms = 0.01")
     with pytest.raises(BudgetError) as e:
         pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
     msg = str(e.value)
@@ -253,11 +259,8 @@ def test_harness_without_any_runtime_says_what_to_install(quick, tmp_path):
 
 
 def test_robust_accuracy_floor_fails_the_build(quick, tmp_path, monkeypatch):
-    tdir = tmp_path / "targets"
-    shutil.copytree(ROOT / "targets", tdir)
-    p = tdir / "rpi4.toml"
-    p.write_text(p.read_text().replace("channel_multiple = 8", "channel_multiple = 8\nrobust_eps = 8.0\nrobust_accuracy_floor_pct = 99.0"))
-    monkeypatch.setenv("EDGE_SPARSE_TARGETS", str(tdir))
+    _edited_rpi4(tmp_path, monkeypatch, "channel_multiple = 8",
+                 "channel_multiple = 8\nrobust_eps = 8.0\nrobust_accuracy_floor_pct = 99.0")
     with pytest.raises(pipeline.GateError, match=r"robust accuracy .* at eps 8/255 is below rpi4's floor 99.0%"):
         pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
     assert not (tmp_path / "dist").exists()
