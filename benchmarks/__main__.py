@@ -9,7 +9,7 @@ agreement. Also: the default build's per-stage wall time and peak memory, a dens
 without the sparsity objective for the same number of epochs (the fair accuracy reference), and the
 harness's median against LiteRT's own benchmark tool on the same model.
 
-Writes BENCHMARKS.md, benchmarks/results.json, and keeps every timed model in benchmarks/out/.
+Writes BENCHMARKS.md (ending with benchmarks/notes.md: figures other commands measured), benchmarks/results.json, and keeps every timed model in benchmarks/out/.
 """
 from __future__ import annotations
 
@@ -311,6 +311,9 @@ def render(r: dict) -> str:
         agree = f"{100 * (h23 / ref - 1):+.1f}%" if ref and h23 else "–"
         L.append(f"| {th} | {h21 if h21 is None else f'{h21:.4f}'} | {h23 if h23 is None else f'{h23:.4f}'} | "
                  f"{ref if ref else 'unavailable: ' + str(tool.get('error', ''))[:120]} | {agree} |")
+    notes = ROOT / "benchmarks" / "notes.md"  # measured by other commands (study, recipe runs): kept verbatim
+    if notes.is_file():
+        L += ["", notes.read_text().strip()]
     return "\n".join(L) + "\n"
 
 

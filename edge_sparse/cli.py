@@ -45,6 +45,9 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsities", type=_floats, help="candidate sparsities for the budget search, e.g. 0.3,0.5,0.7")
     p.add_argument("--epochs", type=int, help="dense training epochs")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning")
+    p.add_argument("--finetune-lr", type=float, help="peak learning rate of the fine-tune (default 0.02)")
+    p.add_argument("--kd-alpha", type=float, help="weight of distillation from the dense model in the fine-tune "
+                   "(default 0.7; 0 = plain cross-entropy)")
     p.add_argument("--sparsity-lambda", type=float, help="strength of the L1-on-BN-scales objective")
     p.add_argument("--sparsity-weighting", choices=("uniform", "cost"),
                    help="cost: scale each channel's L1 term by its feature map's H*W*C (default uniform)")
@@ -78,6 +81,10 @@ def _config(a):
         train = train.replace(epochs=a.epochs)
     if a.finetune_epochs is not None:
         ft = ft.replace(epochs=a.finetune_epochs)
+    if a.finetune_lr is not None:
+        ft = ft.replace(lr=a.finetune_lr)
+    if a.kd_alpha is not None:
+        ft = ft.replace(kd_alpha=a.kd_alpha)
     if a.sparsity_lambda is not None:
         train = train.replace(sparsity_lambda=a.sparsity_lambda)
     if a.sparsity_weighting:

@@ -279,3 +279,18 @@ def test_tflite_support_metadata_round_trip(quick):
     assert norm["mean"][0] == pytest.approx(meta["input"]["mean"][0] * 255, rel=1e-5)
     assert norm["std"][0] == pytest.approx(meta["input"]["std"][0] * 255, rel=1e-5)
     assert metadata.read((d / "model.tflite").read_bytes()) == meta  # our entry survives the populator
+
+
+def test_cli_finetune_recipe_flags(capsys):
+    """--finetune-lr / --kd-alpha reach the fine-tune config; out-of-range values are one clear error."""
+    import argparse
+
+    from edge_sparse.cli import _build_args, _config, main
+
+    p = argparse.ArgumentParser()
+    _build_args(p)
+    cfg = _config(p.parse_args(["--target", "rpi4", "--epochs", "3", "--finetune-epochs", "6",
+                                "--finetune-lr", "0.05", "--kd-alpha", "0"]))
+    assert (cfg.train.epochs, cfg.finetune.epochs, cfg.finetune.lr, cfg.finetune.kd_alpha) == (3, 6, 0.05, 0.0)
+    assert main(["build", "--target", "rpi4", "--kd-alpha", "1.5"]) == 2
+    assert "kd_alpha must be in [0, 1], got 1.5" in capsys.readouterr().err
