@@ -73,9 +73,7 @@ def _config(a):
     if a.image_size:
         kw["image_size"] = a.image_size
     if a.prune_steps is not None:
-        if a.prune_steps < 1:
-            raise EdgeSparseError(f"--prune-steps must be >= 1, got {a.prune_steps}")
-        kw["prune_steps"] = a.prune_steps
+        kw["prune_steps"] = a.prune_steps  # BuildConfig checks it
     train, ft = base.train, base.finetune
     if a.epochs is not None:
         train = train.replace(epochs=a.epochs)

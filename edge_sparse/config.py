@@ -81,6 +81,10 @@ class BuildConfig:
     enforce_parity: bool = True  # parity gates (int8/float agreement, int8 accuracy loss) fail the build
     enforce_accuracy_floor: bool = True  # QUICK builds report the floor but do not fail on it
 
+    def __post_init__(self):
+        if self.prune_steps < 1:
+            raise EdgeSparseError(f"prune_steps must be >= 1, got {self.prune_steps}")
+
     @classmethod
     def quick(cls, **kw) -> "BuildConfig":
         """QUICK=1: the same stages on a small slice and short epochs. An undertrained model's int8

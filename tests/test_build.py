@@ -294,3 +294,7 @@ def test_cli_finetune_recipe_flags(capsys):
     assert (cfg.train.epochs, cfg.finetune.epochs, cfg.finetune.lr, cfg.finetune.kd_alpha) == (3, 6, 0.05, 0.0)
     assert main(["build", "--target", "rpi4", "--kd-alpha", "1.5"]) == 2
     assert "kd_alpha must be in [0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["build", "--target", "rpi4", "--prune-steps", "0"]) == 2
+    assert "prune_steps must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(EdgeSparseError, match="prune_steps must be >= 1"):
+        BuildConfig(prune_steps=0)
