@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -347,7 +346,9 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
                              limit_eval=cfg.limit_eval, image_size=cfg.image_size)
     b.times["data"] = time.time() - t
     b.keys = _keys(b)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    from edge_sparse.train import _dist_env
+
+    rank, world = _dist_env()
     for i, stage in enumerate(STAGES[: last + 1]):
         d = b.cache / f"{stage}-{b.keys[stage]}"
         b.dirs[stage] = d
