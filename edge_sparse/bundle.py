@@ -32,6 +32,16 @@ def io_params(tflite_path: Path) -> dict:
                        "scale": float(o["quantization"][0]), "zero_point": int(o["quantization"][1])}}
 
 
+def _reference_words(b) -> str:
+    r, c = b.results, b.cfg
+    shipped = c.train.epochs + c.finetune.epochs
+    if r["reference"]["same_budget"]:
+        return (f"the same architecture unpruned, trained for the same {r['reference']['epochs']} epochs as the shipped "
+                f"model ({c.train.epochs} warm-up + {c.finetune.epochs} with the fine-tune recipe)")
+    return (f"the {c.train.epochs}-epoch warm-up model the pruning started from; the shipped model trained "
+            f"{shipped} epochs, so this comparison favours the shipped model")
+
+
 def metadata(b) -> dict:
     from edge_sparse.pipeline import environment_versions, git_commit
 
@@ -52,7 +62,8 @@ def metadata(b) -> dict:
         "model": {"arch": b.cfg.model, "params": chosen["params"], "macs": chosen["macs"], "layers": chosen["layers"],
                   "size_kb": round((e / "model.tflite").stat().st_size / 1024, 2)},
         "dense": {"params": dense_c["params"], "macs": dense_c["macs"], "layers": dense_c["layers"],
-                  "size_kb_int8": round((e / "dense_int8.tflite").stat().st_size / 1024, 2)},
+                  "size_kb_int8": round((e / "dense_int8.tflite").stat().st_size / 1024, 2),
+                  "epochs": r["reference"]["epochs"], "reference": _reference_words(b)},
         "sparsity": chosen["sparsity"], "criterion": b.cfg.criterion, "channel_multiple": t.channel_multiple,
         "prune_steps": chosen["prune_steps"],
         "accuracy": r["verify"]["accuracy"],

@@ -43,16 +43,19 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet8", help="registered architecture (see `edge-sparse models`)")
     p.add_argument("--criterion", default="bn_scale", help="bn_scale | l1 | l2 | taylor")
     p.add_argument("--sparsities", type=_floats, help="candidate sparsities for the budget search, e.g. 0.3,0.5,0.7")
-    p.add_argument("--epochs", type=int, help="dense training epochs")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning")
-    p.add_argument("--finetune-lr", type=float, help="peak learning rate of the fine-tune (default 0.02)")
+    p.add_argument("--epochs", type=int, help="warm-up epochs of the dense model with the sparsity objective (default 3)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 6)")
+    p.add_argument("--finetune-lr", type=float, help="peak learning rate of the fine-tune (default 0.05)")
     p.add_argument("--kd-alpha", type=float, help="weight of distillation from the dense model in the fine-tune "
-                   "(default 0.7; 0 = plain cross-entropy)")
+                   "(default 0 = plain cross-entropy)")
     p.add_argument("--sparsity-lambda", type=float, help="strength of the L1-on-BN-scales objective")
     p.add_argument("--sparsity-weighting", choices=("uniform", "cost"),
                    help="cost: scale each channel's L1 term by its feature map's H*W*C (default uniform)")
     p.add_argument("--adv-train", choices=("none", "pgd"), help="PGD adversarial fine-tuning")
     p.add_argument("--prune-steps", type=int, help="reach the sparsity in this many prune -> fine-tune steps (default 1)")
+    p.add_argument("--no-dense-reference", action="store_true",
+                   help="compare against the warm-up model instead of training an unpruned one for the fine-tune "
+                   "epochs too (faster; the report then compares unequal training budgets)")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--image-size", type=int, help="side length for folder datasets (default 64)")
     p.add_argument("--seed", type=int, default=0)
@@ -72,6 +75,8 @@ def _config(a):
         kw["sparsities"] = a.sparsities
     if a.image_size:
         kw["image_size"] = a.image_size
+    if a.no_dense_reference:
+        kw["dense_reference"] = False
     if a.prune_steps is not None:
         kw["prune_steps"] = a.prune_steps  # BuildConfig checks it
     train, ft = base.train, base.finetune

@@ -32,7 +32,7 @@ from edge_sparse.config import BuildConfig
 from edge_sparse.errors import EdgeSparseError, GateError
 from edge_sparse.targets import Target, load_target
 
-STAGES = ("train", "search", "finetune", "export", "verify", "robustness", "bundle")
+STAGES = ("train", "search", "finetune", "reference", "export", "verify", "robustness", "bundle")
 CACHE_VERSION = "1"
 
 
@@ -43,6 +43,7 @@ STAGE_CODE = {
     "train": ("data.py", "models.py", "train.py"),
     "search": ("pruning.py", "search.py", "targets.py"),
     "finetune": ("train.py", "pruning.py"),
+    "reference": ("train.py",),
     "export": ("quantize.py", "export/onnx.py", "export/tflite.py", "export/lint.py"),
     "verify": ("verify.py",),
     "robustness": ("robustness.py",),
@@ -134,9 +135,8 @@ def stage_finetune(b: Build, d: Path) -> dict:
     cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
     sparsity = b.results["search"]["chosen"]["sparsity"]
     kd = teacher if cfg.kd_alpha > 0 else None
-    if sparsity == 0:
-        cfg = cfg.replace(epochs=0)  # the dense model fits: nothing was removed, nothing to recover
-    elif b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 KD epoch between them
+    # sparsity 0 still fine-tunes: the train stage is a warm-up, and the dense model gets the same epochs
+    if sparsity > 0 and b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 KD epoch between them
         step_cfg = cfg.replace(epochs=1)
         res = prune(teacher, b.example(), sparsity=sparsity, criterion=b.cfg.criterion, round_to=b.target.channel_multiple,
                     iterative_steps=b.cfg.prune_steps,
@@ -152,6 +152,34 @@ def stage_finetune(b: Build, d: Path) -> dict:
     final = {"sparsity": sparsity, "params": params, "macs": macs, "layers": len(layers),
              "predicted_p90_ms": round(b.target.predict_ms(macs, len(layers)), 4), "prune_steps": b.cfg.prune_steps}
     return {"history": hist, "val_acc": accuracy(student, b.splits.val, b.splits.mean, b.splits.std), "final": final}
+
+
+def stage_reference(b: Build, d: Path) -> dict:
+    """The dense model every "dense vs shipped" number compares against (export, verify, robustness, report).
+
+    With `dense_reference` (the default) it is the train stage's model given the fine-tune epochs too, with the
+    same recipe and seed but nothing pruned: the shipped model and its reference had the same training budget,
+    so the accuracy difference is what pruning cost. Without it, the model the pruning started from (cheaper,
+    but it trained for fewer epochs than the shipped one, and the report says so).
+    """
+    from edge_sparse.train import accuracy, fit
+
+    dense, spec = models.load(b.dirs["train"] / "dense")
+    cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
+    hist, extra = [], 0
+    if b.cfg.dense_reference and cfg.epochs > 0:
+        extra = cfg.epochs
+        if b.results["search"]["chosen"]["sparsity"] == 0:  # the shipped model is this very run: reuse it
+            dense, _ = models.load(b.dirs["finetune"] / "model")
+            hist = b.results["finetune"]["history"]
+        else:
+            kd = models.load(b.dirs["train"] / "dense")[0] if cfg.kd_alpha > 0 else None
+            ckpt = b.cache / f"reference-{b.keys['reference']}.ckpt"
+            hist = fit(dense, b.splits, cfg, teacher=kd, ckpt_dir=ckpt, resume=True, distributed=False)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    models.save(dense, d / "dense", arch=spec["arch"], kwargs=spec["kwargs"])
+    return {"history": hist, "epochs": b.cfg.train.epochs + extra, "same_budget": extra > 0,
+            "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std)}
 
 
 def _calibration(b: Build) -> np.ndarray:
@@ -170,7 +198,7 @@ def stage_export(b: Build, d: Path) -> dict:
     from edge_sparse.pruning import profile
 
     model, _ = models.load(b.dirs["finetune"] / "model")
-    dense, _ = models.load(b.dirs["train"] / "dense")
+    dense, _ = models.load(b.dirs["reference"] / "dense")
     calib = _calibration(b)
     mean, std = b.splits.mean, b.splits.std
     nchw = data_mod.normalize_np(calib, mean, std, "NCHW")
@@ -209,7 +237,7 @@ def stage_verify(b: Build, d: Path) -> dict:
     from edge_sparse.train import predict
 
     model, _ = models.load(b.dirs["finetune"] / "model")
-    dense, _ = models.load(b.dirs["train"] / "dense")
+    dense, _ = models.load(b.dirs["reference"] / "dense")
     x, y = _eval_set(b)
     es = data_mod.ImageSet(x, y)
     ref = predict(model, es, b.splits.mean, b.splits.std)
@@ -240,7 +268,7 @@ def stage_robustness(b: Build, d: Path) -> dict:
     if b.target.robust_eps and b.target.robust_eps not in eps:
         eps.append(b.target.robust_eps)
     model, _ = models.load(b.dirs["finetune"] / "model")
-    dense, _ = models.load(b.dirs["train"] / "dense")
+    dense, _ = models.load(b.dirs["reference"] / "dense")
     x, y = _eval_set(b)
     x, y = x[: b.cfg.robust_n], y[: b.cfg.robust_n]
     e = b.dirs["export"]
@@ -259,7 +287,8 @@ def stage_bundle(b: Build, d: Optional[Path]) -> dict:
 
 
 STAGE_FNS: dict[str, Callable[[Build, Path], dict]] = {
-    "train": stage_train, "search": stage_search, "finetune": stage_finetune, "export": stage_export,
+    "train": stage_train, "search": stage_search, "finetune": stage_finetune, "reference": stage_reference,
+    "export": stage_export,
     "verify": stage_verify, "robustness": stage_robustness, "bundle": stage_bundle,
 }
 
@@ -276,7 +305,9 @@ def _keys(b: Build) -> dict:
                             t.model_size_budget_kb, t.channel_multiple, asdict(t.latency_model)])
     keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune)]
                              + ([c.prune_steps] if c.prune_steps > 1 else []))
-    keys["export"] = _hash(["export", keys["finetune"], _code_fingerprint("export"), c.calib_size, _calib_fingerprint()])
+    keys["reference"] = _hash(["reference", keys["train"], _code_fingerprint("reference"), asdict(c.finetune),
+                               c.dense_reference])
+    keys["export"] = _hash(["export", keys["finetune"], keys["reference"], _code_fingerprint("export"), c.calib_size, _calib_fingerprint()])
     keys["verify"] = _hash(["verify", keys["export"], _code_fingerprint("verify"), c.eval_size])
     keys["robustness"] = _hash(["robustness", keys["verify"], _code_fingerprint("robustness"), list(c.robust_eps),
                                 c.robust_n, t.robust_eps])

@@ -77,8 +77,13 @@ def _plots(b, meta, d: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     th = r["train"]["history"]
     fh = r["finetune"]["history"]
-    ax.plot([h["epoch"] for h in th], [h["val_acc"] for h in th], marker="o", label="dense training (sparsity objective)")
-    ax.plot([len(th) + h["epoch"] for h in fh], [h["val_acc"] for h in fh], marker="s", label="fine-tune after pruning (KD)")
+    rh = r.get("reference", {}).get("history", [])
+    kd = " (KD)" if b.cfg.finetune.kd_alpha > 0 else ""
+    ax.plot([h["epoch"] for h in th], [h["val_acc"] for h in th], marker="o", label="dense warm-up (sparsity objective)")
+    ax.plot([len(th) + h["epoch"] for h in fh], [h["val_acc"] for h in fh], marker="s", label=f"fine-tune after pruning{kd}")
+    if rh and rh is not fh:
+        ax.plot([len(th) + h["epoch"] for h in rh], [h["val_acc"] for h in rh], marker=".", linestyle="--",
+                color="gray", label="dense reference (same epochs, not pruned)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("val top-1 (%)")
     ax.legend()
@@ -108,6 +113,8 @@ def write(b, meta: dict, d: Path) -> None:
         L.append(f"**Gates reported, not enforced in this build:** {', '.join(relaxed)}"
                  f"{' (QUICK: small slice, short epochs)' if meta['build']['quick'] else ''}.\n")
     L.append("## Dense vs shipped\n")
+    ref = meta["dense"]["reference"]
+    L.append(f"Dense reference: {ref}.\n")
     L.append("| | dense | shipped | ratio |\n|---|---|---|---|")
     L.append(f"| params | {meta['dense']['params']:,} | {meta['model']['params']:,} | ÷{meta['dense']['params'] / meta['model']['params']:.2f} |")
     L.append(f"| MACs | {meta['dense']['macs']:,} | {meta['model']['macs']:,} | ÷{meta['dense']['macs'] / meta['model']['macs']:.2f} |")

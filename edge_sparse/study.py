@@ -9,7 +9,8 @@ Out: `<out>/study.csv` and `study.json` (per sparsity: clean and robust accuracy
 Run: `edge-sparse study --target rpi4 --sparsity 0,0.3,0.5,0.7,0.85` (or `make study TARGET=rpi4`).
 
 Each point is a pipeline run with a fixed sparsity, so it shares the stage cache with `make build`
-(the dense training is done once for all points).
+(the warm-up training is done once for all points; the sparsity-0 point gets the same fine-tune epochs as
+the others, so every point trained equally long).
 """
 from __future__ import annotations
 
@@ -152,6 +153,9 @@ def _markdown(rows, eps, t, cfg) -> str:
     L = [f"# Sparsity study: {cfg.model} on {cfg.dataset}, target {t.name}\n",
          "Robust accuracy: PGD-10 (L∞, random start) crafted on the fp32 model; the int8 .tflite is attacked by transfer. "
          "Host latency: ai-edge-litert with XNNPACK on this machine (median).\n",
+         f"Every point trained equally long: {cfg.train.epochs} warm-up epochs with the sparsity objective (shared), "
+         f"pruned to its sparsity, then {cfg.finetune.epochs} fine-tune epochs at lr {cfg.finetune.lr:g}"
+         f"{f', KD weight {cfg.finetune.kd_alpha:g}' if cfg.finetune.kd_alpha else ''} (sparsity 0 too).\n",
          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         L.append("| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edge_sparse import pipeline
 from edge_sparse.config import BuildConfig
@@ -246,6 +247,34 @@ def test_verify_arm_bit_identical(quick, capsys):
     assert rc == 0, out
 
 
+def test_dense_reference_has_the_same_training_budget(quick, tmp_path):
+    """"Dense vs shipped" compares models trained equally long; the sparsity-0 point fine-tunes too."""
+    from edge_sparse import models
+
+    b, cfg, cache = quick["b"], BuildConfig.quick(), quick["dir"] / "cache"
+    ref = b.results["reference"]
+    assert ref["same_budget"] and ref["epochs"] == cfg.train.epochs + cfg.finetune.epochs
+    assert len(ref["history"]) == cfg.finetune.epochs
+    meta = json.loads((quick["bundle"] / "metadata.json").read_text())
+    assert meta["dense"]["epochs"] == ref["epochs"] and "same" in meta["dense"]["reference"]
+    warm = models.load(b.dirs["train"] / "dense")[0].state_dict()
+    dense = models.load(b.dirs["reference"] / "dense")[0].state_dict()
+    assert not all(torch.equal(warm[k], dense[k]) for k in warm)
+    # --no-dense-reference: the warm-up model itself, and the metadata says the comparison is unequal
+    c = BuildConfig.quick(dense_reference=False)
+    b2 = pipeline.run("rpi4", c, out_dir=tmp_path / "dist", cache_dir=cache, until_stage="reference")
+    assert b2.times["train"] == b2.times["finetune"] == 0.0 and not b2.results["reference"]["same_budget"]
+    dense2 = models.load(b2.dirs["reference"] / "dense")[0].state_dict()
+    assert all(torch.equal(warm[k], dense2[k]) for k in warm)
+    # sparsity 0 (study point): fine-tuned like every other point, and that run is the reference
+    b3 = pipeline.run("rpi4", BuildConfig.quick(fixed_sparsity=0.0), out_dir=tmp_path / "dist", cache_dir=cache,
+                      until_stage="reference")
+    assert b3.results["finetune"]["final"]["sparsity"] == 0 and len(b3.results["finetune"]["history"]) == cfg.finetune.epochs
+    # the reference (fitted by the quick build above) is that very run: same recipe, seed, start -> same history
+    same = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert same(b3.results["reference"]["history"]) == same(b3.results["finetune"]["history"])
+
+
 def test_study_two_points(quick, tmp_path):
     from edge_sparse.study import run_study
 
@@ -305,6 +334,7 @@ def test_cli_finetune_recipe_flags(capsys):
     cfg = _config(p.parse_args(["--target", "rpi4", "--epochs", "3", "--finetune-epochs", "6",
                                 "--finetune-lr", "0.05", "--kd-alpha", "0"]))
     assert (cfg.train.epochs, cfg.finetune.epochs, cfg.finetune.lr, cfg.finetune.kd_alpha) == (3, 6, 0.05, 0.0)
+    assert cfg.dense_reference and not _config(p.parse_args(["--target", "rpi4", "--no-dense-reference"])).dense_reference
     assert main(["build", "--target", "rpi4", "--kd-alpha", "1.5"]) == 2
     assert "kd_alpha must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert main(["build", "--target", "rpi4", "--prune-steps", "0"]) == 2
