@@ -230,7 +230,7 @@ def main(argv=None) -> int:
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(), **meta["versions"]},
         "target": a.target, "eval_images": int(len(y)), "rows": rows, "derived": derived,
         "shipped_sparsity": ch["sparsity"], "baseline_no_sparsity": baseline,
-        "build": {"stage_seconds_when_built": meta["build"]["stage_seconds_when_built"], "peak_rss_mb": meta["build"].get("peak_rss_mb")},
+        "build": {"stage_seconds_when_built": meta["build"]["stage_seconds_when_built"], "peak_rss_mb": meta["build"].get("peak_rss_mb_when_built")},
         "harness_vs_litert_tool": {str(k): {"harness": harness[k], "harness_litert23": harness23[k], "litert_tool": tool[k]}
                                    for k in (1, 2)},
         "accuracy": meta["accuracy"], "dense_reference": meta["dense"].get("reference"),
@@ -298,7 +298,7 @@ def render(r: dict) -> str:
     for k, v in st.items():
         L.append(f"| {k} | {v:.1f} |")
     L.append(f"| **total** | **{sum(st.values()):.1f}** |")
-    L.append(f"\nPeak memory (max RSS) of the build process: {r['build']['peak_rss_mb']} MiB.")
+    L.append(f"\nPeak memory (max RSS) of the build process while it computed the stages: {r['build']['peak_rss_mb']} MiB.")
     L += ["", "## Harness vs LiteRT's benchmark tool (shipped model)", "",
           "`bench.py` times set-input + invoke + get-output with the Interpreter API; LiteRT's "
           "`ai_edge_litert.tools.benchmark_litert_model` (ai-edge-litert 2.3, its own venv) times `run_by_name` of the "

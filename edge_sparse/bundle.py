@@ -78,7 +78,9 @@ def metadata(b) -> dict:
         "build": {"git_commit": git_commit(), "seed": b.cfg.seed, "quick": b.cfg.limit_train is not None,
                   "gates_enforced": {"parity": b.cfg.enforce_parity, "accuracy_floor": b.cfg.enforce_accuracy_floor,
                                      "latency_budget": b.cfg.fixed_sparsity is None, "size_budget": b.cfg.fixed_sparsity is None},
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this run
+                  "peak_rss_mb_when_built": max((v.get("_peak_rss_mb", 0) for v in r.values() if isinstance(v, dict)),
+                                                default=0) or None,  # the runs that computed the stages
                   "stage_seconds": {k: round(v, 2) for k, v in b.times.items()},
                   "stage_seconds_when_built": {k: round(v.get("_seconds", 0), 2) for k, v in r.items() if isinstance(v, dict)}},
     }

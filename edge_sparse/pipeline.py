@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -411,6 +412,8 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
             with _io.atomic_dir(d) as tmp:
                 res = STAGE_FNS[stage](b, tmp)
                 res["_seconds"] = time.time() - t
+                # the process's peak so far: >= this stage's; the max over stages is the build's peak
+                res["_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
                 _io.write_json(tmp / "stage.json", res)
             b.results[stage] = res
             b.times[stage] = time.time() - t

@@ -87,6 +87,9 @@ def test_rerun_uses_cache(quick):
     d = quick["dir"]
     b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=d / "dist", cache_dir=d / "cache")
     assert all(b.times[s] == 0.0 for s in pipeline.STAGES if s != "bundle")
+    # the bundle of a cached re-run still reports the memory of the run that trained (torch + data: > 200 MiB)
+    meta = json.loads((d / "dist" / "rpi4" / "metadata.json").read_text())
+    assert meta["build"]["peak_rss_mb_when_built"] > 200
     assert b.results["verify"]["accuracy"] == quick["b"].results["verify"]["accuracy"]
 
 
