@@ -289,8 +289,7 @@ def stage_bundle(b: Build, d: Optional[Path]) -> dict:
 
 STAGE_FNS: dict[str, Callable[[Build, Path], dict]] = {
     "train": stage_train, "search": stage_search, "finetune": stage_finetune, "reference": stage_reference,
-    "export": stage_export,
-    "verify": stage_verify, "robustness": stage_robustness, "bundle": stage_bundle,
+    "export": stage_export, "verify": stage_verify, "robustness": stage_robustness, "bundle": stage_bundle,
 }
 
 

@@ -81,7 +81,7 @@ def _plots(b, meta, d: Path) -> list[str]:
     kd = " (KD)" if b.cfg.finetune.kd_alpha > 0 else ""
     ax.plot([h["epoch"] for h in th], [h["val_acc"] for h in th], marker="o", label="dense warm-up (sparsity objective)")
     ax.plot([len(th) + h["epoch"] for h in fh], [h["val_acc"] for h in fh], marker="s", label=f"fine-tune after pruning{kd}")
-    if rh and rh is not fh:
+    if rh and r["finetune"]["final"]["sparsity"] > 0:  # at sparsity 0 the reference is the fine-tune itself
         ax.plot([len(th) + h["epoch"] for h in rh], [h["val_acc"] for h in rh], marker=".", linestyle="--",
                 color="gray", label="dense reference (same epochs, not pruned)")
     ax.set_xlabel("epoch")
@@ -160,7 +160,13 @@ def write(b, meta: dict, d: Path) -> None:
             dd, ss = rob["dense_fp32"]["eps"][e], rob["sparse_fp32"]["eps"][e]
             L.append(f"| {e} | {dd['fgsm']:.1f} | {dd['pgd']:.1f} | {ss['fgsm']:.1f} | {ss['pgd']:.1f} | {ss['tflite_int8_pgd_transfer']:.1f} | {ss['onnx_int8_pgd_transfer']:.1f} |")
         L.append("")
-    L.append("## Training\n\n![training](training.png)\n")
+    tr, ft = b.cfg.train, b.cfg.finetune
+    L.append("## Training\n")
+    L.append(f"Warm-up: {tr.epochs} epochs, lr {tr.lr:g}, {tr.sparsity_reg} λ {tr.sparsity_lambda:g}; then pruned to "
+             f"{ch['sparsity']:.2f} and fine-tuned {ft.epochs} epochs, lr {ft.lr:g}"
+             f"{f', distillation α {ft.kd_alpha:g} T {ft.kd_temperature:g}' if ft.kd_alpha > 0 else ', no distillation'}"
+             f"{', PGD adversarial training' if ft.adv_train != 'none' else ''}. Dense reference: {meta['dense']['epochs']} epochs.\n")
+    L.append("![training](training.png)\n")
     L.append("## Stage wall times (s)\n")
     L.append("| stage | this run | when built |\n|---|---|---|")
     built = meta["build"]["stage_seconds_when_built"]
