@@ -85,8 +85,10 @@ verify-arm: check-target $(STAMP)
 benchmarks: data $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
 
+# not $(or $(SPARSITY),0,0.3,...): make splits $(or) arguments at the commas, which left only "0"
+SPARSITY ?= 0,0.3,0.5,0.7,0.85
 study: check-target data $(STAMP)
-	$(VENV)/bin/edge-sparse study $(BUILD_FLAGS) --sparsity $(or $(SPARSITY),0,0.3,0.5,0.7,0.85)
+	$(VENV)/bin/edge-sparse study $(BUILD_FLAGS) --sparsity $(SPARSITY)
 
 clean:
 	rm -rf build dist
