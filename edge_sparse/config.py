@@ -67,7 +67,7 @@ class BuildConfig:
     image_size: int = 64  # side length for folder datasets (others keep their native size)
     criterion: str = "bn_scale"  # channel importance for pruning
     sparsities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidates the budget search tries
-    # Default recipe (benchmarks/notes.md, "fine-tune recipes"): a short warm-up with the sparsity objective
+    # Default recipe (benchmarks/notes.md, "Fine-tune recipe"): a short warm-up with the sparsity objective
     # ranks the channels; pruning early and giving the small model most of the epochs beat 6+3 with KD by
     # 1.1 pt int8. KD from a 3-epoch teacher hurt (88.7 vs 90.6 %), so it is off by default.
     train: TrainConfig = TrainConfig(epochs=3)  # warm-up training of the dense model, with the sparsity objective

@@ -137,7 +137,7 @@ def stage_finetune(b: Build, d: Path) -> dict:
     sparsity = b.results["search"]["chosen"]["sparsity"]
     kd = teacher if cfg.kd_alpha > 0 else None
     # sparsity 0 still fine-tunes: the train stage is a warm-up, and the dense model gets the same epochs
-    if sparsity > 0 and b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 KD epoch between them
+    if sparsity > 0 and b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 fine-tune epoch between them
         step_cfg = cfg.replace(epochs=1)
         res = prune(teacher, b.example(), sparsity=sparsity, criterion=b.cfg.criterion, round_to=b.target.channel_multiple,
                     iterative_steps=b.cfg.prune_steps,

@@ -113,8 +113,7 @@ def write(b, meta: dict, d: Path) -> None:
         L.append(f"**Gates reported, not enforced in this build:** {', '.join(relaxed)}"
                  f"{' (QUICK: small slice, short epochs)' if meta['build']['quick'] else ''}.\n")
     L.append("## Dense vs shipped\n")
-    ref = meta["dense"]["reference"]
-    L.append(f"Dense reference: {ref}.\n")
+    L.append(f"Dense reference: {meta['dense']['reference']}.\n")
     L.append("| | dense | shipped | ratio |\n|---|---|---|---|")
     L.append(f"| params | {meta['dense']['params']:,} | {meta['model']['params']:,} | ÷{meta['dense']['params'] / meta['model']['params']:.2f} |")
     L.append(f"| MACs | {meta['dense']['macs']:,} | {meta['model']['macs']:,} | ÷{meta['dense']['macs'] / meta['model']['macs']:.2f} |")
