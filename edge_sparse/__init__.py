@@ -10,7 +10,8 @@ imported by the stage that needs them.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["prune", "replay", "build", "load_target", "BuildConfig", "TrainConfig", "EdgeSparseError", "PruneResult"]
+__all__ = ["prune", "replay", "build", "load_target", "BuildConfig", "TrainConfig", "EdgeSparseError", "PruneResult",
+           "predict_latency", "measure_latency"]
 
 from edge_sparse.errors import EdgeSparseError
 
@@ -22,6 +23,9 @@ def __getattr__(name: str):
     if name == "build":
         from edge_sparse.pipeline import run
         return run
+    if name in ("predict_latency", "measure_latency"):
+        from edge_sparse.latency import predict as _lp
+        return getattr(_lp, name)
     if name == "load_target":
         from edge_sparse.targets import load_target
         return load_target

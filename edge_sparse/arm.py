@@ -1,5 +1,10 @@
 """`make verify-arm`: run a bundle's bench.py on a real aarch64 userland under qemu-user emulation and
-check that the int8 outputs are bit-identical to this host's and the accuracy equal.
+check that it computes what this host computes: the same top-1 for every image, int8 outputs within
+1 LSB, and the count of values that differ (often 0, but not a promise).
+
+Why not bit-identity: XNNPACK picks its int8 kernels per ISA (NEON dot-product on ARM; AVX2, AVX-512 or
+AVX-512 VNNI on x86), and their requantisation may round an output differently by one step. On some x86
+hosts the emulated ARM outputs match bit for bit, on others 1 of ~1000 values differs by 1 LSB.
 
     python -m edge_sparse.arm --bundle dist/rpi4 --target rpi4
 
@@ -168,9 +173,7 @@ def main(argv=None) -> int:
                 acc_h, acc_a = float((host.argmax(1) == y).mean() * 100), float((arm.argmax(1) == y).mean() * 100)
                 n_diff = int((host != arm).sum())
                 same_top1 = np.array_equal(host.argmax(1), arm.argmax(1))
-                if rt == "ai_edge_litert":  # the runtime bundles are built and verified with: bit for bit
-                    good, rule = same and acc_h == acc_a, "bit-identical"
-                elif rt == "tflite_runtime":  # 2.14's ARM reference kernels may round differently by 1 LSB
+                if rt in ("ai_edge_litert", "tflite_runtime"):  # per-ISA int8 kernels may round 1 LSB apart
                     good, rule = same_top1 and diff <= 1, "same top-1, int8 within 1 LSB"
                 else:  # onnxruntime returns dequantised float logits: allow one step of the output quantiser
                     step = _onnx_output_step(bundle / "model.onnx")

@@ -42,6 +42,20 @@ def _reference_words(b) -> str:
             f"{shipped} epochs, so this comparison favours the shipped model")
 
 
+def _latency_meta(t, r, chosen: dict, dense_c: dict) -> dict:
+    lat = r["search"].get("latency") or {}
+    src = lat.get("source", "estimate")
+    prov = lat.get("provenance", {})
+    return {"predicted_p90": chosen["predicted_p90_ms"], "predicted_p50": chosen.get("predicted_p50_ms"),
+            "budget": lat.get("budget_ms", t.latency_budget_ms), "budget_spec": t.describe_budget(),
+            "effective_budget": lat.get("effective_budget_ms"), "margin": lat.get("margin", 0.0),
+            "dense_predicted_p90": dense_c["predicted_p90_ms"], "source": src,
+            "provenance": {k: v for k, v in prov.items() if k != "source_text"},
+            "latency_model": (prov.get("source_text", "").split("\n")[0] if src == "estimate" else
+                              f"measured latency table ({prov.get('device')}, {prov.get('cpu')}, "
+                              f"{prov.get('runtime_version')}, {prov.get('threads')} threads, {prov.get('date')})")}
+
+
 def metadata(b) -> dict:
     from edge_sparse.pipeline import environment_versions, git_commit
 
@@ -67,8 +81,7 @@ def metadata(b) -> dict:
         "sparsity": chosen["sparsity"], "criterion": b.cfg.criterion, "channel_multiple": t.channel_multiple,
         "prune_steps": chosen["prune_steps"],
         "accuracy": r["verify"]["accuracy"],
-        "latency_ms": {"predicted_p90": chosen["predicted_p90_ms"], "budget": t.latency_budget_ms,
-                       "dense_predicted_p90": dense_c["predicted_p90_ms"], "latency_model": t.latency_model.source.split("\n")[0]},
+        "latency_ms": _latency_meta(t, r, chosen, dense_c),
         "size_budget_kb": t.model_size_budget_kb, "accuracy_floor_pct": t.accuracy_floor_pct,
         "robustness": {"n": rob.get("n"), "eps_per_255": rob.get("eps"),
                        "pgd_transfer_tflite_int8": {k: v.get("tflite_int8_pgd_transfer") for k, v in rob.get("sparse_fp32", {}).get("eps", {}).items()},

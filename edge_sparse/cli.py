@@ -42,7 +42,10 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="the dataset's directory (not needed for fashion-mnist)")
     p.add_argument("--model", default="resnet8", help="registered architecture (see `edge-sparse models`)")
     p.add_argument("--criterion", default="bn_scale", help="bn_scale | l1 | l2 | taylor")
-    p.add_argument("--sparsities", type=_floats, help="candidate sparsities for the budget search, e.g. 0.3,0.5,0.7")
+    p.add_argument("--sparsities", type=_floats, help="candidate sparsities for --search global, e.g. 0.3,0.5,0.7")
+    p.add_argument("--search", choices=("allocate", "global"), default="allocate",
+                   help="allocate (default): per-group widths under the target's latency table, filled to the budget; "
+                        "global: one importance threshold per candidate sparsity")
     p.add_argument("--epochs", type=int, help="warm-up epochs of the dense model with the sparsity objective (default 3)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 6)")
     p.add_argument("--finetune-lr", type=float, help="peak learning rate of the fine-tune (default 0.05)")
@@ -70,7 +73,8 @@ def _config(a):
     from edge_sparse.config import BuildConfig
 
     base = BuildConfig.quick() if a.quick else BuildConfig()
-    kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion, "seed": a.seed}
+    kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion, "seed": a.seed,
+          "search": a.search}
     if a.sparsities is not None:
         kw["sparsities"] = a.sparsities
     if a.image_size:
@@ -120,7 +124,7 @@ def cmd_build(a) -> int:
         meta_acc = b.results["verify"]["accuracy"]
         ch = b.results["finetune"]["final"]
         print(f"bundle: {b.results['bundle']['path']}  (sparsity {ch['sparsity']:.2f}, predicted p90 "
-              f"{ch['predicted_p90_ms']:.3f} ms <= {b.target.latency_budget_ms} ms, int8 top-1 {meta_acc['tflite_int8']:.2f}%, "
+              f"{ch['predicted_p90_ms']:.4f} ms <= {b.results['search']['latency']['budget_ms']:.4g} ms, int8 top-1 {meta_acc['tflite_int8']:.2f}%, "
               f"dense fp32 {meta_acc['torch_fp32_dense']:.2f}%)")
     else:
         print(f"stopped after {until}; cache in {a.cache}")
@@ -133,7 +137,7 @@ def cmd_targets(a) -> int:
     rows = [("target", "device", "runtime", "threads", "p90 budget (ms)", "size (KiB)", "acc floor (%)", "ch. multiple")]
     for name in list_targets():
         t = load_target(name)
-        rows.append((t.name, t.device, t.runtime, str(t.threads), f"{t.latency_budget_ms:g}", f"{t.model_size_budget_kb:g}",
+        rows.append((t.name, t.device, t.runtime, str(t.threads), t.describe_budget(), f"{t.model_size_budget_kb:g}",
                      f"{t.accuracy_floor_pct:g}", str(t.channel_multiple)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -164,16 +168,6 @@ def cmd_calib(a) -> int:
     entry = quantize.write(Path(a.out), a.dataset, x, y, cmd)
     print(f"wrote {Path(a.out) / entry['file']}: {entry['count']} images {entry['shape']} {entry['dtype']}, "
           f"classes {len(entry['class_counts'])}")
-    return 0
-
-
-def cmd_calibrate(a) -> int:
-    from edge_sparse.latency import calibrate
-
-    r = calibrate(a.target, Path(a.report))
-    print(f"{r['target']}: measured p90 {r['measured_p90_ms']:.4g} ms vs predicted {r['predicted_p90_ms']:.4g} ms; "
-          f"coefficients scaled x{r['scale']:.3g} (ms_per_mmac {r['ms_per_mmac']:.4g}, ms_per_layer {r['ms_per_layer']:.4g}, "
-          f"overhead_ms {r['overhead_ms']:.4g})")
     return 0
 
 
@@ -251,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--image-size", type=int, default=64)
     c.add_argument("--out", default="calib_data")
-    cal = sub.add_parser("calibrate", help="fit a target's latency model to an on-device bench.py --json report")
-    cal.add_argument("target")
-    cal.add_argument("report")
+    from edge_sparse.latency import cli as latency_cli
+
+    latency_cli.add_parsers(sub)
     v = sub.add_parser("verify", help="re-check a bundle: manifest sha256s and accuracy on eval.npz")
     v.add_argument("--bundle", required=True)
     bn = sub.add_parser("bench", help="run the bundle's bench.py on this host (flags after -- go to bench.py)")
@@ -265,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_build(a)
         if a.command == "bench":
             return cmd_bench(a, rest)
-        return {"targets": cmd_targets, "models": cmd_models, "calib": cmd_calib, "calibrate": cmd_calibrate,
+        if a.command in ("profile", "calibrate", "latency"):
+            return latency_cli.dispatch(a)
+        return {"targets": cmd_targets, "models": cmd_models, "calib": cmd_calib,
                 "study": cmd_study, "verify": cmd_verify}[a.command](a)
     except EdgeSparseError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -42,7 +42,8 @@ CACHE_VERSION = "1"
 # with --from STAGE.
 STAGE_CODE = {
     "train": ("data.py", "models.py", "train.py"),
-    "search": ("pruning.py", "search.py", "targets.py"),
+    "search": ("pruning.py", "search.py", "allocate.py", "targets.py", "latency/ops.py", "latency/table.py",
+               "latency/predict.py"),
     "finetune": ("train.py", "pruning.py"),
     "reference": ("train.py",),
     "export": ("quantize.py", "export/onnx.py", "export/tflite.py", "export/lint.py"),
@@ -107,19 +108,36 @@ def stage_train(b: Build, d: Path) -> dict:
     return res
 
 
+def pricer(b: Build):
+    """The target's latency pricer for this build's dense model (its table profiled once, then cached)."""
+    if getattr(b, "_pricer", None) is None:
+        from edge_sparse.latency.predict import resolve
+
+        dense, _ = models.load(b.dirs["train"] / "dense")
+        b._pricer = resolve(b.target, dense, b.example(), log=_log)
+    return b._pricer
+
+
 def stage_search(b: Build, d: Path) -> dict:
-    from edge_sparse.search import candidates_table, search
+    from edge_sparse.search import candidates_table, search, search_allocations
 
     dense, _ = models.load(b.dirs["train"] / "dense")
-    chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
-                                fixed=b.cfg.fixed_sparsity)
+    pr = pricer(b)
+    _log(f"  latency: {pr.describe()}; budget p90 <= {pr.budget_ms:.4g} ms ({b.target.describe_budget()})"
+         + (f", searched under {pr.effective_budget_ms:.4g} ms (estimate margin {pr.margin:.0%})" if pr.margin else ""))
+    if b.cfg.fixed_sparsity is not None or b.cfg.search == "global":
+        chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
+                                    fixed=b.cfg.fixed_sparsity, pricer=pr)
+    else:
+        chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"
-    _log(f"  chosen: sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.3f} ms {rel} "
-         f"{b.target.latency_budget_ms} ms)")
+    _log(f"  chosen: {chosen.method} sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.4f} ms {rel} "
+         f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget)")
     model = res.model if res else dense
     models.save(model, d / "pruned", arch=b.cfg.model, kwargs=b.arch_kwargs, record=res.record if res else None)
     out = {"chosen": asdict(chosen), "candidates": candidates_table(tried),
-           "shrink_max_abs_diff": res.shrink_max_abs_diff if res else 0.0}
+           "shrink_max_abs_diff": res.shrink_max_abs_diff if res else 0.0, "latency": pr.to_dict(),
+           "latency_layers": pr.predict(model, b.example())["layers"]}
     if res:
         (d / "prune_table.txt").write_text(res.table() + "\n")
         out["layers"] = [asdict(l) for l in res.layers]
@@ -150,8 +168,10 @@ def stage_finetune(b: Build, d: Path) -> dict:
     shutil.rmtree(b.cache / f"finetune-{b.keys['finetune']}.ckpt", ignore_errors=True)
     layers = profile(student, b.example())
     params, macs = count(student, b.example())
+    lat = pricer(b).predict(student, b.example())
     final = {"sparsity": sparsity, "params": params, "macs": macs, "layers": len(layers),
-             "predicted_p90_ms": round(b.target.predict_ms(macs, len(layers)), 4), "prune_steps": b.cfg.prune_steps}
+             "predicted_p90_ms": round(lat["p90"], 5), "predicted_p50_ms": round(lat["p50"], 5),
+             "prune_steps": b.cfg.prune_steps}
     return {"history": hist, "val_acc": accuracy(student, b.splits.val, b.splits.mean, b.splits.std), "final": final}
 
 
@@ -301,8 +321,9 @@ def _keys(b: Build) -> dict:
                 "limit_train": c.limit_train, "limit_eval": c.limit_eval, "image_size": c.image_size, "seed": c.seed}
     keys = {}
     keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint("train"), data_key, c.model, asdict(c.train)])
-    keys["search"] = _hash(["search", keys["train"], _code_fingerprint("search"), c.criterion, sorted(c.sparsities), c.fixed_sparsity, t.latency_budget_ms,
-                            t.model_size_budget_kb, t.channel_multiple, asdict(t.latency_model)])
+    keys["search"] = _hash(["search", keys["train"], _code_fingerprint("search"), c.criterion, sorted(c.sparsities),
+                            c.fixed_sparsity, c.search, t.latency_budget_ms, t.latency_budget, t.model_size_budget_kb,
+                            t.channel_multiple, asdict(t.latency_model) if t.latency_model else None, _latency_identity(t)])
     keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune)]
                              + ([c.prune_steps] if c.prune_steps > 1 else []))
     keys["reference"] = _hash(["reference", keys["train"], _code_fingerprint("reference"), asdict(c.finetune),
@@ -313,6 +334,17 @@ def _keys(b: Build) -> dict:
                                 c.robust_n, t.robust_eps])
     keys["bundle"] = "-"
     return keys
+
+
+def _latency_identity(t: Target) -> Optional[str]:
+    """What the target's latency numbers come from: this host's CPU + runtime + threads, or its table file."""
+    if t.latency_table == "host":
+        from edge_sparse.latency.host import cache_path
+
+        return cache_path(t.threads).name
+    if t.latency_table:
+        return hashlib.sha256((Path(t.path).parent / t.latency_table).read_bytes()).hexdigest()[:16]
+    return None
 
 
 def _calib_fingerprint() -> str:
@@ -338,9 +370,10 @@ def _gates(b: Build) -> None:
             fails.append(f"shipped int8 accuracy {acc:.2f}% is below {b.target.name}'s floor "
                          f"{b.target.accuracy_floor_pct}% (short by {b.target.accuracy_floor_pct - acc:.2f} pt)")
         final = b.results["finetune"]["final"]
-        if final["predicted_p90_ms"] > b.target.latency_budget_ms and b.cfg.fixed_sparsity is None:
-            fails.append(f"the fine-tuned model predicts p90 {final['predicted_p90_ms']:.3f} ms > budget "
-                         f"{b.target.latency_budget_ms} ms (iterative pruning kept more channels than the search)")
+        budget = b.results["search"]["latency"]["effective_budget_ms"]
+        if final["predicted_p90_ms"] > budget and b.cfg.fixed_sparsity is None:
+            fails.append(f"the fine-tuned model predicts p90 {final['predicted_p90_ms']:.4f} ms > budget "
+                         f"{budget:.4g} ms (iterative pruning kept more channels than the search)")
         art = "model.tflite" if b.target.runtime == "tflite" else "model.onnx"
         size_kb = (b.dirs["export"] / art).stat().st_size / 1024
         if size_kb > b.target.model_size_budget_kb and b.cfg.fixed_sparsity is None:
@@ -371,7 +404,7 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
     last = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
     t_all = time.time()
     _log(f"edge_sparse build: target {target.name} ({target.device}), dataset {cfg.dataset}, model {cfg.model}, "
-         f"budget p90 <= {target.latency_budget_ms} ms")
+         f"budget p90 <= {target.describe_budget()}")
     t = time.time()
     b.splits = data_mod.load(cfg.dataset, cfg.data_dir, seed=cfg.seed, limit_train=cfg.limit_train,
                              limit_eval=cfg.limit_eval, image_size=cfg.image_size)

@@ -29,7 +29,7 @@ def _plots(b, meta, d: Path) -> list[str]:
                     xytext=(3, 3), textcoords="offset points")
     ch = r["search"]["chosen"]
     ax.scatter([ch["predicted_p90_ms"]], [ch["val_acc_pruned"]], s=160, facecolors="none", edgecolors="k", label="chosen")
-    ax.axvline(b.target.latency_budget_ms, color="k", ls="--", lw=1, label="budget")
+    ax.axvline(meta["latency_ms"]["budget"], color="k", ls="--", lw=1, label="budget")
     ax.set_xlabel(f"predicted p90 on {b.target.name} (ms)")
     ax.set_ylabel("val top-1 right after pruning (%)")
     ax.set_title("sparsity search candidates")
@@ -104,8 +104,11 @@ def write(b, meta: dict, d: Path) -> None:
     L.append(f"{t.device} ({t.cpu}); runtime {t.runtime}, {t.threads} threads. Dataset {b.cfg.dataset}, "
              f"model {b.cfg.model}, criterion {b.cfg.criterion}, channel multiple {t.channel_multiple}"
              f"{', QUICK build (small slice, short epochs)' if meta['build']['quick'] else ''}.\n")
-    verdict = "meets" if ch["predicted_p90_ms"] <= t.latency_budget_ms else "MISSES"
-    L.append(f"**Verdict:** predicted p90 {ch['predicted_p90_ms']:.3f} ms {verdict} the {t.latency_budget_ms} ms budget; "
+    lat = meta["latency_ms"]
+    verdict = "meets" if ch["predicted_p90_ms"] <= lat["budget"] else "MISSES"
+    label = "**estimate**" if lat["source"] == "estimate" else "measured"
+    L.append(f"**Verdict:** predicted p90 ({label}) {ch['predicted_p90_ms']:.4f} ms {verdict} the {lat['budget']:.4g} ms budget "
+             f"({lat['budget_spec']}; {ch['predicted_p90_ms'] / lat['budget']:.0%} of it); "
              f"int8 .tflite top-1 {acc['tflite_int8']:.2f}% (floor {t.accuracy_floor_pct}%), "
              f"{meta['model']['size_kb']:.1f} KiB (budget {t.model_size_budget_kb} KiB).\n")
     relaxed = [k for k, v in meta["build"]["gates_enforced"].items() if not v]
@@ -124,19 +127,31 @@ def write(b, meta: dict, d: Path) -> None:
     L.append(f"\nSparsity: {meta['sparsity']:.2f} of prunable channels removed. Accuracy on {acc['n_eval']} held-out test images.\n")
     L.append("## Sparsity search\n")
     L.append("![candidates](candidates.png)\n")
-    L.append("| sparsity | MACs | params | predicted p90 (ms) | est. size (KiB) | val top-1 after pruning | fits |\n|---|---|---|---|---|---|---|")
+    L.append("| method | sparsity | MACs | params | predicted p90 (ms) | est. size (KiB) | val top-1 after pruning + BN re-estimation | fits |\n|---|---|---|---|---|---|---|---|")
+    chosen = r["search"]["chosen"]
     for c in r["search"]["candidates"]:
-        mark = "**chosen**" if c["sparsity"] == ch["sparsity"] else ("yes" if c["fits_latency"] and c["fits_size"] else "no")
-        L.append(f"| {c['sparsity']:.2f} | {c['macs']:,} | {c['params']:,} | {c['predicted_p90_ms']:.3f} | {c['est_size_kb']:.1f} | {c['val_acc_pruned']:.2f} | {mark} |")
-    L.append(f"\nLatency model: {t.latency_model.source.strip()}\n")
+        mark = "**chosen**" if (c.get("method"), c["sparsity"]) == (chosen.get("method"), chosen["sparsity"]) else \
+            ("yes" if c["fits_latency"] and c["fits_size"] else "no")
+        L.append(f"| {c.get('method', 'global')} | {c['sparsity']:.2f} | {c['macs']:,} | {c['params']:,} | {c['predicted_p90_ms']:.4f} | "
+                 f"{c['est_size_kb']:.1f} | {c['val_acc_pruned']:.2f} | {mark} |")
+    L.append(f"\nLatency source: {label}, {lat['latency_model']}. Budget {lat['budget']:.4g} ms ({lat['budget_spec']})"
+             + (f", searched under {lat['effective_budget']:.4g} ms: a {lat['margin']:.0%} margin for the estimate's error" if lat.get("margin") else "")
+             + ".\n")
+    if lat["source"] == "estimate":
+        L.append(f"The estimate's sources: {r['search']['latency']['provenance'].get('source_text', '').strip()}\n")
     if "channels.png" in plots:
         L.append("## Channels kept per layer\n\n![channels](channels.png)\n")
         kept = {l["name"]: l for l in r["search"]["layers"]}
-        L.append("| layer | dense in→out | kept in→out |\n|---|---|---|")
+        ms = {l["name"]: l["ms"] for l in r["search"].get("latency_layers", [])}
+        L.append(f"| layer | dense in→out | kept in→out | predicted ms ({label}, p50 share) |\n|---|---|---|---|")
         for l in r["search"]["dense_layers"]:
             k = kept.get(l["name"])
             kept_txt = f"{k['in_channels']}→{k['out_channels']}" if k else "removed"
-            L.append(f"| {l['name']} | {l['in_channels']}→{l['out_channels']} | {kept_txt} |")
+            L.append(f"| {l['name']} | {l['in_channels']}→{l['out_channels']} | {kept_txt} | "
+                     f"{ms[l['name']]:.4f} |" if l["name"] in ms else f"| {l['name']} | {l['in_channels']}→{l['out_channels']} | {kept_txt} | – |")
+        rest = [x for x in r["search"].get("latency_layers", []) if x["name"] not in kept]
+        if rest:
+            L.append("\nOther ops (predicted ms): " + ", ".join(f"{x['op']} {x['name']} {x['ms']:.4f}" for x in rest) + "\n")
         L.append(f"\nShrink check: max |masked dense − shrunk| = {r['search']['shrink_max_abs_diff']:.2e}\n")
     L.append("## Parity (against torch fp32 of the shipped model)\n")
     L.append("| artifact | kind | top-1 (%) | agreement (%) | max abs diff (logits) | accuracy loss (pt) |\n|---|---|---|---|---|---|")

@@ -1,4 +1,12 @@
-"""Budget-driven sparsity search: the least-damaging sparsity whose shrunk model fits the target.
+"""Budget-driven search: the most accurate shrunk model whose predicted p90 fits the target.
+
+Two ways to get candidates, both priced by the target's `Pricer` (a measured latency table, or the
+published-figure estimate less its error margin):
+- `search_allocations` (the default): per-group widths chosen under the budget by
+  `edge_sparse.allocate` (importance per millisecond, filled up to the budget), three scorings as
+  finalists, ranked by validation accuracy after BN re-estimation;
+- `search` (`--search global`, and the study's fixed sparsities): one global importance threshold
+  per candidate sparsity, the method before per-layer allocation.
 
 In:  the dense (sparsity-trained) model, the validation split, a `Target`, candidate sparsities.
 Out: every candidate tried (sparsity, MACs, params, predicted p90, estimated size, validation
@@ -36,6 +44,8 @@ class Candidate:
     val_acc_pruned: float  # validation top-1 right after pruning (BN re-estimated if that helps), percent
     fits_latency: bool
     fits_size: bool
+    method: str = "global"  # "global" (one threshold) or "allocate/<scoring>"
+    predicted_p50_ms: float = 0.0
 
     @property
     def fits(self) -> bool:
@@ -48,8 +58,16 @@ def estimate_size_kb(params: int, channels: int) -> float:
 
 
 def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, sparsity: float, criterion: str,
-                       example: torch.Tensor) -> tuple[Candidate, Optional[PruneResult]]:
-    if sparsity == 0:
+                       example: torch.Tensor, pricer=None, pruned: Optional[PruneResult] = None,
+                       method: str = "global") -> tuple[Candidate, Optional[PruneResult]]:
+    if pricer is None:
+        from edge_sparse.latency.predict import resolve
+
+        pricer = resolve(target, dense, example)
+    if pruned is not None:
+        res = pruned
+        layers, params, macs, model = res.layers, res.params, res.macs, res.model
+    elif sparsity == 0:
         from edge_sparse.pruning import count, profile
         layers = profile(dense, example)
         params, macs = count(dense, example)
@@ -58,7 +76,8 @@ def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, s
         res = prune(dense, example, sparsity=sparsity, criterion=criterion, round_to=target.channel_multiple,
                     check_batch=to_tensor(splits.val.images(range(min(16, len(splits.val)))), splits.mean, splits.std))
         layers, params, macs, model = res.layers, res.params, res.macs, res.model
-    pred = round(target.predict_ms(macs, len(layers)), 4)
+    lat = pricer.predict(model, example)
+    pred = round(lat["p90"], 5)
     size = estimate_size_kb(params, sum(l.out_channels for l in layers))
     acc = accuracy(model, splits.val, splits.mean, splits.std)
     if res is not None:  # re-estimate BN statistics for the new widths; keep them only where that helps
@@ -70,17 +89,18 @@ def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, s
         else:
             res.model.load_state_dict(saved)
     c = Candidate(float(sparsity), int(macs), int(params), len(layers), pred, size, round(acc, 3),
-                  pred <= target.latency_budget_ms, size <= target.model_size_budget_kb)
+                  pred <= pricer.effective_budget_ms, size <= target.model_size_budget_kb, method,
+                  round(lat["p50"], 5))
     return c, res
 
 
 def describe(c: Candidate) -> str:
-    return (f"sparsity {c.sparsity:.2f}: p90 {c.predicted_p90_ms:.3f} ms, {c.est_size_kb:.0f} KiB, "
+    return (f"{c.method} sparsity {c.sparsity:.2f}: p90 {c.predicted_p90_ms:.4f} ms, {c.est_size_kb:.0f} KiB, "
             f"{c.macs / 1e6:.2f} M MACs, val acc {c.val_acc_pruned:.2f}% (before fine-tune)")
 
 
 def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: Sequence[float], criterion: str,
-           log=print, fixed: Optional[float] = None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+           log=print, fixed: Optional[float] = None, pricer=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
     """Try every candidate sparsity (plus 0: the dense model); pick the most accurate one that fits.
 
     With `fixed`, only that sparsity (and the dense reference) is evaluated and it is chosen whether
@@ -94,9 +114,13 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1:
             raise EdgeSparseError(f"candidate sparsity {s!r} is outside [0, 1); 1 would remove every channel")
     example = torch.zeros(1, *splits.input_shape)
+    if pricer is None:
+        from edge_sparse.latency.predict import resolve
+
+        pricer = resolve(target, dense, example, log=log)
     tried: list[tuple[Candidate, Optional[PruneResult]]] = []
     for s in sorted({0.0, *map(float, sparsities)}):
-        c, res = evaluate_candidate(dense, splits, target, s, criterion, example)
+        c, res = evaluate_candidate(dense, splits, target, s, criterion, example, pricer)
         mark = "fits" if c.fits else ("over latency" if not c.fits_latency else "over size")
         log(f"  candidate {describe(c)} -> {mark}")
         tried.append((c, res))
@@ -108,10 +132,51 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
         best = sorted(tried, key=lambda t: t[0].predicted_p90_ms)[:3]
         lines = "; ".join(describe(c) for c, _ in best)
         raise BudgetError(
-            f"no candidate meets target {target.name!r} (p90 <= {target.latency_budget_ms} ms, size <= "
+            f"no candidate meets target {target.name!r} (p90 <= {pricer.effective_budget_ms:.4g} ms, size <= "
             f"{target.model_size_budget_kb} KiB); fastest tried: {lines}. Try higher sparsities "
             f"(--sparsities), a smaller --model, or a larger budget in {target.path}"
         )
+    chosen, res = max(feasible, key=lambda t: (t[0].val_acc_pruned, -t[0].predicted_p90_ms))
+    return chosen, res, [c for c, _ in tried]
+
+
+def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, pricer, log=print,
+                       max_layer_sparsity: float = 0.9) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+    """Per-group widths under the budget (three scorings), ranked by accuracy after BN re-estimation."""
+    from edge_sparse.allocate import SCORINGS, Allocator
+
+    example = torch.zeros(1, *splits.input_shape)
+    budget = pricer.effective_budget_ms
+    dense_c, _ = evaluate_candidate(dense, splits, target, 0.0, "bn_scale", example, pricer, method="dense")
+    log(f"  candidate {describe(dense_c)} -> {'fits' if dense_c.fits else 'over budget'}")
+    if dense_c.fits:
+        log("  the dense model already meets the budget: shipping it unpruned")
+        return dense_c, None, [dense_c]
+    al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity)
+    tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
+    seen = set()
+    for scoring in SCORINGS:
+        a = al.allocate(budget, scoring)
+        if a is None:
+            continue
+        key = tuple(sorted(a.keep.items()))
+        if key in seen:
+            log(f"  allocation {scoring}: same widths as an earlier finalist")
+            continue
+        seen.add(key)
+        res = al.apply(a)
+        c, res = evaluate_candidate(dense, splits, target, al.sparsity(a), "bn_scale", example, pricer, pruned=res,
+                                    method=f"allocate/{scoring}")
+        log(f"  candidate {describe(c)} -> {'fits' if c.fits else 'over budget'}")
+        tried.append((c, res))
+    feasible = [t for t in tried if t[0].fits]
+    if not feasible:
+        floor = al.price({g.name: g.min_keep for g in al.groups})
+        raise BudgetError(
+            f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "
+            f"({target.describe_budget()}{f', less a {pricer.margin:.0%} estimate margin' if pricer.margin else ''}), but "
+            f"even the narrowest allowed widths predict {floor['p90']:.4g} ms and the dense model {dense_c.predicted_p90_ms:.4g} ms; "
+            f"relax the budget in {target.path} or use a smaller --model")
     chosen, res = max(feasible, key=lambda t: (t[0].val_acc_pruned, -t[0].predicted_p90_ms))
     return chosen, res, [c for c, _ in tried]
 

@@ -95,7 +95,8 @@ def _plots(rows, eps, t, out: Path) -> None:
                     textcoords="offset points")
     f = pareto(rows, "predicted_p90_ms", "acc_int8_tflite")
     ax.plot([r["predicted_p90_ms"] for r in f], [r["acc_int8_tflite"] for r in f], "k--", lw=1, label="Pareto front")
-    ax.axvline(t.latency_budget_ms, color="r", lw=1, ls=":", label=f"{t.name} budget")
+    if t.latency_budget_ms is not None:
+        ax.axvline(t.latency_budget_ms, color="r", lw=1, ls=":", label=f"{t.name} budget")
     _finish(plt, fig, ax, f"predicted p90 on {t.name} (ms)", "top-1 (%)", out / "accuracy_vs_latency.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     for e in eps:

@@ -54,20 +54,43 @@ class Target:
     runtime: Runtime  # which shipped artifact the budget is judged on
     threads: int  # inference threads the harness uses by default
     input_dtype: InputDtype  # dtype of the shipped model's input and output
-    latency_budget_ms: float  # p90 single-image latency the shipped model must meet, ms
+    latency_budget_ms: Optional[float]  # p90 single-image latency the shipped model must meet, ms (or None:
+    # latency_budget is relative)
     model_size_budget_kb: float  # size of the shipped model file, KiB
     accuracy_floor_pct: float  # minimum top-1 accuracy of the shipped int8 model, percent
     channel_multiple: int  # kept channels are rounded to this multiple (kernel-friendly widths)
-    latency_model: LatencyModel  # coefficients mapping a model to predicted p90 latency
+    latency_model: Optional[LatencyModel] = None  # the published-figure estimate (targets without a measured table)
+    latency_budget: Optional[str] = None  # relative budget, "<k>x": k times faster than the dense model on this target
+    latency_table: Optional[str] = None  # "host" (measured on the building machine, cached) or a table file in targets/
     robust_accuracy_floor_pct: float = 0.0  # optional: minimum PGD robust accuracy at robust_eps
     robust_eps: float = 0.0  # optional: epsilon (in /255 pixel units) of that floor; 0 = not checked
     path: Optional[str] = field(default=None, compare=False)  # file it came from (not a TOML key)
 
     def predict_ms(self, macs: int, layers: int) -> float:
+        if self.latency_model is None:
+            raise EdgeSparseError(f"{self.path}: target {self.name!r} has no [latency_model] estimate")
         return self.latency_model.predict_ms(macs, layers)
 
+    @property
+    def speedup(self) -> Optional[float]:
+        """k of a relative budget "kx" (None for an absolute budget in ms)."""
+        return float(self.latency_budget[:-1]) if self.latency_budget else None
 
-_OPTIONAL = {"robust_accuracy_floor_pct", "robust_eps"}
+    def budget_ms(self, dense_p90_ms: Optional[float] = None) -> float:
+        """The p90 budget in ms: absolute, or the dense model's predicted p90 divided by the speedup."""
+        if self.latency_budget_ms is not None:
+            return self.latency_budget_ms
+        if dense_p90_ms is None:
+            raise EdgeSparseError(f"{self.path}: budget {self.latency_budget!r} is relative; it needs the dense model's latency")
+        return dense_p90_ms / self.speedup
+
+    def describe_budget(self) -> str:
+        return f"{self.latency_budget_ms:g} ms" if self.latency_budget_ms is not None else \
+            f"{self.latency_budget} faster than dense"
+
+
+_OPTIONAL = {"robust_accuracy_floor_pct", "robust_eps", "latency_model", "latency_budget", "latency_table",
+             "latency_budget_ms"}
 _POSITIVE = {
     "cores", "threads", "latency_budget_ms", "model_size_budget_kb", "channel_multiple",
     "ms_per_mmac",
@@ -114,9 +137,13 @@ def _build(cls, table: dict, file: str, prefix: str = ""):
     for k in sorted(keys):
         if k not in table:
             if k in _OPTIONAL:
+                if next(f for f in fields(cls) if f.name == k).default is dataclasses.MISSING:
+                    kwargs[k] = None
                 continue
             raise EdgeSparseError(f"{file}: missing key {prefix}{k!r}")
         hint = hints[k]
+        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if dataclasses.is_dataclass(hint):
             if not isinstance(table[k], dict):
                 raise EdgeSparseError(f"{file}: key {prefix}{k!r} must be a table [{k}]")
@@ -146,6 +173,21 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
     t = _build(Target, table, file)
     if t.name != p.stem:
         raise EdgeSparseError(f"{file}: key 'name' is {t.name!r} but the file is {p.stem}.toml; they must match")
+    if (t.latency_budget_ms is None) == (t.latency_budget is None):
+        raise EdgeSparseError(f"{file}: give exactly one of 'latency_budget_ms' (absolute, ms) and 'latency_budget' "
+                              f"(relative, e.g. \"2.5x\")")
+    if t.latency_budget is not None:
+        import re
+
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?x", t.latency_budget) or float(t.latency_budget[:-1]) <= 1:
+            raise EdgeSparseError(f"{file}: key 'latency_budget' is {t.latency_budget!r}; write a speedup over the dense "
+                                  f"model greater than 1, like \"2.5x\"")
+    if t.latency_table is None and t.latency_model is None:
+        raise EdgeSparseError(f"{file}: no latency source: give 'latency_table' (\"host\" or a measured table file) "
+                              f"or a [latency_model] estimate")
+    if t.latency_table not in (None, "host"):
+        if not (p.parent / t.latency_table).is_file():
+            raise EdgeSparseError(f"{file}: key 'latency_table' names {t.latency_table!r}, which is not a file in {p.parent}")
     if t.threads > t.cores:
         raise EdgeSparseError(f"{file}: key 'threads' is {t.threads} but the device has {t.cores} cores")
     return dataclasses.replace(t, path=file)

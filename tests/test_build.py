@@ -234,8 +234,13 @@ def test_cli_unknown_target_and_stage(capsys):
         main(["build", "--target", "rpi4", "--until", "polish"])
 
 
-def test_verify_arm_bit_identical(quick, capsys):
-    """The bundle on a real aarch64 userland under qemu-user: int8 outputs bit-identical to the host's."""
+def test_verify_arm_same_top1_within_one_lsb(quick, capsys):
+    """The bundle on a real aarch64 userland under qemu-user: same top-1, int8 outputs within 1 LSB of the host's.
+
+    Not bit-identity: XNNPACK's int8 kernels differ per x86 ISA (AVX2 vs AVX-512 VNNI) and may round 1 LSB apart.
+    """
+    import re
+
     from edge_sparse import arm
 
     try:
@@ -246,7 +251,14 @@ def test_verify_arm_bit_identical(quick, capsys):
                    "--sysroot", str(ROOT / "build" / "arm64-sysroot")])
     captured = capsys.readouterr()
     out = captured.out
-    assert "[ai_edge_litert] aarch64 (cortex-a72, emulated) vs host: bit-identical" in out, out + captured.err
+    line = next((l for l in out.splitlines() if l.startswith("[ai_edge_litert] aarch64 (cortex-a72, emulated)")), None)
+    assert line is not None, out + captured.err
+    assert "top-1 identical" in line and "-> OK (rule: same top-1, int8 within 1 LSB)" in line, line
+    m = re.search(r"(\d+) of (\d+) values differ, max \|diff\| ([0-9.]+)", line)
+    if m:  # the count is stated, and what differs stays within the stated 1 LSB
+        assert int(m.group(1)) <= int(m.group(2)) and float(m.group(3)) <= 1, line
+    else:
+        assert "bit-identical" in line, line
     assert rc == 0, out
 
 

@@ -1,0 +1,213 @@
+"""Latency-aware channel allocation: per coupled group, how many channels to keep under a latency budget.
+
+In:  a dense (sparsity-trained) model, an example input, a `Pricer` (edge_sparse.latency.predict) and
+     the channel multiple; importance per channel from the model's BatchNorm scales.
+Out: `Allocation`s (kept width per Torch-Pruning group, predicted p90) and `apply(...)`: a physically
+     smaller model with the least important channels of each group removed, as a `PruneResult`
+     whose record replays on the dense model (`edge_sparse.pruning.replay`).
+Run: part of the build's search stage (`edge_sparse.search.search_allocations`).
+
+The method is HALP's (Shen et al., 2022) greedy form: start from the dense widths; repeatedly remove
+one channel multiple from the group whose least important remaining channels cost the least
+importance per millisecond saved, by the target's latency table; stop under the budget; then add
+back, most valuable first, whatever still fits, so the budget is used. Coupled channels (a residual
+add ties every conv feeding it) move together: a group is Torch-Pruning's, never our own tracing.
+Three scorings give the finalists the search compares after BN re-estimation: raw importance
+(BN |gamma| summed over the coupled layers), importance relative to its group's mean (each group
+judged against itself), and latency alone with equal width fractions (a width multiplier found by
+the same table) — whichever recovers best is kept.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from edge_sparse.errors import EdgeSparseError
+from edge_sparse.latency.ops import extract_ops
+from edge_sparse.pruning import RECORD_FORMAT, PruneResult, _classifier_layers, count, profile
+
+SCORINGS = ("importance", "relative", "uniform")
+
+
+@dataclass
+class Group:
+    name: str  # the root module (its output channels)
+    size: int  # dense channels
+    order: list  # channel indices, least important first
+    importance: list  # importance of each channel, in `order`
+    min_keep: int
+
+
+@dataclass
+class Allocation:
+    scoring: str
+    keep: dict  # group name -> channels kept
+    p90_ms: float
+    p50_ms: float
+
+    def describe(self) -> str:
+        return f"{self.scoring}: p90 {self.p90_ms:.4f} ms, widths " + ", ".join(f"{k}={v}" for k, v in self.keep.items())
+
+
+class Allocator:
+    def __init__(self, dense: nn.Module, example: torch.Tensor, pricer, round_to: int, max_layer_sparsity: float = 0.9):
+        import torch_pruning as tp
+
+        self.dense, self.example, self.pricer, self.m = dense.eval(), example[:1], pricer, int(round_to)
+        self.ops = extract_ops(self.dense, self.example)
+        ignored = _classifier_layers(self.dense, self.example)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(self.dense, self.example)
+            groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
+        names = {mod: n for n, mod in self.dense.named_modules()}
+        imp_fn = tp.importance.BNScaleImportance(normalizer=None)  # raw |gamma|: groups compete on one scale
+        self.groups: list[Group] = []
+        self.handlers = {}
+        for g in groups:
+            root = g[0].dep.target.module
+            n = len(g[0].idxs)
+            if n <= self.m:
+                continue
+            imp = imp_fn(g)
+            if imp is None:  # no BN in the group: fall back to the L1 norm of the root's filters
+                imp = root.weight.detach().abs().flatten(1).sum(1)
+            imp = imp.detach().float()
+            order = torch.argsort(imp).tolist()
+            min_keep = max(self.m, int(math.ceil(n * (1 - max_layer_sparsity) / self.m)) * self.m)
+            name = names[root]
+            self.groups.append(Group(name, n, order, [float(imp[i]) for i in order], min(n, min_keep)))
+            self.handlers[name] = g[0].dep.handler
+        if not self.groups:
+            raise EdgeSparseError("no prunable channel group wider than the channel multiple "
+                                  f"{self.m}: nothing to allocate")
+        self._map_ops()
+
+    # which group sets each op's input and output width: prune each group by one multiple and look
+    def _map_ops(self) -> None:
+        self.cin_of = [None] * len(self.ops)
+        self.cout_of = [None] * len(self.ops)
+        for g in self.groups:
+            m = self._pruned({g.name: g.size - self.m})
+            ops = extract_ops(m, self.example)
+            if len(ops) != len(self.ops):
+                raise EdgeSparseError(f"pruning group {g.name} changed the op graph ({len(self.ops)} -> {len(ops)} ops)")
+            for i, (a, b) in enumerate(zip(self.ops, ops)):
+                if a.cin != b.cin:
+                    self.cin_of[i] = g.name
+                if a.cout != b.cout:
+                    self.cout_of[i] = g.name
+
+    def _pruned(self, keep: dict) -> nn.Module:
+        """A copy of the dense model keeping, per group, its `keep[name]` most important channels."""
+        import torch_pruning as tp
+
+        model = copy.deepcopy(self.dense).eval()
+        named = dict(model.named_modules())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(model, self.example)
+            for g in self.groups:
+                k = keep.get(g.name, g.size)
+                if k < g.size:
+                    idxs = sorted(g.order[: g.size - k])
+                    dg.get_pruning_group(named[g.name], self.handlers[g.name], idxs).prune()
+        model._edge_sparse_dg = dg  # noqa: SLF001 - kept for the replay record, dropped by `apply`
+        return model
+
+    def ops_for(self, keep: dict):
+        out = []
+        for op, ci, co in zip(self.ops, self.cin_of, self.cout_of):
+            out.append(op.replace(cin=keep[ci] if ci else op.cin, cout=keep[co] if co else op.cout))
+        return out
+
+    def price(self, keep: dict) -> dict:
+        return self.pricer.predict_ops(self.ops_for(keep))
+
+    def allocate(self, budget_ms: float, scoring: str = "importance") -> Optional[Allocation]:
+        """Greedy removal under `budget_ms` (predicted p90), then add-back to fill it; None if unreachable."""
+        if scoring not in SCORINGS:
+            raise EdgeSparseError(f"unknown allocation scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
+        keep = {g.name: g.size for g in self.groups}
+        by = {g.name: g for g in self.groups}
+        # a group's width first snaps down to the multiple, so every kept width is kernel-friendly
+        for g in self.groups:
+            keep[g.name] = max(g.min_keep, g.size // self.m * self.m)
+
+        def chunk_cost(g: Group, lo: int, hi: int) -> float:
+            """Importance of the channels ranked lo..hi-1 from the least important (removed first)."""
+            vals = g.importance[lo:hi]
+            if scoring == "importance":
+                return sum(vals)
+            mean = sum(g.importance) / len(g.importance) or 1.0
+            if scoring == "relative":
+                return sum(vals) / mean
+            return (hi - lo) / g.size  # uniform: every group's channels cost the same fraction
+
+        p90 = self.price(keep)["p90"]
+        while p90 > budget_ms:
+            best = None
+            for g in self.groups:
+                k = keep[g.name]
+                if k - self.m < g.min_keep:
+                    continue
+                trial = {**keep, g.name: k - self.m}
+                t90 = self.price(trial)["p90"]
+                saved = p90 - t90
+                cost = chunk_cost(g, g.size - k, g.size - k + self.m)
+                score = cost / saved if saved > 1e-9 else float("inf")
+                if scoring == "uniform":  # the group furthest above the others' kept fraction goes first
+                    score = -(k / g.size) + (0 if saved > 1e-9 else 1e3)
+                if best is None or score < best[0]:
+                    best = (score, g.name, t90)
+            if best is None:
+                return None
+            keep[best[1]] -= self.m
+            p90 = best[2]
+        # fill: give back the most valuable removed chunk that still fits, until none does
+        while True:
+            best = None
+            for g in self.groups:
+                k = keep[g.name]
+                if k + self.m > g.size:
+                    continue
+                trial = {**keep, g.name: k + self.m}
+                t90 = self.price(trial)["p90"]
+                if t90 > budget_ms:
+                    continue
+                gain = chunk_cost(g, g.size - k - self.m, g.size - k)
+                extra = max(t90 - p90, 1e-9)
+                score = gain / extra if scoring != "uniform" else -(k / g.size)
+                if best is None or score > best[0]:
+                    best = (score, g.name, t90)
+            if best is None:
+                break
+            keep[best[1]] += self.m
+            p90 = best[2]
+        r = self.price(keep)
+        return Allocation(scoring, {g: keep[g] for g in by}, r["p90"], r["p50"])
+
+    def apply(self, alloc: Allocation) -> PruneResult:
+        model = self._pruned(alloc.keep)
+        dg = model.__dict__.pop("_edge_sparse_dg")
+        history = [[n, bool(out), [int(i) for i in idx]] for n, out, idx in dg.pruning_history()]
+        params, macs = count(model, self.example)
+        dense_params, dense_macs = count(self.dense, self.example)
+        layers = profile(model, self.example)
+        record = {"format": RECORD_FORMAT, "criterion": "bn_scale", "method": f"allocate/{alloc.scoring}",
+                  "sparsity": self.sparsity(alloc), "round_to": self.m, "global_pruning": False,
+                  "input_shape": list(self.example.shape[1:]), "iterative_steps": 1, "history": history,
+                  "plan": [alloc.describe()], "keep": alloc.keep,
+                  "channels": {s.name: [s.in_channels, s.out_channels] for s in layers}}
+        return PruneResult(model.eval(), params, macs, dense_params, dense_macs, record, 0.0, layers,
+                           profile(self.dense, self.example))
+
+    def sparsity(self, alloc: Allocation) -> float:
+        total = sum(g.size for g in self.groups)
+        return round(1 - sum(alloc.keep.values()) / total, 4)

@@ -1,0 +1,128 @@
+"""`edge-sparse latency check --target host`: the host latency table's predictions against measurements.
+
+In:  three architectures (the default ResNet-8 at 1x28x28, the MobileNetV2-style net at 3x96x96, a
+     VGG-style net at 1x28x28), `per_arch` pruned variants of each with random per-group widths on the
+     channel grid (plus the dense model).
+Out: per variant predicted p50/p90 (from the grid table the search uses, interpolated) and measured
+     p50/p90 of its real int8 `.tflite` (the build's exporter: ONNX -> onnx2tf -> full-int8), all timed
+     side by side in one interleaved run; the share within ±10 %, median |error|, the misses.
+Run: cached in build/latency/check/ (exports per variant; the result JSON), so a re-run only re-times.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from edge_sparse import _io, models
+from edge_sparse.allocate import Allocator
+from edge_sparse.latency.ops import extract_ops
+from edge_sparse.latency.predict import resolve
+from edge_sparse.targets import load_target
+
+ARCHS = (("resnet8", (1, 28, 28)), ("mobilenetv2", (3, 96, 96)), ("vgg_small", (1, 28, 28)))
+
+
+def _model(name: str, shape) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "vgg_small":  # VGGSmall's own default stages (32, 32, M, 64, 64, M, 128, 128)
+        m = models.VGGSmall(in_channels=shape[0], num_classes=10, input_size=shape[1])
+    else:
+        m = models.create(name, in_channels=shape[0], num_classes=10, input_size=shape[1])
+    for mod in m.modules():  # non-trivial BN statistics, so importance orders differ between groups
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.weight.data.uniform_(0.1, 1.0)
+    return m.eval()
+
+
+def _export(model: torch.nn.Module, shape, out: Path) -> Path:
+    from edge_sparse.export import onnx as eonnx, tflite as etflite
+
+    if (out / "model.tflite").is_file():
+        return out / "model.tflite"
+    with _io.atomic_dir(out) as tmp:
+        calib = np.random.default_rng(0).standard_normal((16, shape[1], shape[2], shape[0])).astype(np.float32)
+        eonnx.export_fp32(model, shape, tmp / "m.onnx")
+        etflite.export(tmp / "m.onnx", calib, None, tmp / "model.tflite")
+        (tmp / "m.onnx").unlink()
+    return out / "model.tflite"
+
+
+def run(target: str = "host", per_arch: int = 10, seed: int = 0, cache: Path | str = "build/latency/check",
+        log=print, archs=ARCHS, runs: int = 300) -> dict:
+    from edge_sparse.latency import measure_many
+
+    t = load_target(target)
+    cache = Path(cache)
+    rng = random.Random(seed)
+    rows, paths = [], []
+    for name, shape in archs:
+        dense = _model(name, shape)
+        ex = torch.zeros(1, *shape)
+        pr = resolve(t, dense, ex, log=log)
+        al = Allocator(dense, ex, pr, t.channel_multiple)
+        variants = [{g.name: g.size for g in al.groups}]
+        for _ in range(per_arch):
+            variants.append({g.name: rng.choice(range(g.min_keep, g.size + 1, t.channel_multiple)) for g in al.groups})
+        for i, keep in enumerate(variants):
+            model = al._pruned(keep)
+            model.__dict__.pop("_edge_sparse_dg", None)
+            tag = hashlib.sha256(json.dumps([name, shape, sorted(keep.items())]).encode()).hexdigest()[:12]
+            log(f"  {name} variant {i}: exporting ({tag}) ..." if not (cache / tag / "model.tflite").is_file() else
+                f"  {name} variant {i}: cached export {tag}")
+            paths.append(_export(model, shape, cache / tag))
+            p = pr.predict(model, ex)
+            rows.append({"arch": name, "input": list(shape), "variant": i, "keep": keep, "tag": tag,
+                         "macs": sum(int(o.macs) for o in extract_ops(model, ex)),
+                         "pred_p50": p["p50"], "pred_p90": p["p90"]})
+    log(f"  timing {len(paths)} models side by side ({runs} invokes each, {t.threads} thread(s)) ...")
+    meas = measure_many(paths, threads=t.threads, runs=runs, rounds=10)
+    for r, m in zip(rows, meas):
+        r["meas_p50"], r["meas_p90"] = m["p50"], m["p90"]
+        r["err_p90"] = r["pred_p90"] / r["meas_p90"] - 1
+        r["err_p50"] = r["pred_p50"] / r["meas_p50"] - 1
+    return summarize(rows, t)
+
+
+def summarize(rows: list[dict], t) -> dict:
+    e90 = np.abs([r["err_p90"] for r in rows])
+    e50 = np.abs([r["err_p50"] for r in rows])
+    from edge_sparse.latency.host import cpu_facts, runtime_version
+
+    return {"target": t.name, "threads": t.threads, "cpu": cpu_facts(), "runtime": runtime_version(), "n": len(rows),
+            "p90": {"within_10pct": float((e90 <= 0.10).mean()), "median_abs_err": float(np.median(e90)),
+                    "max_abs_err": float(e90.max())},
+            "p50": {"within_10pct": float((e50 <= 0.10).mean()), "median_abs_err": float(np.median(e50)),
+                    "max_abs_err": float(e50.max())},
+            "misses": [r for r in rows if abs(r["err_p90"]) > 0.10], "rows": rows}
+
+
+def format_report(res: dict) -> str:
+    L = [f"Host latency table vs measurement: {res['n']} models ({', '.join(sorted({r['arch'] for r in res['rows']}))}), "
+         f"{res['cpu']['cpu']} ({', '.join(res['cpu']['isa'])}), {res['runtime']}, {res['threads']} thread(s)"]
+    for q in ("p90", "p50"):
+        s = res[q]
+        L.append(f"  {q}: {s['within_10pct']:.0%} within ±10 %, median |error| {s['median_abs_err']:.1%}, "
+                 f"worst {s['max_abs_err']:.1%}")
+    by = {}
+    for r in res["rows"]:
+        by.setdefault(r["arch"], []).append(abs(r["err_p90"]))
+    for a, v in by.items():
+        L.append(f"  {a}: median |p90 error| {np.median(v):.1%}, {np.mean(np.array(v) <= 0.1):.0%} within ±10 %")
+    for r in res["misses"]:
+        L.append(f"  miss: {r['arch']} variant {r['variant']}: predicted p90 {r['pred_p90']:.4f} ms, measured "
+                 f"{r['meas_p90']:.4f} ms ({r['err_p90']:+.1%}); p50 {r['pred_p50']:.4f} vs {r['meas_p50']:.4f}")
+    return "\n".join(L)
+
+
+def main(target: str, per_arch: int, out: Optional[str], log=print) -> dict:
+    res = run(target, per_arch=per_arch, log=log)
+    if out:
+        _io.write_json(Path(out), res)
+    print(format_report(res))
+    return res

@@ -1,0 +1,116 @@
+"""Predicted latency of a model on a target: from a measured table when the target has one, else the
+target's published-figure estimate, labelled as such.
+
+In:  a `Target`, the dense model and an example input (the table is profiled for every width the
+     search may choose: the dense ops on the target's channel-multiple grid).
+Out: `Pricer`: `predict(model)` / `predict_ops(ops)` -> p50/p90 ms with a per-op breakdown, the
+     resolved budget (absolute, or the dense model's p90 / speedup), the margin kept for an
+     estimate's error, and where the numbers come from (`source`: measured | estimate, `provenance`).
+Run: `es.predict_latency(model, example, target="host")`; the search and the report use `resolve`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from edge_sparse.errors import EdgeSparseError
+from edge_sparse.latency.ops import Op, extract_ops
+from edge_sparse.latency.table import LatencyTable, grid_ops
+from edge_sparse.targets import Target, load_target
+
+
+@dataclass
+class Pricer:
+    target: Target
+    source: str  # "measured" | "estimate"
+    provenance: dict
+    table: Optional[LatencyTable] = None
+    margin: float = 0.0  # fraction of the budget kept free for the estimate's error (0 for measured tables)
+    dense_p90_ms: Optional[float] = None
+    notes: list = field(default_factory=list)
+
+    def predict_ops(self, ops: Sequence[Op]) -> dict:
+        if self.table is not None:
+            r = self.table.predict(ops)
+            per = r["per_op"]
+        else:  # the estimate: overhead + ms/MMAC + ms/layer, spread over the ops by their MACs
+            macs = sum(o.macs for o in ops)
+            layers = sum(o.kind in ("conv", "dwconv", "fc") for o in ops)
+            lm = self.target.latency_model
+            p90 = lm.predict_ms(macs, layers)
+            per = [lm.ms_per_mmac * o.macs / 1e6 + (lm.ms_per_layer if o.kind in ("conv", "dwconv", "fc") else 0.0)
+                   for o in ops]
+            r = {"p50": p90, "p90": p90}
+        return {"p50": round(r["p50"], 5), "p90": round(r["p90"], 5), "source": self.source,
+                "layers": [{"name": o.name, "op": o.kind, "key": o.key, "cin": o.cin, "cout": o.cout, "ms": round(m, 5)}
+                           for o, m in zip(ops, per)]}
+
+    def predict(self, model: torch.nn.Module, example: torch.Tensor) -> dict:
+        return self.predict_ops(extract_ops(model, example))
+
+    @property
+    def budget_ms(self) -> float:
+        return self.target.budget_ms(self.dense_p90_ms)
+
+    @property
+    def effective_budget_ms(self) -> float:
+        """What the search keeps the predicted p90 under: the budget less the estimate's margin."""
+        return self.budget_ms * (1 - self.margin)
+
+    def describe(self) -> str:
+        p = self.provenance
+        if self.source == "measured":
+            return (f"measured: {p.get('device', '?')} ({p.get('cpu', '?')}), {p.get('runtime_version', '?')}, "
+                    f"{p.get('threads', '?')} threads, {p.get('date', '?')}")
+        return f"estimate (published figures; not measured on the device): {p.get('source_text', '').splitlines()[0]}"
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "provenance": self.provenance, "margin": self.margin,
+                "budget_ms": round(self.budget_ms, 5), "effective_budget_ms": round(self.effective_budget_ms, 5),
+                "budget": self.target.describe_budget(), "dense_p90_ms": self.dense_p90_ms,
+                "table": self.table.path if self.table else None}
+
+
+def resolve(target: Target | str, dense: torch.nn.Module, example: torch.Tensor, *, log=None,
+            cache_dir: Path | str = "build/latency") -> Pricer:
+    """The pricer for `target`, its table covering every width choice of `dense` on the channel grid."""
+    t = load_target(target) if isinstance(target, str) else target
+    ops = extract_ops(dense, example)
+    if t.latency_table == "host":
+        from edge_sparse.latency.host import host_table
+
+        need = grid_ops(ops, t.channel_multiple, fixed_in=example.shape[1], fixed_out=ops[-1].cout)
+        table = host_table(need, t.threads, cache_dir=cache_dir, log=log)
+        pr = Pricer(t, "measured", dict(table.provenance), table)
+    elif t.latency_table:
+        table = LatencyTable.load(Path(t.path).parent / t.latency_table)
+        if int(table.provenance.get("threads", -1)) != t.threads:
+            raise EdgeSparseError(f"{table.path}: measured with {table.provenance.get('threads')} threads, but target "
+                                  f"{t.name} runs {t.threads}; re-profile with `make profile TARGET={t.name}`")
+        missing = [o for o in ops if not table.covers(o)]
+        if missing:
+            raise EdgeSparseError(f"{table.path} does not cover {missing[0].key} ({missing[0].name}); profile this "
+                                  f"architecture on the device: make profile TARGET={t.name} DEVICE=...")
+        pr = Pricer(t, "measured", dict(table.provenance), table)
+    else:
+        pr = Pricer(t, "estimate", {"source_text": t.latency_model.source.strip()})
+    pr.dense_p90_ms = pr.predict_ops(ops)["p90"]
+    return pr
+
+
+def predict_latency(model: torch.nn.Module, example_input: torch.Tensor, target: Target | str = "host", **kw) -> dict:
+    """p50/p90 (ms) of `model` on `target`, per-layer breakdown, and `source` (measured | estimate)."""
+    pr = resolve(target, model, example_input, **kw)
+    out = pr.predict(model, example_input)
+    out["provenance"] = pr.provenance
+    return out
+
+
+def measure_latency(path: str | Path, threads: int = 1, runs: int = 200, warmup: int = 20) -> dict:
+    """Percentiles (ms) of single-image invokes of a .tflite on this host (ai-edge-litert + XNNPACK)."""
+    from edge_sparse.latency import measure_tflite
+
+    return measure_tflite(Path(path), threads=threads, runs=runs, warmup=warmup)

@@ -1,0 +1,155 @@
+"""Probe models: one int8 op per `.tflite`, built with TensorFlow's converter, timed by the real runtime.
+
+In:  `Op`s (edge_sparse.latency.ops) whose cost a latency table needs.
+Out: a probe suite directory (`probes.json` + one `.tflite` per op, plus the `overhead` probe: a
+     3x3x8 PAD whose own work is nil, so its time is the runtime's fixed per-invoke cost); timings in
+     the harness's `edge_sparse.probe_timings/1` JSON.
+Run: `write_suite(ops, dir)`, then `time_suite(dir, threads)` here (the bundle's harness, `bench.py
+     --probes DIR`, in a subprocess) or the same harness on a device (edge_sparse.latency.device).
+
+Each probe is full-integer int8 with int8 input and output, like the shipped model, so XNNPACK takes
+the same int8 kernels (conv + fused activation, depthwise, ADD, MEAN, PAD, pooling, FULLY_CONNECTED).
+Converting one op with `TFLiteConverter.from_concrete_functions` takes ~0.05 s (onnx2tf takes ~8 s
+per model), so a few hundred probes are built in seconds.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from edge_sparse import _io
+from edge_sparse.errors import EdgeSparseError
+from edge_sparse.latency.ops import Op
+
+SUITE_FORMAT = "edge_sparse.probes/1"
+TIMINGS_FORMAT = "edge_sparse.probe_timings/1"
+OVERHEAD = Op("pad", 1, 1, 8, 8, k=3, name="overhead")
+HARNESS = Path(__file__).resolve().parent.parent / "harness" / "bench.py"
+
+
+def build_probe(op: Op, seed: int = 0) -> bytes:
+    """A full-integer int8 `.tflite` holding `op` alone (its inputs and output int8)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    act = {"none": lambda y: y, "relu": tf.nn.relu, "relu6": tf.nn.relu6}[op.act]
+    pad = "VALID" if op.stride > 1 else "SAME"
+    spec = [tf.TensorSpec([1, op.h, op.w, op.cin], tf.float32)]
+    if op.kind == "conv":
+        w = tf.constant(rng.standard_normal((op.k, op.k, op.cin, op.cout)).astype(np.float32) / np.sqrt(op.k * op.k * op.cin))
+        b = tf.constant(rng.standard_normal(op.cout).astype(np.float32) * 0.1)
+        fn = lambda x: act(tf.nn.conv2d(x, w, op.stride, pad) + b)  # noqa: E731
+    elif op.kind == "dwconv":
+        w = tf.constant(rng.standard_normal((op.k, op.k, op.cin, 1)).astype(np.float32) / op.k)
+        b = tf.constant(rng.standard_normal(op.cin).astype(np.float32) * 0.1)
+        fn = lambda x: act(tf.nn.depthwise_conv2d(x, w, [1, op.stride, op.stride, 1], pad) + b)  # noqa: E731
+    elif op.kind == "pad":
+        p = (op.k - 1) // 2
+        fn = lambda x: tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])  # noqa: E731
+    elif op.kind == "add":
+        spec = spec * 2
+        fn = lambda x, y: act(x + y)  # noqa: E731
+    elif op.kind == "mean":
+        fn = lambda x: tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # noqa: E731
+    elif op.kind == "fc":
+        spec = [tf.TensorSpec([1, op.cin], tf.float32)]
+        w = tf.constant(rng.standard_normal((op.cin, op.cout)).astype(np.float32) / np.sqrt(op.cin))
+        b = tf.constant(rng.standard_normal(op.cout).astype(np.float32) * 0.1)
+        fn = lambda x: act(tf.matmul(x, w) + b)  # noqa: E731
+    elif op.kind in ("maxpool", "avgpool"):
+        pool = tf.nn.max_pool2d if op.kind == "maxpool" else tf.nn.avg_pool2d
+        fn = lambda x: pool(x, op.k, op.stride, pad)  # noqa: E731
+    elif op.kind == "relu":
+        fn = tf.nn.relu
+    else:
+        raise EdgeSparseError(f"no probe for op kind {op.kind!r}")
+    f = tf.function(fn, input_signature=spec)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+
+    def representative():
+        r = np.random.default_rng(seed + 1)
+        for _ in range(4):
+            yield [r.standard_normal(tuple(s.shape)).astype(np.float32) for s in spec]
+
+    conv.representative_dataset = representative
+    with _silenced():
+        try:
+            return conv.convert()
+        except Exception as e:  # noqa: BLE001 - the converter raises many types
+            raise EdgeSparseError(f"could not build a probe for {op.key}: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+@contextlib.contextmanager
+def _silenced():
+    """The converter prints from C++ straight to fds 1 and 2: silence them at the fd level."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def probe_name(op: Op) -> str:
+    return "overhead" if op == OVERHEAD else hashlib.sha256(op.key.encode()).hexdigest()[:12]
+
+
+def write_suite(ops: Iterable[Op], directory: Path) -> Path:
+    """Probe `.tflite`s for `ops` (deduplicated by key) + the overhead probe, and `probes.json`."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    entries, seen = [], set()
+    for op in [OVERHEAD, *ops]:
+        op = op.replace(name="")
+        if op.key in seen:
+            continue
+        seen.add(op.key)
+        name = probe_name(OVERHEAD if op == OVERHEAD.replace(name="") else op)
+        data = build_probe(op)
+        (d / f"{name}.tflite").write_bytes(data)
+        entries.append({"name": name, "file": f"{name}.tflite", "sha256": hashlib.sha256(data).hexdigest(),
+                        "key": op.key, "op": {k: v for k, v in op.__dict__.items() if k != "name"}})
+    _io.write_json(d / "probes.json", {"format": SUITE_FORMAT, "probes": entries})
+    return d
+
+
+def time_suite(directory: Path, threads: int, *, runs: int = 100, rounds: int = 5, runtime: Optional[str] = None,
+               python: str = sys.executable, timeout: float = 900) -> dict:
+    """Time a probe suite on this host with the bundle's own harness (`bench.py --probes`)."""
+    with tempfile.TemporaryDirectory(prefix="edge_sparse_probe_") as tmp:
+        out = Path(tmp) / "timings.json"
+        cmd = [python, str(HARNESS), "--probes", str(directory), "--threads", str(threads), "--runs", str(runs),
+               "--rounds", str(rounds), "--json", str(out)] + (["--runtime", runtime] if runtime else [])
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgeSparseError(f"timing the probe suite {directory} took over {timeout:.0f} s") from None
+        if r.returncode != 0 or not out.is_file():
+            last = (r.stderr or r.stdout).strip().splitlines()
+            raise EdgeSparseError(f"bench.py --probes {directory} failed (exit {r.returncode}): "
+                                  f"{last[-1] if last else 'no output'}")
+        return json.loads(out.read_text())
