@@ -17,12 +17,14 @@ STAMP    := $(VENV)/.installed
 
 BUILD_FLAGS = --target $(TARGET) --dataset $(DATASET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(QUICK),--quick) $(ARGS)
 
-.PHONY: help build test test-fast bench verify-arm benchmarks study clean check-target data sysdeps setup
+.PHONY: help build test test-fast bench profile latency-check verify-arm benchmarks study clean check-target data sysdeps setup
 
 help:  ## list the targets of this Makefile
 	@echo "make build TARGET=<name> [QUICK=1] [DATASET=cifar10 DATA_DIR=<dir>]   build dist/<name>/"
 	@echo "make test                        the test suite (what CI runs)"
 	@echo "make bench TARGET=<name> [DEVICE=user@host|adb[:serial]]   run the bundle's bench.py"
+	@echo "make profile TARGET=<name> [DEVICE=user@host|adb[:serial]]   time the probe suite, write the target's latency table"
+	@echo "make latency-check TARGET=host   the host latency table's predictions vs measured .tflite timings"
 	@echo "make verify-arm TARGET=<name>    run the bundle on an emulated aarch64 userland, compare outputs"
 	@echo "make benchmarks                  dense vs shipped, side by side -> BENCHMARKS.md"
 	@echo "make study TARGET=<name>         sparsity x accuracy x robustness x latency sweep -> docs/study/"
@@ -77,6 +79,12 @@ test-fast: data $(STAMP)
 bench: check-target $(STAMP)
 	@test -f dist/$(TARGET)/bench.py || { echo "error: no bundle in dist/$(TARGET); run 'make build TARGET=$(TARGET)' first" >&2; exit 2; }
 	$(PY) -m edge_sparse.remote --bundle dist/$(TARGET) $(if $(DEVICE),--device $(DEVICE)) -- $(ARGS)
+
+profile: check-target $(STAMP)
+	$(VENV)/bin/edge-sparse profile --target $(TARGET) $(if $(DEVICE),--device $(DEVICE)) $(ARGS)
+
+latency-check: check-target $(STAMP)
+	$(VENV)/bin/edge-sparse latency check --target $(TARGET) $(ARGS)
 
 verify-arm: check-target $(STAMP)
 	@test -f dist/$(TARGET)/bench.py || { echo "error: no bundle in dist/$(TARGET); run 'make build TARGET=$(TARGET)' first" >&2; exit 2; }

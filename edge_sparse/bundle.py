@@ -51,7 +51,7 @@ def _latency_meta(t, r, chosen: dict, dense_c: dict) -> dict:
             "effective_budget": lat.get("effective_budget_ms"), "margin": lat.get("margin", 0.0),
             "dense_predicted_p90": dense_c["predicted_p90_ms"], "source": src,
             "provenance": {k: v for k, v in prov.items() if k != "source_text"},
-            "latency_model": (prov.get("source_text", "").split("\n")[0] if src == "estimate" else
+            "latency_model": (f"published-figure estimate ([latency_model] of targets/{t.name}.toml)" if src == "estimate" else
                               f"measured latency table ({prov.get('device')}, {prov.get('cpu')}, "
                               f"{prov.get('runtime_version')}, {prov.get('threads')} threads, {prov.get('date')})")}
 

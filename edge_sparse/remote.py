@@ -19,10 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-def _run(cmd: list[str]) -> int:
-    print("+ " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+from edge_sparse import _io
 
 
 def main(argv=None) -> int:
@@ -42,27 +39,26 @@ def main(argv=None) -> int:
         return 2
     if not a.device:
         return subprocess.call([sys.executable, "bench.py", "--json", "bench-host.json", *rest], cwd=bundle)
+    from edge_sparse.errors import EdgeSparseError
+    from edge_sparse.latency.device import Remote
+
     tag = re.sub(r"[^A-Za-z0-9_.-]", "_", a.device)
-    remote_dir = f"/tmp/edge_sparse_{bundle.name}" if not a.device.startswith("adb") else f"/data/local/tmp/edge_sparse_{bundle.name}"
-    bench = f"cd {remote_dir} && {a.python} bench.py --json bench.json {' '.join(shlex.quote(r) for r in rest)}"
-    if a.device.startswith("adb"):
-        serial = a.device.split(":", 1)[1:] or []
-        adb = ["adb", *(["-s", serial[0]] if serial else [])]
-        if _run([*adb, "push", str(bundle), remote_dir]) != 0:
-            print(f"error: adb push to {a.device} failed; is the device connected (`adb devices`)?", file=sys.stderr)
-            return 2
-        rc = _run([*adb, "shell", bench])
-        _run([*adb, "pull", f"{remote_dir}/bench.json", str(bundle / f"bench-{tag}.json")])
+    try:
+        dev = Remote(a.device)
+        dev.shell("true", "connecting", 30)
+        where = dev.push(bundle.resolve(), "the bundle")
+        out = f"{where}/bench.json"
+        cmd = f"cd {shlex.quote(where)} && {a.python} bench.py --json {shlex.quote(out)} {' '.join(shlex.quote(r) for r in rest)}"
+        rc = dev.shell_rc(cmd, "running bench.py")
+        if rc not in (0, 1):
+            print(f"error: bench.py on {a.device} exited {rc}", file=sys.stderr)
+            return rc
+        _io.write_text(bundle / f"bench-{tag}.json", dev.read(out, "bench.json"))
+        print(f"wrote {bundle / f'bench-{tag}.json'}", file=sys.stderr)
         return rc
-    if _run(["ssh", a.device, f"rm -rf {remote_dir} && mkdir -p {remote_dir}"]) != 0:
-        print(f"error: cannot reach {a.device} over ssh", file=sys.stderr)
+    except EdgeSparseError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    if _run(["scp", "-q", "-r", *[str(f) for f in sorted(bundle.iterdir()) if f.is_file()], f"{a.device}:{remote_dir}/"]) != 0:
-        print(f"error: copying the bundle to {a.device} failed", file=sys.stderr)
-        return 2
-    rc = _run(["ssh", a.device, bench])
-    _run(["scp", "-q", f"{a.device}:{remote_dir}/bench.json", str(bundle / f"bench-{tag}.json")])
-    return rc
 
 
 if __name__ == "__main__":

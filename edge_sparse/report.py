@@ -124,7 +124,21 @@ def write(b, meta: dict, d: Path) -> None:
     L.append(f"| predicted p90 on {t.name} (ms) | {meta['latency_ms']['dense_predicted_p90']:.3f} | {ch['predicted_p90_ms']:.3f} | ÷{meta['latency_ms']['dense_predicted_p90'] / ch['predicted_p90_ms']:.2f} |")
     L.append(f"| top-1 torch fp32 (%) | {acc['torch_fp32_dense']:.2f} | {acc['torch_fp32']:.2f} | {acc['torch_fp32'] - acc['torch_fp32_dense']:+.2f} pt |")
     L.append(f"| top-1 int8 .tflite (%) | {acc['dense_tflite_int8']:.2f} | {acc['tflite_int8']:.2f} | {acc['tflite_int8'] - acc['dense_tflite_int8']:+.2f} pt |")
-    L.append(f"\nSparsity: {meta['sparsity']:.2f} of prunable channels removed. Accuracy on {acc['n_eval']} held-out test images.\n")
+    L.append(f"\nSparsity: {meta['sparsity']:.2f} of prunable channels removed. Accuracy in this table: the {acc['n_eval']} "
+             f"test images of `eval.npz` (the on-device slice, ~±{100 * 1.96 * (0.1 / max(1, acc['n_eval'])) ** 0.5:.1f} pt).\n")
+    full = acc.get("test")
+    if full:
+        L.append(f"### Accuracy on the whole test split ({full['n']:,} images, 95 % Wilson intervals)\n")
+        L.append("| model | top-1 (%) | 95 % interval |\n|---|---|---|")
+        for k, name in (("torch_fp32_dense", "dense reference, torch fp32"), ("dense_tflite_int8", "dense reference, int8 .tflite"),
+                        ("torch_fp32", "shipped, torch fp32"), ("tflite_int8", "**shipped, int8 .tflite**"),
+                        ("onnx_int8", "shipped, int8 ONNX")):
+            v = full[k]
+            L.append(f"| {name} | {v['acc']:.2f} | {v['ci95'][0]:.2f}–{v['ci95'][1]:.2f} |")
+        d8, d32 = full["shipped_int8_minus_dense_fp32"], full["shipped_fp32_minus_dense_fp32"]
+        L.append(f"\nShipped int8 − dense fp32: **{d8['diff_pt']:+.2f} pt** (paired 95 % interval {d8['ci95_pt'][0]:+.2f} to "
+                 f"{d8['ci95_pt'][1]:+.2f}); shipped fp32 − dense fp32: {d32['diff_pt']:+.2f} pt ({d32['ci95_pt'][0]:+.2f} to "
+                 f"{d32['ci95_pt'][1]:+.2f}). int8 .tflite agrees with torch fp32 on {full['int8_agreement_pct']:.2f} % of the test images.\n")
     L.append("## Sparsity search\n")
     L.append("![candidates](candidates.png)\n")
     L.append("| method | sparsity | MACs | params | predicted p90 (ms) | est. size (KiB) | val top-1 after pruning + BN re-estimation | fits |\n|---|---|---|---|---|---|---|---|")

@@ -103,6 +103,31 @@ def run_onnx(path: Path, x_uint8: np.ndarray, mean: Sequence[float], std: Sequen
     return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]).astype(np.float32)
 
 
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion, in percent."""
+    if n == 0:
+        return (0.0, 100.0)
+    p = correct / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (round(100 * max(0.0, c - h), 3), round(100 * min(1.0, c + h), 3))
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-1 accuracy (percent) with its 95 % interval and the count it rests on."""
+    k = int((logits.argmax(1) == labels).sum())
+    return {"acc": round(100 * k / len(labels), 3), "ci95": list(wilson(k, len(labels))), "n": int(len(labels))}
+
+
+def paired_diff(a_logits: np.ndarray, b_logits: np.ndarray, labels: np.ndarray, z: float = 1.96) -> dict:
+    """a - b top-1 (points) on the same images, with a 95 % interval from the paired per-image differences."""
+    d = (a_logits.argmax(1) == labels).astype(np.float64) - (b_logits.argmax(1) == labels).astype(np.float64)
+    m, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return {"diff_pt": round(100 * m, 3), "ci95_pt": [round(100 * (m - z * se), 3), round(100 * (m + z * se), 3)],
+            "n": int(len(d))}
+
+
 def parity(artifact: str, kind: str, logits: np.ndarray, ref_logits: np.ndarray, labels: np.ndarray) -> Parity:
     acc = float((logits.argmax(1) == labels).mean() * 100)
     ref_acc = float((ref_logits.argmax(1) == labels).mean() * 100)

@@ -275,18 +275,3 @@ def test_profile_refuses_emulated_and_wrong_thread_timings():
         table_from_run(suite, {**base, "threads": 2}, t, "pi")
     with pytest.raises(EdgeSparseError, match="not a bench.py --probes result"):
         table_from_run(suite, {"threads": 4}, t, "pi")
-
-
-def test_unreachable_device_names_host_and_error(targets_copy):
-    from edge_sparse.latency.device import Remote
-
-    r = Remote("nobody@127.0.0.1", timeout=20)
-    with pytest.raises(EdgeSparseError, match=r"DEVICE=nobody@127.0.0.1: connecting failed"):
-        import os
-        os.environ["EDGE_SPARSE_SSH_OPTS"] = "-p 1 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-        try:
-            r.shell("true", "connecting", 20)
-        finally:
-            del os.environ["EDGE_SPARSE_SSH_OPTS"]
-    with pytest.raises(EdgeSparseError, match="expected user@host"):
-        Remote("-oProxyCommand=evil")

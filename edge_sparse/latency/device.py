@@ -69,6 +69,14 @@ class Remote:
         args = ["shell", command] if self.adb else [command]
         return self._call(self._cmd(*args), what, timeout).stdout
 
+    def shell_rc(self, command: str, what: str, timeout: Optional[float] = None) -> int:
+        """Run `command` there, its output streamed here; return its exit code (the harness's verdict)."""
+        args = ["shell", command] if self.adb else [command]
+        try:
+            return subprocess.run(self._cmd(*args), timeout=timeout or self.timeout).returncode
+        except subprocess.TimeoutExpired:
+            raise EdgeSparseError(f"DEVICE={self.spec}: {what} timed out after {timeout or self.timeout:.0f} s") from None
+
     def push(self, local: Path, what: str) -> str:
         """Copy the directory `local` to the device; return its path there."""
         remote = f"{self.base}/{local.name}"

@@ -65,7 +65,8 @@ class Pricer:
         if self.source == "measured":
             return (f"measured: {p.get('device', '?')} ({p.get('cpu', '?')}), {p.get('runtime_version', '?')}, "
                     f"{p.get('threads', '?')} threads, {p.get('date', '?')}")
-        return f"estimate (published figures; not measured on the device): {p.get('source_text', '').splitlines()[0]}"
+        return (f"ESTIMATE from published figures ([latency_model] of {self.target.path}), not measured on the device; "
+                f"`make profile TARGET={self.target.name} DEVICE=...` replaces it with a measured table")
 
     def to_dict(self) -> dict:
         return {"source": self.source, "provenance": self.provenance, "margin": self.margin,
