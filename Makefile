@@ -16,6 +16,8 @@ FMNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 STAMP    := $(VENV)/.installed
 
 BUILD_FLAGS = --target $(TARGET) --dataset $(DATASET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(QUICK),--quick) $(ARGS)
+# DEVICE=user@host | adb[:serial] on a build: the search's finalists are timed on that device
+build: BUILD_FLAGS += $(if $(DEVICE),--target-device $(DEVICE))
 
 .PHONY: help build test test-fast bench profile latency-check verify-arm benchmarks study clean check-target data sysdeps setup
 

@@ -60,6 +60,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    help="compare against the warm-up model instead of training an unpruned one for the fine-tune "
                    "epochs too (faster; the report then compares unequal training budgets)")
     p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--target-device", help="user@host (ssh) or adb[:serial]: time the search's finalists on the device "
+                   "itself and ship only one that measured within budget (make build DEVICE=...)")
     p.add_argument("--image-size", type=int, help="side length for folder datasets (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small slice, one short epoch: a valid bundle in minutes")
@@ -74,7 +76,7 @@ def _config(a):
 
     base = BuildConfig.quick() if a.quick else BuildConfig()
     kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion, "seed": a.seed,
-          "search": a.search}
+          "search": a.search, "target_device": a.target_device}
     if a.sparsities is not None:
         kw["sparsities"] = a.sparsities
     if a.image_size:

@@ -82,6 +82,7 @@ class BuildConfig:
     robust_n: int = 500  # test images used for robustness
     seed: int = 0  # one seed for data splits, init, shuffling
     search: str = "allocate"  # "allocate": per-group widths under the latency table; "global": one threshold per sparsity
+    target_device: Optional[str] = None  # user@host or adb[:serial]: time the search's finalists there, ship only what fits
     fixed_sparsity: Optional[float] = None  # study mode: ship exactly this sparsity, budget reported not enforced
     enforce_parity: bool = True  # parity gates (int8/float agreement, int8 accuracy loss) fail the build
     enforce_accuracy_floor: bool = True  # QUICK builds report the floor but do not fail on it

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import resource
 import shutil
@@ -129,7 +130,15 @@ def stage_search(b: Build, d: Path) -> dict:
         chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
                                     fixed=b.cfg.fixed_sparsity, pricer=pr)
     else:
-        chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log)
+        on_device = None
+        if b.cfg.target_device:
+            from edge_sparse.latency.device import time_models_on_device
+
+            calib = data_mod.normalize_np(_calibration(b)[:64], b.splits.mean, b.splits.std, "NHWC")
+            python = os.environ.get("EDGE_SPARSE_DEVICE_PYTHON", "python3")  # the device's Python
+            on_device = lambda ms: time_models_on_device(ms, b.splits.input_shape, calib, b.cfg.target_device,  # noqa: E731
+                                                         b.target.threads, python=python, log=_log)
+        chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"
     _log(f"  chosen: {chosen.method} sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.4f} ms {rel} "
          f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget)")
@@ -349,7 +358,7 @@ def _keys(b: Build) -> dict:
     keys = {}
     keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint("train"), data_key, c.model, asdict(c.train)])
     keys["search"] = _hash(["search", keys["train"], _code_fingerprint("search"), c.criterion, sorted(c.sparsities),
-                            c.fixed_sparsity, c.search, t.latency_budget_ms, t.latency_budget, t.model_size_budget_kb,
+                            c.fixed_sparsity, c.search, c.target_device, t.latency_budget_ms, t.latency_budget, t.model_size_budget_kb,
                             t.channel_multiple, asdict(t.latency_model) if t.latency_model else None, _latency_identity(t)])
     keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune)]
                              + ([c.prune_steps] if c.prune_steps > 1 else []))

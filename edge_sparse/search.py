@@ -21,7 +21,7 @@ accuracy); only the chosen candidate is fine-tuned, which keeps the default buil
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -46,6 +46,7 @@ class Candidate:
     fits_size: bool
     method: str = "global"  # "global" (one threshold) or "allocate/<scoring>"
     predicted_p50_ms: float = 0.0
+    measured_p90_ms: Optional[float] = None  # on the target device itself (make build DEVICE=...), when timed there
 
     @property
     def fits(self) -> bool:
@@ -141,8 +142,12 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
 
 
 def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, pricer, log=print,
-                       max_layer_sparsity: float = 0.9) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
-    """Per-group widths under the budget (three scorings), ranked by accuracy after BN re-estimation."""
+                       max_layer_sparsity: float = 0.9, time_on_device=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+    """Per-group widths under the budget (three scorings), ranked by accuracy after BN re-estimation.
+
+    `time_on_device(models: dict[name, nn.Module]) -> dict[name, p90 ms]`, when given, times the finalists on
+    the device itself: one that measures over the budget there does not fit, whatever the table said.
+    """
     from edge_sparse.allocate import SCORINGS, Allocator
 
     example = torch.zeros(1, *splits.input_shape)
@@ -169,6 +174,16 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
                                     method=f"allocate/{scoring}")
         log(f"  candidate {describe(c)} -> {'fits' if c.fits else 'over budget'}")
         tried.append((c, res))
+    if time_on_device is not None and len(tried) > 1:
+        log(f"  timing {len(tried) - 1} finalists on the device ...")
+        got = time_on_device({c.method: r.model for c, r in tried[1:]})
+        for i, (c, r) in enumerate(tried):
+            if c.method in got:
+                m = round(float(got[c.method]), 5)
+                c = replace(c, measured_p90_ms=m, fits_latency=c.fits_latency and m <= pricer.budget_ms)
+                tried[i] = (c, r)
+                log(f"  {c.method}: measured p90 {m:.4f} ms on the device (predicted {c.predicted_p90_ms:.4f}) -> "
+                    f"{'fits' if c.fits_latency else 'over budget'}")
     feasible = [t for t in tried if t[0].fits]
     if not feasible:
         floor = al.price({g.name: g.min_keep for g in al.groups})

@@ -118,6 +118,27 @@ def test_make_bench_over_ssh_runs_the_bundle_harness(sshd, tmp_path):
     assert out["latency_ms"]["p90"] > 0 and "accuracy" in out
 
 
+@pytest.mark.slow
+def test_build_with_device_in_the_loop_times_finalists_there(sshd, targets_copy, tmp_path, monkeypatch):
+    """`make build DEVICE=...`: the search's finalists are exported, timed on the device, and the choice
+    is one that measured within budget there."""
+    from edge_sparse import pipeline
+    from edge_sparse.config import BuildConfig, TrainConfig
+
+    p = targets_copy / "rpi4.toml"
+    p.write_text(p.read_text().replace("latency_budget_ms = 0.70", "latency_budget_ms = 0.30"))
+    monkeypatch.setenv("EDGE_SPARSE_DEVICE_PYTHON", sys.executable)
+    cfg = BuildConfig.quick(model="tiny_resnet", limit_train=1500, limit_eval=200, eval_size=200,
+                            train=TrainConfig(epochs=1), target_device=sshd["device"])
+    b = pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache", until_stage="search")
+    cands = b.results["search"]["candidates"]
+    timed = [c for c in cands if c["measured_p90_ms"] is not None]
+    assert timed and all(c["method"].startswith("allocate/") for c in timed)
+    assert all(c["measured_p90_ms"] > 0 for c in timed)
+    chosen = b.results["search"]["chosen"]
+    assert chosen["measured_p90_ms"] is not None and chosen["measured_p90_ms"] <= 0.30
+
+
 def test_unreachable_device_is_one_clear_error(targets_copy):
     from edge_sparse.cli import main
 

@@ -211,3 +211,38 @@ def _load_json(p: Path, what: str) -> dict:
         raise EdgeSparseError(f"{p}: no such {what}") from None
     except ValueError as e:
         raise EdgeSparseError(f"{p}: the {what} is not valid JSON ({e})") from None
+
+
+def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device: str, threads: int,
+                          python: str = "python3", log=print, runs: int = 200) -> dict:
+    """p90 (ms) of each model, exported to full-int8 `.tflite` as the build ships it, timed on `device`.
+
+    The finalists travel as a probe suite (one `.tflite` each) and run under `bench.py --probes`: the
+    same harness, runtime and threads as the bundle, interleaved so the device's drift hits all alike.
+    """
+    import hashlib
+
+    from edge_sparse.export import onnx as eonnx, tflite as etflite
+
+    remote = Remote(device)
+    remote.shell("true", "connecting", 30)
+    with tempfile.TemporaryDirectory(prefix="edge_sparse_finalists_") as tmp:
+        d = Path(tmp) / "finalists"
+        d.mkdir()
+        entries = []
+        for i, (name, model) in enumerate(models_by_name.items()):
+            f = f"finalist{i}"
+            eonnx.export_fp32(model, input_shape, Path(tmp) / f"{f}.onnx")
+            etflite.export(Path(tmp) / f"{f}.onnx", calib_nhwc, None, d / f"{f}.tflite")
+            data = (d / f"{f}.tflite").read_bytes()
+            entries.append({"name": name, "file": f"{f}.tflite", "sha256": hashlib.sha256(data).hexdigest()})
+        _io.write_json(d / "probes.json", {"format": "edge_sparse.probes/1", "probes": entries})
+        timings = run_suite_on_device(d, remote, threads, python=python, runs=runs)
+    if timings.get("emulated"):
+        raise EdgeSparseError(f"DEVICE={device}: the finalists were timed under emulation; that says nothing about the device")
+    t = timings.get("timings", {})
+    missing = [n for n in models_by_name if n not in t]
+    if missing:
+        raise EdgeSparseError(f"DEVICE={device}: no timing came back for finalist {missing[0]} "
+                              f"({timings.get('failed', {}).get(missing[0], 'unknown reason')})")
+    return {n: float(t[n]["p90"]) for n in models_by_name}
