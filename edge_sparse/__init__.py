@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 __all__ = ["prune", "replay", "build", "load_target", "BuildConfig", "TrainConfig", "EdgeSparseError", "PruneResult",
-           "predict_latency", "measure_latency"]
+           "predict_latency", "measure_latency", "export", "BuildResult"]
 
 from edge_sparse.errors import EdgeSparseError
 
@@ -20,9 +20,12 @@ def __getattr__(name: str):
     if name in ("prune", "replay", "PruneResult"):
         from edge_sparse import pruning as _p
         return getattr(_p, name)
-    if name == "build":
-        from edge_sparse.pipeline import run
-        return run
+    if name == "export":  # the sub-package edge_sparse.export is callable: es.export(model, ...) -> api.export
+        import importlib
+        return importlib.import_module("edge_sparse.export")
+    if name in ("build", "BuildResult"):
+        from edge_sparse import api
+        return getattr(api, name)
     if name in ("predict_latency", "measure_latency"):
         from edge_sparse.latency import predict as _lp
         return getattr(_lp, name)

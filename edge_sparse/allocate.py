@@ -56,7 +56,10 @@ class Allocation:
 
 
 class Allocator:
-    def __init__(self, dense: nn.Module, example: torch.Tensor, pricer, round_to: int, max_layer_sparsity: float = 0.9):
+    def __init__(self, dense: nn.Module, example: torch.Tensor, pricer, round_to: int, max_layer_sparsity: float = 0.9,
+                 taylor_batch=None):
+        """`taylor_batch=(images, labels)`: rank channels by first-order Taylor importance on that batch
+        (|weight x gradient|, data-driven: for weights not trained with the sparsity objective) instead of BN |gamma|."""
         import torch_pruning as tp
 
         self.dense, self.example, self.pricer, self.m = dense.eval(), example[:1], pricer, int(round_to)
@@ -68,6 +71,13 @@ class Allocator:
             groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
         names = {mod: n for n, mod in self.dense.named_modules()}
         imp_fn = tp.importance.BNScaleImportance(normalizer=None)  # raw |gamma|: groups compete on one scale
+        self.criterion = "bn_scale"
+        if taylor_batch is not None:
+            x, y = taylor_batch
+            self.dense.zero_grad()
+            nn.functional.cross_entropy(self.dense(x), y).backward()
+            imp_fn = tp.importance.GroupTaylorImportance(normalizer=None)
+            self.criterion = "taylor"
         self.groups: list[Group] = []
         self.handlers = {}
         for g in groups:
@@ -84,6 +94,8 @@ class Allocator:
             name = names[root]
             self.groups.append(Group(name, n, order, [float(imp[i]) for i in order], min(n, min_keep)))
             self.handlers[name] = g[0].dep.handler
+        for p in self.dense.parameters():
+            p.grad = None
         if not self.groups:
             raise EdgeSparseError("no prunable channel group wider than the channel multiple "
                                   f"{self.m}: nothing to allocate")
@@ -200,7 +212,7 @@ class Allocator:
         params, macs = count(model, self.example)
         dense_params, dense_macs = count(self.dense, self.example)
         layers = profile(model, self.example)
-        record = {"format": RECORD_FORMAT, "criterion": "bn_scale", "method": f"allocate/{alloc.scoring}",
+        record = {"format": RECORD_FORMAT, "criterion": self.criterion, "method": f"allocate/{alloc.scoring}",
                   "sparsity": self.sparsity(alloc), "round_to": self.m, "global_pruning": False,
                   "input_shape": list(self.example.shape[1:]), "iterative_steps": 1, "history": history,
                   "plan": [alloc.describe()], "keep": alloc.keep,

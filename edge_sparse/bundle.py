@@ -35,6 +35,10 @@ def io_params(tflite_path: Path) -> dict:
 def _reference_words(b) -> str:
     r, c = b.results, b.cfg
     shipped = c.train.epochs + c.finetune.epochs
+    if r["reference"].get("given"):
+        return (f"the model you gave ({c.model}, weights {c.weights}), evaluated as is, not retrained; the shipped model "
+                f"is it pruned{'' if c.no_train else f' after {c.train.epochs} sparsity epochs and {c.finetune.epochs} fine-tune epochs'}"
+                f"{' with BN statistics re-estimated and no training (--no-train)' if c.no_train else ''}")
     if r["reference"]["same_budget"]:
         return (f"the same architecture unpruned, trained for the same {r['reference']['epochs']} epochs as the shipped "
                 f"model ({c.train.epochs} warm-up + {c.finetune.epochs} with the fine-tune recipe)")

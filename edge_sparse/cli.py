@@ -40,7 +40,12 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="profile name in targets/ (see `edge-sparse targets`)")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) | cifar10 | cifar100 | folder")
     p.add_argument("--data-dir", help="the dataset's directory (not needed for fashion-mnist)")
-    p.add_argument("--model", default="resnet8", help="registered architecture (see `edge-sparse models`)")
+    p.add_argument("--model", default="resnet8", help="registered architecture (see `edge-sparse models`), or your own: "
+                   "path/to/net.py:make_model or package.module:make_model (a function returning an nn.Module)")
+    p.add_argument("--weights", help="start from these trained weights: .safetensors, or a torch checkpoint read with "
+                   "weights_only=True (never an arbitrary pickle); the report's dense reference is then this model as is")
+    p.add_argument("--no-train", action="store_true", help="with --weights: no training; prune with a data-driven "
+                   "criterion, re-estimate BN statistics, export, verify, bundle (minutes)")
     p.add_argument("--criterion", default="bn_scale", help="bn_scale | l1 | l2 | taylor")
     p.add_argument("--sparsities", type=_floats, help="candidate sparsities for --search global, e.g. 0.3,0.5,0.7")
     p.add_argument("--search", choices=("allocate", "global"), default="allocate",
@@ -62,7 +67,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--target-device", help="user@host (ssh) or adb[:serial]: time the search's finalists on the device "
                    "itself and ship only one that measured within budget (make build DEVICE=...)")
-    p.add_argument("--image-size", type=int, help="side length for folder datasets (default 64)")
+    p.add_argument("--image-size", "--input-size", dest="image_size", type=int,
+                   help="side length for folder datasets (default 64); must be what your model expects")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small slice, one short epoch: a valid bundle in minutes")
     p.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on (ignore its cache)")
@@ -76,7 +82,9 @@ def _config(a):
 
     base = BuildConfig.quick() if a.quick else BuildConfig()
     kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion, "seed": a.seed,
-          "search": a.search, "target_device": a.target_device}
+          "search": a.search, "target_device": a.target_device, "weights": a.weights, "no_train": a.no_train}
+    if a.no_train and not a.weights:
+        raise EdgeSparseError("--no-train needs --weights: there is nothing trained to prune")
     if a.sparsities is not None:
         kw["sparsities"] = a.sparsities
     if a.image_size:
@@ -86,6 +94,8 @@ def _config(a):
     if a.prune_steps is not None:
         kw["prune_steps"] = a.prune_steps  # BuildConfig checks it
     train, ft = base.train, base.finetune
+    if a.weights and a.epochs is None:  # a pretrained start: one short sparsity-inducing epoch from the weights
+        train = train.replace(epochs=1)
     if a.epochs is not None:
         train = train.replace(epochs=a.epochs)
     if a.finetune_epochs is not None:
@@ -105,7 +115,14 @@ def _config(a):
     from edge_sparse.models import MODELS
     from edge_sparse.pruning import CRITERIA
 
-    MODELS.get(a.model)
+    from edge_sparse import usermodel
+
+    if usermodel.is_ref(a.model):
+        usermodel.load_factory(a.model)  # a missing file or a factory that does not import fails here, before any work
+    else:
+        MODELS.get(a.model)
+    if a.weights and not Path(a.weights).expanduser().is_file():
+        raise EdgeSparseError(f"--weights {a.weights}: no such file")
     CRITERIA.get(a.criterion)
     for s in kw.get("sparsities", ()):
         if not 0 <= s < 1:

@@ -82,6 +82,8 @@ class BuildConfig:
     robust_n: int = 500  # test images used for robustness
     seed: int = 0  # one seed for data splits, init, shuffling
     search: str = "allocate"  # "allocate": per-group widths under the latency table; "global": one threshold per sparsity
+    weights: Optional[str] = None  # start from these trained weights (safetensors / weights-only torch checkpoint)
+    no_train: bool = False  # with weights: no training at all; prune (data-driven importance), recover BN, export
     target_device: Optional[str] = None  # user@host or adb[:serial]: time the search's finalists there, ship only what fits
     fixed_sparsity: Optional[float] = None  # study mode: ship exactly this sparsity, budget reported not enforced
     enforce_parity: bool = True  # parity gates (int8/float agreement, int8 accuracy loss) fail the build

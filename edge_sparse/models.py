@@ -182,6 +182,13 @@ def tiny_vgg(**kw) -> nn.Module:
 
 
 def create(name: str, *, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
+    """A registered architecture, or your own: `path/net.py:make_model`, `package.module:make_model`."""
+    from edge_sparse import usermodel
+
+    if usermodel.is_ref(name):
+        m = usermodel.instantiate(name)
+        usermodel.check_io(m, (in_channels, input_size, input_size), num_classes, f"--model {name}")
+        return m
     return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, input_size=input_size)
 
 

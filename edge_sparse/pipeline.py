@@ -100,8 +100,13 @@ def stage_train(b: Build, d: Path) -> dict:
 
     torch.manual_seed(b.cfg.seed)
     model = models.create(b.cfg.model, **b.arch_kwargs)
+    if b.cfg.weights:  # a pretrained start: a short sparsity-inducing fine-tune from the given weights (or none)
+        from edge_sparse.usermodel import load_weights
+
+        load_weights(model, b.cfg.weights)
     ckpt_dir = b.cache / f"train-{b.keys['train']}.ckpt"
-    hist = fit(model, b.splits, b.cfg.train.replace(seed=b.cfg.seed), ckpt_dir=ckpt_dir, resume=True)
+    hist = [] if b.cfg.no_train else fit(model, b.splits, b.cfg.train.replace(seed=b.cfg.seed), ckpt_dir=ckpt_dir,
+                                         resume=True)
     models.save(model, d / "dense", arch=b.cfg.model, kwargs=b.arch_kwargs)
     res = {"history": hist, "val_acc": accuracy(model, b.splits.val, b.splits.mean, b.splits.std),
            "test_acc": accuracy(model, b.splits.test, b.splits.mean, b.splits.std)}
@@ -138,7 +143,15 @@ def stage_search(b: Build, d: Path) -> dict:
             python = os.environ.get("EDGE_SPARSE_DEVICE_PYTHON", "python3")  # the device's Python
             on_device = lambda ms: time_models_on_device(ms, b.splits.input_shape, calib, b.cfg.target_device,  # noqa: E731
                                                          b.target.threads, python=python, log=_log)
-        chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device)
+        taylor = None
+        if b.cfg.no_train:  # the given weights were not trained for sparsity: rank channels by their effect on the loss
+            from edge_sparse.data import to_tensor
+
+            idx = np.arange(min(256, len(b.splits.train)))
+            taylor = (to_tensor(b.splits.train.images(idx), b.splits.mean, b.splits.std),
+                      torch.as_tensor(b.splits.train.y[idx], dtype=torch.long))
+        chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device,
+                                                taylor_batch=taylor)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"
     _log(f"  chosen: {chosen.method} sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.4f} ms {rel} "
          f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget)")
@@ -163,6 +176,8 @@ def stage_finetune(b: Build, d: Path) -> dict:
     cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
     sparsity = b.results["search"]["chosen"]["sparsity"]
     kd = teacher if cfg.kd_alpha > 0 else None
+    if b.cfg.no_train:
+        cfg = cfg.replace(epochs=0)  # --no-train: the search already re-estimated BN statistics for the new widths
     # sparsity 0 still fine-tunes: the train stage is a warm-up, and the dense model gets the same epochs
     if sparsity > 0 and b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 fine-tune epoch between them
         step_cfg = cfg.replace(epochs=1)
@@ -197,6 +212,13 @@ def stage_reference(b: Build, d: Path) -> dict:
     dense, spec = models.load(b.dirs["train"] / "dense")
     cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
     hist, extra = [], 0
+    if b.cfg.weights:  # your model, as you trained it: evaluated, not retrained
+        from edge_sparse.usermodel import load_weights
+
+        dense = load_weights(models.create(spec["arch"], **spec["kwargs"]), b.cfg.weights).eval()
+        models.save(dense, d / "dense", arch=spec["arch"], kwargs=spec["kwargs"])
+        return {"history": [], "epochs": 0, "same_budget": False, "given": True,
+                "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std)}
     if b.cfg.dense_reference and cfg.epochs > 0:
         extra = cfg.epochs
         if b.results["search"]["chosen"]["sparsity"] == 0:  # the shipped model is this very run: reuse it
@@ -356,14 +378,19 @@ def _keys(b: Build) -> dict:
     data_key = {"dataset": c.dataset, "data_dir": str(Path(c.data_dir).resolve()) if c.data_dir else None,
                 "limit_train": c.limit_train, "limit_eval": c.limit_eval, "image_size": c.image_size, "seed": c.seed}
     keys = {}
-    keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint("train"), data_key, c.model, asdict(c.train)])
+    from edge_sparse import usermodel
+
+    user = [usermodel.fingerprint(c.model)] if usermodel.is_ref(c.model) else []
+    if c.weights:
+        user += ["weights", usermodel.weights_fingerprint(c.weights), c.no_train]
+    keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint("train"), data_key, c.model, asdict(c.train)] + user)
     keys["search"] = _hash(["search", keys["train"], _code_fingerprint("search"), c.criterion, sorted(c.sparsities),
                             c.fixed_sparsity, c.search, c.target_device, t.latency_budget_ms, t.latency_budget, t.model_size_budget_kb,
                             t.channel_multiple, asdict(t.latency_model) if t.latency_model else None, _latency_identity(t)])
-    keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune)]
+    keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune), c.no_train]
                              + ([c.prune_steps] if c.prune_steps > 1 else []))
     keys["reference"] = _hash(["reference", keys["train"], _code_fingerprint("reference"), asdict(c.finetune),
-                               c.dense_reference])
+                               c.dense_reference, c.weights is not None])
     keys["export"] = _hash(["export", keys["finetune"], keys["reference"], _code_fingerprint("export"), c.calib_size, _calib_fingerprint()])
     keys["verify"] = _hash(["verify", keys["export"], _code_fingerprint("verify"), c.eval_size])
     keys["robustness"] = _hash(["robustness", keys["verify"], _code_fingerprint("robustness"), list(c.robust_eps),

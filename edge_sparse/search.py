@@ -142,7 +142,8 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
 
 
 def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, pricer, log=print,
-                       max_layer_sparsity: float = 0.9, time_on_device=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+                       max_layer_sparsity: float = 0.9, time_on_device=None,
+                       taylor_batch=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
     """Per-group widths under the budget (three scorings), ranked by accuracy after BN re-estimation.
 
     `time_on_device(models: dict[name, nn.Module]) -> dict[name, p90 ms]`, when given, times the finalists on
@@ -157,7 +158,8 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
     if dense_c.fits:
         log("  the dense model already meets the budget: shipping it unpruned")
         return dense_c, None, [dense_c]
-    al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity)
+    al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity,
+                   taylor_batch=taylor_batch)
     tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
     seen = set()
     for scoring in SCORINGS:
