@@ -19,7 +19,7 @@ BUILD_FLAGS = --target $(TARGET) --dataset $(DATASET) --seed $(SEED) $(if $(DATA
 # DEVICE=user@host | adb[:serial] on a build: the search's finalists are timed on that device
 build: BUILD_FLAGS += $(if $(DEVICE),--target-device $(DEVICE))
 
-.PHONY: help build test test-fast bench profile latency-check verify-arm benchmarks study clean check-target data sysdeps setup
+.PHONY: help build test test-fast bench profile latency-check benchmarks-latency seeds verify-arm benchmarks study clean check-target data sysdeps setup
 
 help:  ## list the targets of this Makefile
 	@echo "make build TARGET=<name> [QUICK=1] [DATASET=cifar10 DATA_DIR=<dir>]   build dist/<name>/"
@@ -94,6 +94,15 @@ verify-arm: check-target $(STAMP)
 
 benchmarks: data $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
+
+# the default build over seeds (resumable): mean +- sd of accuracy on the whole test split
+SEEDS ?= 0,1,2
+seeds: data $(STAMP)
+	$(PY) -m benchmarks.seeds --target $(TARGET) --seeds $(SEEDS)
+
+# measured-latency claims: predictor accuracy, budget fill, speedups (after make build TARGET=rpi4 and TARGET=host)
+benchmarks-latency: data $(STAMP)
+	$(PY) -m benchmarks.latency $(ARGS)
 
 # not $(or $(SPARSITY),0,0.3,...): make splits $(or) arguments at the commas, which left only "0"
 SPARSITY ?= 0,0.3,0.5,0.7,0.85

@@ -1,0 +1,211 @@
+"""`make benchmarks-latency` / `python -m benchmarks.latency`: the measured-latency claims, side by side.
+
+1. Predictor accuracy on this host: `edge-sparse latency check --target host` (random pruned variants of
+   ResNet-8 1x28x28, the MobileNetV2-style net 3x96x96 and a VGG-style net 1x28x28; predicted from the
+   grid table the search uses vs measured on their real int8 .tflite, all timed in one interleaved run).
+2. Budget fill: the default rpi4 bundle's predicted p90 / budget; the host bundle's shipped model
+   measured here (interleaved with its dense int8 model) against its budget.
+3. Speedup at 1 thread, same runtime: shipped int8 vs dense fp32 .tflite of the default model (with the
+   accuracy it costs, whole test split), and the same on the compute-bound MobileNetV2-style net at
+   3x96x96 pruned by the allocation to 2x / 4x budgets (untrained weights: latency only).
+
+Writes benchmarks/out/latency.json and the "Measured latency" section of BENCHMARKS.md (between markers,
+so `make benchmarks` keeps it). Resumable: exports and the host table are cached in build/latency/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"
+BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
+
+
+def _bundle_cache(bundle: Path, cache: Path) -> dict:
+    """The export stage directory of a bundle's build (its dense fp32/int8 .tflite live there)."""
+    meta = json.loads((bundle / "metadata.json").read_text())
+    for d in sorted(cache.glob("export-*")):
+        if (d / "model.tflite").is_file() and (d / "model.tflite").read_bytes() == (bundle / "model.tflite").read_bytes():
+            return {"dir": d, "meta": meta}
+    return {"dir": None, "meta": meta}
+
+
+def predictor_accuracy(per_arch: int, log) -> dict:
+    from edge_sparse.latency import hostcheck
+
+    return hostcheck.run("host", per_arch=per_arch, log=log)
+
+
+def budget_fill(log) -> dict:
+    from edge_sparse.latency import measure_many
+
+    out = {}
+    cache = ROOT / "build" / "cache"
+    for target in ("rpi4", "host"):
+        b = ROOT / "dist" / target
+        if not (b / "metadata.json").is_file():
+            out[target] = {"missing": f"no bundle in dist/{target}: run make build TARGET={target}"}
+            continue
+        meta = json.loads((b / "metadata.json").read_text())
+        lat = meta["latency_ms"]
+        row = {"source": lat.get("source"), "budget_ms": lat["budget"], "predicted_p90_ms": lat["predicted_p90"],
+               "predicted_fill": lat["predicted_p90"] / lat["budget"], "macs": meta["model"]["macs"],
+               "dense_macs": meta["dense"]["macs"]}
+        if target == "host":
+            e = _bundle_cache(b, cache)["dir"]
+            paths = [b / "model.tflite"] + ([e / "dense_int8.tflite"] if e else [])
+            m = measure_many(paths, threads=meta["threads"], runs=2000, rounds=20)
+            row.update(measured_p90_ms=m[0]["p90"], measured_p50_ms=m[0]["p50"],
+                       measured_fill=m[0]["p90"] / lat["budget"])
+            if e:
+                row.update(dense_measured_p90_ms=m[1]["p90"], measured_speedup_p90=m[1]["p90"] / m[0]["p90"])
+        out[target] = row
+    return out
+
+
+def speedups(log) -> dict:
+    from edge_sparse import models
+    from edge_sparse.allocate import Allocator
+    from edge_sparse.latency import measure_many
+    from edge_sparse.latency.hostcheck import _export, _model
+    from edge_sparse.latency.predict import resolve
+
+    out = {}
+    b = ROOT / "dist" / "rpi4"
+    if (b / "metadata.json").is_file():
+        info = _bundle_cache(b, ROOT / "build" / "cache")
+        e, meta = info["dir"], info["meta"]
+        if e is not None:
+            m = measure_many([e / "dense_fp32.tflite", e / "dense_int8.tflite", e / "model_fp32.tflite", e / "model.tflite"],
+                             threads=1, runs=2000, rounds=20)
+            t = meta["accuracy"].get("test", {})
+            out["resnet8_default"] = {
+                "p50_ms": {"dense_fp32": m[0]["p50"], "dense_int8": m[1]["p50"], "pruned_fp32": m[2]["p50"], "shipped_int8": m[3]["p50"]},
+                "speedup_shipped_int8_vs_dense_fp32": m[0]["p50"] / m[3]["p50"],
+                "speedup_pruning_alone_int8": m[1]["p50"] / m[3]["p50"], "mac_ratio": meta["dense"]["macs"] / meta["model"]["macs"],
+                "int8_vs_fp32_dense": m[0]["p50"] / m[1]["p50"],
+                "accuracy_cost_pt": (t.get("tflite_int8", {}).get("acc", float("nan")) - t.get("torch_fp32_dense", {}).get("acc", float("nan")))
+                if t else None, "test_n": t.get("n")}
+    # compute-bound: the MobileNetV2-style net at 3x96x96, allocation to 2x and 4x host budgets (latency only)
+    dense = _model("mobilenetv2", (3, 96, 96))
+    ex = torch.zeros(1, 3, 96, 96)
+    pr = resolve("host", dense, ex, log=log)
+    al = Allocator(dense, ex, pr, 8)
+    cache = ROOT / "build" / "latency" / "speedup"
+    from edge_sparse.export import onnx as eonnx, tflite as etflite
+
+    fp32 = cache / "mobilenetv2-dense" / "fp32.tflite"
+    if not fp32.is_file():
+        fp32.parent.mkdir(parents=True, exist_ok=True)
+        calib = np.random.default_rng(0).standard_normal((16, 96, 96, 3)).astype(np.float32)
+        eonnx.export_fp32(dense, (3, 96, 96), fp32.parent / "m.onnx")
+        etflite.export(fp32.parent / "m.onnx", calib, fp32, fp32.parent / "int8.tflite")
+    paths, rows = [fp32, fp32.parent / "int8.tflite"], []
+    for k in (2.0, 4.0):
+        a = al.allocate(pr.dense_p90_ms / k, "importance")
+        if a is None:
+            rows.append({"budget": f"{k:g}x", "result": "no allocation meets it"})
+            continue
+        model = al._pruned(a.keep)
+        model.__dict__.pop("_edge_sparse_dg", None)
+        paths.append(_export(model, (3, 96, 96), cache / f"mobilenetv2-{k:g}x"))
+        rows.append({"budget": f"{k:g}x", "predicted_p90_ms": a.p90_ms,
+                     "macs": sum(o.macs for o in al.ops_for(a.keep))})
+    m = measure_many(paths, threads=1, runs=300, rounds=10)
+    out["mobilenetv2_96"] = {"dense_fp32_p50_ms": m[0]["p50"], "dense_int8_p50_ms": m[1]["p50"],
+                             "dense_macs": sum(o.macs for o in al.ops), "points": rows}
+    j = 2
+    for r in rows:
+        if "predicted_p90_ms" in r:
+            r.update(measured_p50_ms=m[j]["p50"], measured_p90_ms=m[j]["p90"],
+                     speedup_vs_dense_fp32=m[0]["p50"] / m[j]["p50"], speedup_vs_dense_int8=m[1]["p50"] / m[j]["p50"])
+            j += 1
+    return out
+
+
+def markdown(res: dict) -> str:
+    from edge_sparse.latency.hostcheck import format_report
+
+    pa, cpu = res["predictor"], res["predictor"]["cpu"]
+    L = [BEGIN, "## Measured latency (`python -m benchmarks.latency`)\n",
+         f"Measured {res['date']} on {cpu['cpu']} ({', '.join(cpu['isa'])}), {pa['runtime']}, in one run; every "
+         f"number below is from `benchmarks/out/latency.json`.\n",
+         "### Predictor accuracy on this host (goal: ≥ 90 % of p90 within ±10 %, median |error| ≤ 5 %)\n",
+         "| quantile | within ±10 % | median \\|error\\| | worst |\n|---|---|---|---|"]
+    for q in ("p50", "p90"):
+        s = pa[q]
+        L.append(f"| {q} | {s['within_10pct']:.0%} | {s['median_abs_err']:.1%} | {s['max_abs_err']:.1%} |")
+    L.append("\n```\n" + format_report(pa) + "\n```\n")
+    bf = res["fill"]
+    L.append("### Budget fill (goal: rpi4 predicted 90–100 % of the budget; host measured 85–100 %)\n")
+    L.append("| target | latency source | budget (ms) | predicted p90 (ms) | fill (predicted) | measured p90 here (ms) | fill (measured) |")
+    L.append("|---|---|---|---|---|---|---|")
+    for t, r in bf.items():
+        if "missing" in r:
+            L.append(f"| {t} | – | – | – | – | – | {r['missing']} |")
+            continue
+        meas = f"{r['measured_p90_ms']:.4f}" if "measured_p90_ms" in r else "– (no device here)"
+        mf = f"{r['measured_fill']:.0%}" if "measured_fill" in r else "–"
+        L.append(f"| {t} | {r['source']} | {r['budget_ms']:.4g} | {r['predicted_p90_ms']:.4f} | {r['predicted_fill']:.0%} | {meas} | {mf} |")
+    sp = res["speedup"]
+    L.append("\n### Speedup at 1 thread, same runtime (ai-edge-litert + XNNPACK), p50 of interleaved runs\n")
+    r = sp.get("resnet8_default")
+    if r:
+        p = r["p50_ms"]
+        cost = f"{r['accuracy_cost_pt']:+.2f} pt (shipped int8 − dense fp32, {r['test_n']:,} test images)" if r.get("accuracy_cost_pt") is not None else "n/a"
+        L.append(f"- Default ResNet-8 (1×28×28): dense fp32 {p['dense_fp32']:.4f} ms, dense int8 {p['dense_int8']:.4f}, pruned fp32 "
+                 f"{p['pruned_fp32']:.4f}, **shipped int8 {p['shipped_int8']:.4f} ms → {r['speedup_shipped_int8_vs_dense_fp32']:.2f}× "
+                 f"vs dense fp32**, {r['speedup_pruning_alone_int8']:.2f}× from pruning alone (MAC ratio {r['mac_ratio']:.2f}); "
+                 f"int8 vs fp32 on the dense model {r['int8_vs_fp32_dense']:.2f}×. Accuracy cost: {cost}.")
+    mb = sp["mobilenetv2_96"]
+    L.append(f"- MobileNetV2-style (3×96×96, {mb['dense_macs'] / 1e6:.1f} M MACs, untrained weights — latency only): dense fp32 "
+             f"{mb['dense_fp32_p50_ms']:.3f} ms, dense int8 {mb['dense_int8_p50_ms']:.3f} ms.")
+    for pt in mb["points"]:
+        if "measured_p50_ms" in pt:
+            L.append(f"  - allocated to a {pt['budget']} host budget: {pt['macs'] / 1e6:.1f} M MACs, predicted p90 "
+                     f"{pt['predicted_p90_ms']:.3f} ms, measured p50 {pt['measured_p50_ms']:.3f} / p90 {pt['measured_p90_ms']:.3f} ms → "
+                     f"**{pt['speedup_vs_dense_fp32']:.2f}× vs dense fp32**, {pt['speedup_vs_dense_int8']:.2f}× vs dense int8")
+        else:
+            L.append(f"  - {pt['budget']}: {pt['result']}")
+    L.append(END)
+    return "\n".join(L) + "\n"
+
+
+def splice(md: str, path: Path) -> None:
+    from edge_sparse import _io
+
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", lambda _: md, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + md
+    _io.write_text(path, text)
+
+
+def main(argv=None) -> int:
+    from edge_sparse import _io
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
+    p.add_argument("--per-arch", type=int, default=10)
+    a = p.parse_args(argv)
+    log = print
+    OUT.mkdir(parents=True, exist_ok=True)
+    res = {"date": time.strftime("%Y-%m-%d"), "predictor": predictor_accuracy(a.per_arch, log)}
+    res["fill"] = budget_fill(log)
+    res["speedup"] = speedups(log)
+    _io.write_json(OUT / "latency.json", res)
+    (ROOT / "benchmarks" / "latency.md").write_text(markdown(res))
+    splice(markdown(res), ROOT / "BENCHMARKS.md")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
