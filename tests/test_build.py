@@ -3,6 +3,7 @@ runs; re-runs hit the cache; bad input and unmet budgets fail clearly with nothi
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -44,8 +45,16 @@ def _roomy_copy(bundle: Path, dest: Path) -> Path:
     shutil.copytree(bundle, dest)
     meta = json.loads((dest / "metadata.json").read_text())
     meta["latency_ms"]["budget"] = 1e3
-    (dest / "metadata.json").write_text(json.dumps(meta))
+    _write_meta(dest, meta)
     return dest
+
+
+def _write_meta(d: Path, meta: dict) -> None:
+    """Edit a bundle's metadata.json as a rebuild would: bench.py checks it against manifest.json."""
+    from edge_sparse import bundle
+
+    (d / "metadata.json").write_text(json.dumps(meta))
+    bundle.write_manifest(d)
 
 
 def test_bundle_is_complete(quick):
@@ -133,20 +142,27 @@ def test_harness_bad_inputs(quick, tmp_path):
         r = _bench(b, *args)
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     meta = json.loads((b / "metadata.json").read_text())
+    # edited without a rebuild -> the manifest no longer matches: refused
+    (b / "metadata.json").write_text(json.dumps({**meta, "threads": 1}))
+    r = _bench(b)
+    assert r.returncode == 2 and "metadata.json: sha256" in r.stderr
     # over budget -> exit 1
     meta["latency_ms"]["budget"] = 1e-6
-    (b / "metadata.json").write_text(json.dumps(meta))
+    _write_meta(b, meta)
     r = _bench(b)
     assert r.returncode == 1 and "verdict: OVER" in r.stdout
     # budget missing -> exit 2
     del meta["latency_ms"]["budget"]
-    (b / "metadata.json").write_text(json.dumps(meta))
+    _write_meta(b, meta)
     r = _bench(b)
     assert r.returncode == 2 and "latency_ms.budget" in r.stderr
     meta["latency_ms"]["budget"] = 1e3
-    (b / "metadata.json").write_text(json.dumps(meta))
+    _write_meta(b, meta)
     # eval.npz missing -> latency only, says so
     (b / "eval.npz").unlink()
+    man = json.loads((b / "manifest.json").read_text())
+    del man["files"]["eval.npz"]
+    (b / "manifest.json").write_text(json.dumps(man))
     r = _bench(b)
     assert r.returncode == 0 and "latency only" in r.stdout
     # tampered model -> refused before loading
@@ -167,7 +183,7 @@ def test_harness_bad_inputs(quick, tmp_path):
 
 def test_harness_is_standalone(quick, tmp_path):
     src = (quick["bundle"] / "bench.py").read_text()
-    assert "edge_sparse" not in src.replace("edge_sparse on-device harness", "").split('"""', 2)[2]
+    assert not re.search(r"^\s*(import|from)\s+edge_sparse", src, re.M)  # format names mention it; imports must not
     b = _roomy_copy(quick["bundle"], tmp_path / "elsewhere")
     r = subprocess.run([sys.executable, "-I", "bench.py", "--runs", "10"], cwd=b, capture_output=True, text=True,
                        timeout=120, env={"PATH": os.environ["PATH"]})
@@ -189,7 +205,8 @@ def test_unreachable_budget_fails_listing_candidates(quick, tmp_path, monkeypatc
     with pytest.raises(BudgetError) as e:
         pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
     msg = str(e.value)
-    assert "no candidate meets" in msg and "sparsity 0.70" in msg and "p90" in msg
+    assert "no width allocation meets target 'rpi4'" in msg and "p90 <= 0.01 ms" in msg
+    assert "narrowest allowed widths predict" in msg and "rpi4.toml" in msg
     assert not (tmp_path / "dist").exists()
     from edge_sparse.cli import main
 
@@ -235,7 +252,8 @@ def test_cli_unknown_target_and_stage(capsys):
 
 
 def test_verify_arm_same_top1_within_one_lsb(quick, capsys):
-    """The bundle on a real aarch64 userland under qemu-user: same top-1, int8 outputs within 1 LSB of the host's.
+    """The bundle on a real aarch64 userland under qemu-user: int8 outputs within 1 LSB of the host's, top-1
+    identical except on near-ties (an AVX2 host saw tflite-runtime flip one image whose two best logits tie).
 
     Not bit-identity: XNNPACK's int8 kernels differ per x86 ISA (AVX2 vs AVX-512 VNNI) and may round 1 LSB apart.
     """
@@ -253,7 +271,7 @@ def test_verify_arm_same_top1_within_one_lsb(quick, capsys):
     out = captured.out
     line = next((l for l in out.splitlines() if l.startswith("[ai_edge_litert] aarch64 (cortex-a72, emulated)")), None)
     assert line is not None, out + captured.err
-    assert "top-1 identical" in line and "-> OK (rule: same top-1, int8 within 1 LSB)" in line, line
+    assert "-> OK (rule: int8 within 1 LSB; top-1 identical except near-ties" in line, line
     m = re.search(r"(\d+) of (\d+) values differ, max \|diff\| ([0-9.]+)", line)
     if m:  # the count is stated, and what differs stays within the stated 1 LSB
         assert int(m.group(1)) <= int(m.group(2)) and float(m.group(3)) <= 1, line
@@ -356,3 +374,116 @@ def test_cli_finetune_recipe_flags(capsys):
     assert "prune_steps must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(EdgeSparseError, match="prune_steps must be >= 1"):
         BuildConfig(prune_steps=0)
+
+
+def _npz(x, y):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y)
+    return buf.getvalue()
+
+
+def _eval(b):
+    with np.load(b / "eval.npz") as d:
+        return d["x"], d["y"]
+
+
+def _meta_edit(fn):
+    def edit(b):
+        meta = json.loads((b / "metadata.json").read_text())
+        fn(meta)
+        (b / "metadata.json").write_text(json.dumps(meta))
+    return edit
+
+
+# (id, edit of a bundle copy whose manifest is then regenerated, bench.py args, exit code, words on stderr)
+HARNESS_BAD = [
+    ("labels-column", lambda b: (b / "eval.npz").write_bytes(_npz(_eval(b)[0], _eval(b)[1][:, None])), [], 2,
+     "y must be one integer label per image"),
+    ("labels-range", lambda b: (b / "eval.npz").write_bytes(_npz(_eval(b)[0], _eval(b)[1] + 10)), [], 2,
+     "labels must lie in [0, 10)"),
+    ("images-float", lambda b: (b / "eval.npz").write_bytes(_npz(_eval(b)[0].astype(np.float32), _eval(b)[1])), [], 2,
+     "x must be uint8 images of shape (N, 28, 28, 1)"),
+    ("images-size", lambda b: (b / "eval.npz").write_bytes(_npz(_eval(b)[0][:, :20], _eval(b)[1])), [], 2,
+     "x must be uint8 images of shape (N, 28, 28, 1)"),
+    ("eval-garbage", lambda b: (b / "eval.npz").write_bytes(b"not a zip"), [], 2, "eval.npz: unreadable"),
+    ("eval-no-y", lambda b: (b / "eval.npz").write_bytes(_npz(_eval(b)[0], _eval(b)[1]).replace(b"y.npy", b"z.npy")),
+     [], 2, "expected arrays x (uint8 NHWC) and y"),
+    ("meta-no-mean", _meta_edit(lambda m: m["input"].pop("mean")), [], 2, "field input.mean"),
+    ("meta-threads-str", _meta_edit(lambda m: m.update(threads="4")), [], 2, "field threads must be an integer"),
+    ("meta-budget-str", _meta_edit(lambda m: m["latency_ms"].update(budget="0.7")), [], 2, "field latency_ms.budget"),
+    ("meta-std-zero", _meta_edit(lambda m: m["input"].update(std=[0.0])), [], 2, "field input.std must be positive"),
+    ("meta-not-json", lambda b: (b / "metadata.json").write_text("{"), [], 2, "metadata.json is not valid JSON"),
+    ("meta-list", lambda b: (b / "metadata.json").write_text("[]"), [], 2, "must be a JSON object"),
+    ("model-zeros", lambda b: (b / "model.tflite").write_bytes(bytes(4096)), [], 2, "not a TFLite flatbuffer"),
+    ("json-missing-dir", None, ["--json", "{tmp}/nope/r.json"], 2, "does not exist"),
+    ("json-is-dir", None, ["--json", "{tmp}"], 2, "is a directory"),
+    ("dump-missing-dir", None, ["--dump-outputs", "{tmp}/nope/o.npy"], 2, "--dump-outputs"),
+    ("runs-zero", None, ["--runs", "0"], 2, "--runs must be >= 1"),
+    ("rounds-zero", None, ["--rounds", "0"], 2, "--rounds must be >= 1"),
+    ("eval-limit-negative", None, ["--eval-limit", "-1"], 2, "--eval-limit must be >= 0"),
+    ("model-unlisted", lambda b: shutil.copyfile(b / "model.tflite", b / "other.tflite") and "keep-manifest",
+     ["--model", "other.tflite"], 2, "not listed in"),
+    ("model-wrong-ext", None, ["--model", "report.md"], 2, "runs .tflite or .onnx models"),
+    ("probes-not-dir", None, ["--probes", "{tmp}/none"], 2, "not a directory"),
+    ("probes-no-suite", None, ["--probes", "{tmp}"], 2, "probes.json is missing"),
+]
+
+
+@pytest.mark.parametrize("case", HARNESS_BAD, ids=[c[0] for c in HARNESS_BAD])
+def test_harness_bad_input_catalogue(quick, tmp_path, case):
+    """Each bad bundle or flag: exit 2, one `error:` line naming the thing, no traceback, nothing written."""
+    from edge_sparse import bundle
+
+    _, edit, args, code, words = case
+    b = _roomy_copy(quick["bundle"], tmp_path / "b")
+    if edit is not None:
+        if edit(b) != "keep-manifest":
+            bundle.write_manifest(b)  # damaged before it was hashed: the checks after the sha256 must catch it
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.replace("{tmp}", str(out)) for a in args]
+    r = _bench(b, *args)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), (r.returncode, r.stderr)
+    assert words in lines[0] and "Traceback" not in r.stderr, lines[0]
+    assert "runs" not in r.stdout  # refused before the timing run
+    assert list(out.iterdir()) == [] and not list(b.glob("*.tmp*"))
+
+
+def test_harness_probe_suite_checks(quick, tmp_path):
+    """--probes: a damaged suite is refused naming the probe; a good one is timed, interleaved, as JSON."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copyfile(quick["bundle"] / "model.tflite", suite / "m.tflite")
+    import hashlib
+
+    digest = hashlib.sha256((suite / "m.tflite").read_bytes()).hexdigest()
+    entry = {"name": "m", "file": "m.tflite", "sha256": digest}
+    bench = [sys.executable, str(quick["bundle"] / "bench.py"), "--probes", str(suite), "--runs", "20", "--rounds", "2"]
+    for probes, words in (({"format": "x", "probes": []}, "not a probe suite"),
+                          ({"format": "edge_sparse.probes/1", "probes": [{**entry, "sha256": "0" * 64}]},
+                           "sha256 does not match probes.json"),
+                          ({"format": "edge_sparse.probes/1", "probes": [{**entry, "file": "../m.tflite"}]},
+                           "must be a .tflite inside"),
+                          ({"format": "edge_sparse.probes/1", "probes": [entry, entry]}, "appears twice")):
+        (suite / "probes.json").write_text(json.dumps(probes))
+        r = subprocess.run(bench, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (suite / "probes.json").write_text(json.dumps({"format": "edge_sparse.probes/1", "probes": [entry]}))
+    r = subprocess.run(bench + ["--json", str(tmp_path / "t.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["format"] == "edge_sparse.probe_timings/1" and t["threads"] == 1 and t["failed"] == {}
+    assert t["timings"]["m"]["n"] == 20 and 0 < t["timings"]["m"]["p50"] <= t["timings"]["m"]["p90"]
+
+
+@pytest.mark.slow
+def test_harness_survives_damaged_models(quick, tmp_path):
+    """A slice of `python -m benchmarks.harness_fuzz` (the full 200 runs are in BENCHMARKS.md): every damaged
+    model ends in a verdict or a one-line refusal, never a signal, hang, traceback or internal error."""
+    from benchmarks.harness_fuzz import run_case
+
+    outcomes = [run_case(quick["bundle"], case, timeout=120) for case in range(10)]
+    assert all(c["outcome"] in ("ran", "refused") for c in outcomes), outcomes

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from edge_sparse import models
-from edge_sparse.errors import EdgeSparseError
+from edge_sparse.errors import BudgetError, EdgeSparseError
 
 ROOT = Path(__file__).resolve().parent.parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -115,7 +115,7 @@ def test_make_bench_over_ssh_runs_the_bundle_harness(sshd, tmp_path):
                       "--runs", "20", "--warmup-runs", "2"])
     assert rc in (0, 1)  # within or over budget: a verdict, not a failure (budget is timing-dependent)
     out = json.loads((bundle / f"bench-{sshd['device'].replace('@', '_')}.json").read_text())
-    assert out["latency_ms"]["p90"] > 0 and "accuracy" in out
+    assert out["latency_ms"]["p90"] > 0 and out["accuracy_top1"] is not None and out["n_eval"] == 200
 
 
 @pytest.mark.slow
@@ -130,13 +130,17 @@ def test_build_with_device_in_the_loop_times_finalists_there(sshd, targets_copy,
     monkeypatch.setenv("EDGE_SPARSE_DEVICE_PYTHON", sys.executable)
     cfg = BuildConfig.quick(model="tiny_resnet", limit_train=1500, limit_eval=200, eval_size=200,
                             train=TrainConfig(epochs=1), target_device=sshd["device"])
-    b = pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache", until_stage="search")
+    try:
+        b = pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache", until_stage="search")
+    except BudgetError as e:  # this host is the "device": too slow for 0.30 ms even after the second round
+        assert "ms on the device, over the budget" in str(e), str(e)
+        return
     cands = b.results["search"]["candidates"]
     timed = [c for c in cands if c["measured_p90_ms"] is not None]
     assert timed and all(c["method"].startswith("allocate/") for c in timed)
     assert all(c["measured_p90_ms"] > 0 for c in timed)
     chosen = b.results["search"]["chosen"]
-    assert chosen["measured_p90_ms"] is not None and chosen["measured_p90_ms"] <= 0.30
+    assert chosen["measured_p90_ms"] is not None and chosen["measured_p90_ms"] <= 0.30  # measured, not predicted
 
 
 def test_unreachable_device_is_one_clear_error(targets_copy):

@@ -252,5 +252,9 @@ def tflite_ops(path: Path | str) -> list[Op]:
                 s = 2
         elif kind == "pad":
             k = int(y[1] - x[1]) + 1
+        elif kind in ("maxpool", "avgpool") and x[1] != y[1]:
+            # pool options are not in the op details: infer the window from the shapes (k = stride, the
+            # only pooling the model registry uses; a 3x3/2 pool is priced as 2x2/2, within its noise)
+            k = s = max(1, round(x[1] / y[1]))
         out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(y[-1]), k, s))
     return out

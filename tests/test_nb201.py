@@ -1,0 +1,111 @@
+"""NAS-Bench-201 builder and the device-latency check against the shipped Pi 4 / Pixel 3 reference."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edge_sparse.errors import EdgeSparseError
+from edge_sparse.latency import check, nb201
+
+ALL_3X3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+RESNET_LIKE = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
+
+
+def test_all_conv3x3_network_has_the_published_macs():
+    """NAS-Bench-201 lists 220.11 MFLOPs (multiply-accumulates) for the all-conv3x3 cell; counted by hand:
+    stem 0.44 M + 3 stages x 30 convs x 2.36 M + 2 reductions x 3.67 M + fc 640 = 220,119,680."""
+    m = nb201.build(ALL_3X3)
+    assert nb201.count_macs(m) == 220_119_680
+    counts = nb201.layer_counts(m)
+    assert counts["Conv2d"] == 1 + 15 * 6 + 2 * 3  # stem, 6 per cell, 3 per reduction block
+    assert counts["Linear"] == 1
+    assert m(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_cell_info_of_a_resnet_like_cell():
+    info = nb201.cell_info(RESNET_LIKE)
+    assert not info.degenerate
+    assert {e.key for e in info.live} == {"e10", "e21", "e30", "e32"}  # conv-conv plus identity: a residual block
+    assert info.mix == {"conv3x3": 2, "conv1x1": 0, "pool": 0, "skip": 2, "none": 2, "dead": 0}
+    m = nb201.build(RESNET_LIKE, ops="live")
+    assert nb201.layer_counts(m)["Conv2d"] == 1 + 15 * 2 + 2 * 3
+
+
+@pytest.mark.parametrize("arch, words", [
+    ("|nor_conv_5x5~0|+|none~0|none~1|+|none~0|none~1|none~2|", "unknown op 'nor_conv_5x5'"),
+    ("|nor_conv_3x3~0|+|none~0|+|none~0|none~1|none~2|", "node 2 has 1 edge"),
+    ("|nor_conv_3x3~0|", "1 node group"),
+    ("|nor_conv_3x3~1|+|none~0|none~1|+|none~0|none~1|none~2|", "must read node 0"),
+])
+def test_bad_cell_strings_are_named(arch, words):
+    with pytest.raises(EdgeSparseError, match="cell") as e:
+        nb201.build(arch)
+    assert words in str(e.value)
+
+
+def test_degenerate_cell_is_refused():
+    with pytest.raises(EdgeSparseError, match="degenerate"):
+        nb201.build("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|none~0|none~1|none~2|")
+
+
+def test_shipped_reference_loads_and_is_checksummed():
+    rows = check.load_reference()
+    assert len(rows) == 15625 and rows[0].index == 0
+    assert all(r.rpi4_ms > 0 and r.pixel3_ms > 0 for r in rows[:100])
+
+
+def _copy_reference(tmp_path, edit):
+    text = gzip.decompress(check.REFERENCE_DIR.joinpath("nb201-device-latency.csv.gz").read_bytes()).decode()
+    p = tmp_path / "ref.csv"
+    p.write_text(edit(text))
+    return p
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda t: t[: len(t) // 2], "truncated"),  # cut mid-line
+    (lambda t: "\n".join(t.splitlines()[:5000]) + "\n", "4999 data rows"),  # cut at a line (5000 lines with the header)
+    (lambda t: t.replace(",", ";", 1), "line 1: header"),
+    (lambda t: t.replace("nor_conv_3x3", "nor_conv_7x7", 1), "line 3: cell"),  # the first row with a 3x3 conv
+    (lambda t: t.split("\n", 3)[0] + "\n" + t.split("\n", 3)[1] + "\n" + "1,|x|,a,b\n" + t.split("\n", 3)[3], "line 3"),
+])
+def test_bad_reference_file_names_file_and_line(tmp_path, edit, words):
+    p = _copy_reference(tmp_path, edit)
+    with pytest.raises(EdgeSparseError) as e:
+        check.load_reference(path=p)
+    assert str(p) in str(e.value) and words in str(e.value)
+
+
+def test_missing_reference_and_target_without_one(tmp_path):
+    with pytest.raises(EdgeSparseError, match="is missing"):
+        check.load_reference(path=tmp_path / "nope.csv")
+    with pytest.raises(EdgeSparseError, match=r"no reference measurements; targets that have one: rpi4 .*android-arm64"):
+        check.run_check("rpi5", sample=20, folds=2)
+
+
+def test_nnls_and_metrics():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (200, 4))
+    f = np.array([0.5, 0.0, 2.0, 1.0])
+    y = X @ f + 0.1
+    A = np.hstack([np.ones((200, 1)), X])
+    got = check.fit_factors(A, y, "abs")
+    assert np.all(got >= 0) and np.allclose(got, [0.1, *f], atol=1e-6)
+    m = check.metrics(y * 1.05, y)
+    assert m["median_abs_err"] == pytest.approx(0.05) and m["spearman"] == pytest.approx(1.0)
+    assert m["within_10"] == 1.0 and m["within_15"] == 1.0
+
+
+@pytest.mark.slow
+def test_check_on_a_small_sample_is_cross_validated_and_cached(tmp_path):
+    r = check.run_check("rpi4", sample=60, folds=3, cache_dir=tmp_path)
+    assert r["sample"]["n"] == 60 and r["folds"] == 3 and len(r["per_fold"]) == 3
+    assert r["held_out"]["spearman"] > 0.8 and r["cache"]["computed"] == 60
+    text = check.format_report(r)
+    assert "held-out: Spearman" in text and "Raspberry Pi 4" in text
+    again = check.run_check("rpi4", sample=60, folds=3, cache_dir=tmp_path)
+    assert again["cache"]["computed"] == 0 and again["held_out"] == r["held_out"]
+    json.dumps(r)  # the CLI writes it as JSON
