@@ -315,7 +315,7 @@ def render(r: dict) -> str:
     notes = ROOT / "benchmarks" / "notes.md"  # measured by other commands (study, recipe runs): kept verbatim
     if notes.is_file():
         L += ["", notes.read_text().strip()]
-    for extra in [ROOT / "benchmarks" / "latency.md", ROOT / "benchmarks" / "harness-fuzz.md", *sorted((ROOT / "benchmarks").glob("seeds-*.md"))]:
+    for extra in [ROOT / "benchmarks" / "latency.md", ROOT / "benchmarks" / "latency-check.md", ROOT / "benchmarks" / "harness-fuzz.md", *sorted((ROOT / "benchmarks").glob("seeds-*.md"))]:
         if extra.is_file():  # written by `python -m benchmarks.latency` / `.seeds`: kept verbatim
             L += ["", extra.read_text().strip()]
     return "\n".join(L) + "\n"

@@ -109,3 +109,56 @@ def test_check_on_a_small_sample_is_cross_validated_and_cached(tmp_path):
     again = check.run_check("rpi4", sample=60, folds=3, cache_dir=tmp_path)
     assert again["cache"]["computed"] == 0 and again["held_out"] == r["held_out"]
     json.dumps(r)  # the CLI writes it as JSON
+
+
+# ------------------------------------------------------------------ the fitted device estimate
+
+
+def test_anchor_network_is_mobilenet_v2():
+    from edge_sparse.latency.estimate import mobilenet_v2_224
+
+    ops = mobilenet_v2_224()
+    assert round(sum(o.macs for o in ops) / 1e6) == 300  # Sandler et al.: 300 M multiply-adds
+    assert sum(o.kind == "dwconv" for o in ops) == 17 and sum(o.kind == "conv" for o in ops) == 35
+
+
+@pytest.mark.parametrize("name", ["rpi4", "rpi5", "android-arm64"])
+def test_estimate_targets_use_the_fit_and_keep_its_error_free(name):
+    """An estimate target is priced by the per-op-class fit, scaled to its published anchor, and searched
+    under the budget less the fit's held-out p90 |error|."""
+    from edge_sparse import models
+    from edge_sparse.latency import estimate
+    from edge_sparse.latency.estimate import mobilenet_v2_224
+    from edge_sparse.latency.predict import resolve
+    from edge_sparse.targets import load_target
+
+    t = load_target(name)
+    est = estimate.load(t)
+    assert est is not None, "the shipped fit files are missing"
+    fit = json.loads(estimate.fit_path(estimate.TARGET_FIT[name]).read_text())
+    assert est.margin == pytest.approx(fit["held_out"]["p90_abs_err"]) and 0 < est.margin <= estimate.MAX_MARGIN
+    anchor = mobilenet_v2_224()
+    assert est.predict_ops(anchor) == pytest.approx(t.latency_model.ms_per_mmac * sum(o.macs for o in anchor) / 1e6)
+    m = models.create("resnet8", in_channels=1, num_classes=10, input_size=28).eval()
+    pr = resolve(t, m, torch.zeros(1, 1, 28, 28))
+    assert pr.source == "estimate" and pr.margin == pytest.approx(est.margin, abs=1e-4)
+    assert pr.effective_budget_ms == pytest.approx(pr.budget_ms * (1 - pr.margin))
+    assert "fitted on" in pr.describe() and "ESTIMATE" in pr.describe()
+    d = pr.to_dict()
+    assert d["margin"] > 0 and d["provenance"]["held_out"]["p90_abs_err"] == pytest.approx(est.margin, abs=1e-4)
+    # shape-aware: a 1x1 conv and a 3x3 conv of equal MACs are priced differently
+    from edge_sparse.latency.ops import Op
+
+    c1, c3 = Op("conv", 16, 16, 72, 64, 1), Op("conv", 16, 16, 8, 64, 3)
+    assert c1.macs == c3.macs and est.op_ms(c1) != pytest.approx(est.op_ms(c3))
+
+
+def test_a_fit_beyond_the_sanity_bound_is_refused(tmp_path):
+    from edge_sparse.latency import estimate
+
+    bad = {"target": "rpi4", "device": "x", "reference": "nb201", "reference_source": "x", "features": {},
+           "weighting": "abs", "folds": 5, "sample": {"n": 10},
+           "held_out": {"p90_abs_err": 0.6, "spearman": 0.5, "median_abs_err": 0.3, "within_15": 0.2}, "factors": {}}
+    with pytest.raises(EdgeSparseError, match="refusing to store"):
+        estimate.write_fit(bad, tmp_path / "fit.json")
+    assert not (tmp_path / "fit.json").exists()

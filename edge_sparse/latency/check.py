@@ -516,6 +516,7 @@ def run_check(target: str, features: Optional[FeatureFn] = None, reference: str 
             f"{held['spearman']:.3f}, {held['within_15']:.0%} within +-15 %), above the {max_median_error:.0%} "
             f"sanity bound: refused, not usable as a device estimate")
     factors = fit_factors(X, y, best)  # type: ignore[arg-type]
+    baseline = _baseline(target, feats, y, folds, seed)
     rel = pred / y - 1.0
     infos = [nb201.cell_info(r.arch) for r in picked]
     worst = [{"index": picked[i].index, "arch": picked[i].arch, "mix": infos[i].signature,
@@ -524,6 +525,9 @@ def run_check(target: str, features: Optional[FeatureFn] = None, reference: str 
     groups: dict[str, list[int]] = {}
     for i, info in enumerate(infos):
         groups.setdefault(info.signature, []).append(i)
+    has3 = np.array([info.mix["conv3x3"] > 0 for info in infos])
+    subsets = {name: metrics(pred[m], y[m]) for name, m in (("with a 3x3 conv", has3), ("without a 3x3 conv", ~has3))
+               if m.sum() >= 2}
     by_mix = sorted(({"mix": g, "n": len(ix), "median_abs_err": float(np.median(np.abs(rel[ix]))),
                       "median_err": float(np.median(rel[ix])), "beyond_15": int(np.sum(np.abs(rel[ix]) > 0.15))}
                      for g, ix in groups.items() if len(ix) >= 3), key=lambda d: -d["median_abs_err"])
@@ -544,6 +548,8 @@ def run_check(target: str, features: Optional[FeatureFn] = None, reference: str 
         "weightings": {w: m for w, (_, _, m) in tried.items()},
         "factors": {n: float(f) for n, f in zip(names, factors)},
         "in_sample": metrics(X @ factors, y),
+        "baseline": baseline,
+        "subsets": subsets,
         "worst": worst,
         "by_mix": by_mix[:10],
         "max_median_error": max_median_error,
@@ -551,6 +557,25 @@ def run_check(target: str, features: Optional[FeatureFn] = None, reference: str 
         "seconds": {"total": time.perf_counter() - t_start, "features": cache["seconds"],
                     "fit": time.perf_counter() - t_fit},
     }
+
+
+def _baseline(target: str, feats: Sequence[Mapping[str, float]], y: np.ndarray, folds: int, seed: int) -> Optional[dict]:
+    """The target profile's MAC + layer-count estimate on the same networks: as is, and with one constant
+    fitted per fold (its best case, since the reference's absolute scale is unknown)."""
+    from edge_sparse.targets import load_target
+
+    try:
+        lm = load_target(target).latency_model
+    except EdgeSparseError:
+        return None
+    if lm is None:
+        return None
+    mmacs = np.array([sum(v for k, v in f.items() if k.endswith(".mmacs")) for f in feats])
+    layers = np.array([sum(v for k, v in f.items() if k.split(".")[0] in ("conv1x1", "conv3x3", "convkxk", "dwconv", "fc")
+                           and k.endswith(".n")) for f in feats])
+    raw = lm.overhead_ms + lm.ms_per_mmac * mmacs + lm.ms_per_layer * layers
+    pred, _ = cross_validate(raw[:, None], y, folds, "rel", seed)
+    return {"as_is": metrics(raw, y), "one_constant": metrics(pred, y)}
 
 
 def _pct(v: float) -> str:
@@ -578,6 +603,12 @@ def format_report(result: dict) -> str:
             f"{k} {v:.4g}" for k, v in r["factors"].items() if v > 0) + "  (others 0)",
         "  worst held-out misses:",
     ]
+    if r.get("baseline"):
+        b = r["baseline"]["one_constant"]
+        a = r["baseline"]["as_is"]
+        out.insert(4, f"  the profile's MAC+layer estimate on the same networks: as is median |err| {_pct(a['median_abs_err'])} "
+                      f"(bias {a['median_err']:+.0%}); with one fitted constant Spearman {b['spearman']:.3f} | median |err| "
+                      f"{_pct(b['median_abs_err'])} | within +-15 % {_pct(b['within_15'])} | p90 |err| {_pct(b['p90_abs_err'])}")
     for w in r["worst"][:8]:
         out.append(f"    {w['err']:+7.1%}  {w['true_ms']:7.2f} ms measured, {w['pred_ms']:7.2f} predicted  "
                    f"#{w['index']} [{w['mix']}]")

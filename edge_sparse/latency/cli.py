@@ -46,6 +46,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--sample", type=int, default=1000, help="nb201: networks checked (stratified)")
     c.add_argument("--folds", type=int, default=5, help="nb201: cross-validation folds")
     c.add_argument("--json", help="write the full result here")
+    c.add_argument("--write-fit", action="store_true",
+                   help="nb201: store the fit as the target's device estimate (edge_sparse/latency/reference/fit-<target>.json)")
 
 
 def dispatch(a) -> int:
@@ -81,6 +83,10 @@ def _check(a) -> int:
 
         res = check.run_check(a.target, reference=a.reference, sample=a.sample, folds=a.folds)
         print(check.format_report(res))
+        if a.write_fit:
+            from edge_sparse.latency import estimate
+
+            print(f"fit written to {estimate.write_fit(res)}")
         if a.json:
             from pathlib import Path
 

@@ -31,11 +31,16 @@ class Pricer:
     margin: float = 0.0  # fraction of the budget kept free for the estimate's error (0 for measured tables)
     dense_p90_ms: Optional[float] = None
     notes: list = field(default_factory=list)
+    fitted: Optional[object] = None  # estimate.FittedEstimate for an estimate target with a reference fit
 
     def predict_ops(self, ops: Sequence[Op]) -> dict:
         if self.table is not None:
             r = self.table.predict(ops)
             per = r["per_op"]
+        elif self.fitted is not None:  # per-op-class factors fitted on real device timings (estimate.py)
+            per = [self.fitted.op_ms(o) for o in ops]
+            p90 = self.fitted.overhead_ms + sum(per)
+            r = {"p50": p90, "p90": p90}
         else:  # the estimate: overhead + ms/MMAC + ms/layer, spread over the ops by their MACs
             macs = sum(o.macs for o in ops)
             layers = sum(o.kind in ("conv", "dwconv", "fc") for o in ops)
@@ -65,6 +70,12 @@ class Pricer:
         if self.source == "measured":
             return (f"measured: {p.get('device', '?')} ({p.get('cpu', '?')}), {p.get('runtime_version', '?')}, "
                     f"{p.get('threads', '?')} threads, {p.get('date', '?')}")
+        if self.fitted is not None:
+            h = p["held_out"]
+            return (f"ESTIMATE, not measured on the device: per-op-class costs fitted on {p['networks']} real timings "
+                    f"({p['shape_from'].split(':')[0]}; held-out Spearman {h['spearman']:.3f}, median |error| "
+                    f"{h['median_abs_err']:.1%}, p90 |error| {h['p90_abs_err']:.1%}), scaled to {p['anchor']}; "
+                    f"`make profile TARGET={self.target.name} DEVICE=...` replaces it with a measured table")
         return (f"ESTIMATE from published figures ([latency_model] of {self.target.path}), not measured on the device; "
                 f"`make profile TARGET={self.target.name} DEVICE=...` replaces it with a measured table")
 
@@ -97,7 +108,15 @@ def resolve(target: Target | str, dense: torch.nn.Module, example: torch.Tensor,
                                   f"architecture on the device: make profile TARGET={t.name} DEVICE=...")
         pr = Pricer(t, "measured", dict(table.provenance), table)
     else:
-        pr = Pricer(t, "estimate", {"source_text": t.latency_model.source.strip()})
+        from edge_sparse.latency import estimate
+
+        fitted = estimate.load(t)
+        if fitted is not None:  # the search keeps the fit's measured error free: margin = held-out p90 |error|
+            pr = Pricer(t, "estimate", {**fitted.provenance, "assumptions": fitted.assumptions,
+                                        "anchor_source_text": t.latency_model.source.strip()},
+                        margin=round(fitted.margin, 4), fitted=fitted)
+        else:
+            pr = Pricer(t, "estimate", {"source_text": t.latency_model.source.strip()})
     pr.dense_p90_ms = pr.predict_ops(ops)["p90"]
     return pr
 

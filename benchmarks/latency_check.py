@@ -1,0 +1,79 @@
+"""`make benchmarks-latency-check` / `python -m benchmarks.latency_check`: the device estimates against the
+15,625 real NAS-Bench-201 timings (Pi 4, Pixel 3), k-fold cross-validated, next to the profiles' old
+MAC + layer estimate; writes benchmarks/latency-check.md (appended to BENCHMARKS.md by `make benchmarks`)
+and benchmarks/out/latency-check-<target>.json. `--write-fit` also stores the fits the builds use.
+Features are cached in build/cache/nb201-features/ (first run: a few minutes per 1,000 networks).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"
+GOAL = {"spearman": 0.97, "median_abs_err": 0.07, "within_15": 0.90}
+
+
+def _row(name: str, m: dict) -> str:
+    return (f"| {name} | {m['spearman']:.3f} | {100 * m['median_abs_err']:.1f} % | {100 * m['within_10']:.0f} % | "
+            f"{100 * m['within_15']:.0f} % | {100 * m['within_20']:.0f} % | {100 * m['p90_abs_err']:.1f} % |")
+
+
+def markdown(results: dict) -> str:
+    L = ["## Device latency estimates vs real device timings", "",
+         f"`python -m benchmarks.latency_check` ({time.strftime('%Y-%m-%d')}): NAS-Bench-201 networks timed with TFLite "
+         "on a Raspberry Pi 4 and a Pixel 3 (HW-NAS-Bench via HELP, MIT; `edge_sparse/latency/reference/`), "
+         "a stratified sample over the latency range, each predicted by a fit on the other folds.", ""]
+    for t, r in results.items():
+        s, h = r["sample"], r["held_out"]
+        met = all([h["spearman"] >= GOAL["spearman"], h["median_abs_err"] <= GOAL["median_abs_err"],
+                   h["within_15"] >= GOAL["within_15"]])
+        L += [f"### {t}: {r['device']}", "",
+              f"{s['n']} of {s['population']} non-degenerate networks ({s['latency_ms'][0]:.1f}-{s['latency_ms'][2]:.1f} ms), "
+              f"{r['folds']}-fold; weighting `{r['weighting']}`.", "",
+              "| estimate | Spearman | median abs err | within 10 % | within 15 % | within 20 % | p90 abs err |",
+              "|---|---:|---:|---:|---:|---:|---:|",
+              _row("per-op-class fit (held out) — what builds use", h)]
+        for name, m in r.get("subsets", {}).items():
+            L.append(_row(f"per-op-class fit, networks {name} ({m['n']})", m))
+        if r.get("baseline"):
+            L += [_row("profile's MAC + layer model, one constant fitted (held out)", r["baseline"]["one_constant"]),
+                  _row("profile's MAC + layer model, as is", r["baseline"]["as_is"])]
+        L += ["", f"Goal (Spearman >= 0.97, median |err| <= 7 %, >= 90 % within +-15 %): **{'met' if met else 'missed'}**. "
+                  f"Margin a build keeps free on {t}: the held-out p90 |error|, {100 * h['p90_abs_err']:.1f} %.", ""]
+        worst = r["by_mix"][:3]
+        if worst:
+            L.append("Largest errors by op mix: " + "; ".join(
+                f"[{g['mix']}] median {100 * g['median_abs_err']:.1f} % (n={g['n']})" for g in worst) + ".")
+            L.append("")
+    return "\n".join(L).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    from edge_sparse import _io
+    from edge_sparse.latency import check, estimate
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency_check")
+    p.add_argument("--sample", type=int, default=1000)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--write-fit", action="store_true")
+    a = p.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for t in check.TARGETS:
+        r = check.run_check(t, sample=a.sample, folds=a.folds, log=print)
+        print(check.format_report(r))
+        _io.write_json(OUT / f"latency-check-{t}.json", r)
+        if a.write_fit:
+            print(f"fit written to {estimate.write_fit(r)}")
+        results[t] = r
+    md = markdown(results)
+    _io.write_text(ROOT / "benchmarks" / "latency-check.md", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
