@@ -85,10 +85,24 @@ def _config(a):
           "search": a.search, "target_device": a.target_device, "weights": a.weights, "no_train": a.no_train}
     if a.no_train and not a.weights:
         raise EdgeSparseError("--no-train needs --weights: there is nothing trained to prune")
+    if a.seed < 0 or a.seed >= 2**32:
+        raise EdgeSparseError(f"--seed must be in [0, 2**32), got {a.seed}")
     if a.sparsities is not None:
+        if not a.sparsities:
+            raise EdgeSparseError(f"--sparsities: no numbers given; e.g. --sparsities 0.3,0.5,0.7")
         kw["sparsities"] = a.sparsities
-    if a.image_size:
+    if a.image_size is not None:
+        if not 8 <= a.image_size <= 1024:
+            raise EdgeSparseError(f"--image-size must be between 8 and 1024 pixels, got {a.image_size}")
         kw["image_size"] = a.image_size
+    for flag, v in (("--epochs", a.epochs), ("--finetune-epochs", a.finetune_epochs)):
+        if v is not None and v < 0:
+            raise EdgeSparseError(f"{flag} must be >= 0, got {v}")
+    for flag, v in (("--finetune-lr", a.finetune_lr), ("--sparsity-lambda", a.sparsity_lambda), ("--kd-alpha", a.kd_alpha)):
+        if v is not None and not (v >= 0 and v < float("inf")):
+            raise EdgeSparseError(f"{flag} must be a finite number >= 0, got {v}")
+    if a.kd_alpha is not None and a.kd_alpha > 1:
+        raise EdgeSparseError(f"--kd-alpha must be in [0, 1], got {a.kd_alpha}")
     if a.no_dense_reference:
         kw["dense_reference"] = False
     if a.prune_steps is not None:

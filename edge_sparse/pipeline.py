@@ -12,7 +12,6 @@ checkpoints every epoch beside its entry and resumes from there.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -240,6 +239,16 @@ def _calibration(b: Build) -> np.ndarray:
     x = None
     if b.cfg.dataset == "fashion-mnist" or not b.cfg.data_dir:
         x = quantize.load(b.cfg.dataset, hwc=(h, w, c), num_classes=len(b.splits.classes))
+        if x is not None:
+            # the committed slice was drawn from train for seed 0; another seed's validation slice (or a test
+            # image identical to a train image) may contain some of it: those never calibrate
+            n = len(x)
+            x = quantize.drop_held_out(x, b.splits)
+            if len(x) < n:
+                _log(f"  calibration: {n - len(x)} of {n} committed calib_data/ images are in this seed's "
+                     f"validation or test split; they are left out")
+            if len(x) < min(b.cfg.calib_size, quantize.MIN_CALIB):
+                x = None
     if x is None:
         x, _ = quantize.make(b.splits, b.cfg.calib_size, b.cfg.seed)
     return x[: b.cfg.calib_size]

@@ -36,6 +36,16 @@ def make(splits: Splits, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return splits.train.images(idx), splits.train.y[idx]
 
 
+def drop_held_out(x: np.ndarray, splits: Splits) -> np.ndarray:
+    """`x` without the images that also appear (byte for byte) in the validation or test split."""
+    import hashlib
+
+    held = {hashlib.sha256(im.tobytes()).digest() for split in (splits.val, splits.test)
+            for im in split.images(np.arange(len(split)))}
+    keep = np.array([hashlib.sha256(im.tobytes()).digest() not in held for im in x], dtype=bool)
+    return x[keep]
+
+
 def write(directory: Path, dataset: str, x: np.ndarray, y: np.ndarray, command: str) -> dict:
     directory = Path(directory)
     with _io.atomic_path(directory / f"{dataset}.npz") as tmp:

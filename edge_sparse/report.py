@@ -151,8 +151,15 @@ def write(b, meta: dict, d: Path) -> None:
     L.append(f"\nLatency source: {label}, {lat['latency_model']}. Budget {lat['budget']:.4g} ms ({lat['budget_spec']})"
              + (f", searched under {lat['effective_budget']:.4g} ms: a {lat['margin']:.0%} margin for the estimate's error" if lat.get("margin") else "")
              + ".\n")
-    if lat["source"] == "estimate":
-        L.append(f"The estimate's sources: {r['search']['latency']['provenance'].get('source_text', '').strip()}\n")
+    prov = r["search"]["latency"]["provenance"]
+    if lat["source"] == "estimate" and prov.get("held_out"):
+        h = prov["held_out"]
+        L.append(f"The estimate: {prov['method']}. Shape: {prov['shape_from']} ({prov['networks']} networks, "
+                 f"{prov['folds']}-fold held-out Spearman {h['spearman']:.3f}, median |error| {h['median_abs_err']:.1%}, "
+                 f"{h['within_15']:.0%} within ±15 %, p90 |error| {h['p90_abs_err']:.1%} = the margin). Scale: {prov['anchor']}: "
+                 f"{prov.get('anchor_source_text', '').strip()} Assumptions: {' '.join(a + '.' for a in prov.get('assumptions', []))}\n")
+    elif lat["source"] == "estimate":
+        L.append(f"The estimate's sources: {prov.get('source_text', '').strip()}\n")
     if "channels.png" in plots:
         L.append("## Channels kept per layer\n\n![channels](channels.png)\n")
         kept = {l["name"]: l for l in r["search"]["layers"]}

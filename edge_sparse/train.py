@@ -246,6 +246,12 @@ def fit(
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             if cfg.sparsity_reg == "group_lasso" and cfg.sparsity_lambda > 0:
                 loss = loss + cfg.sparsity_lambda * _group_lasso(model)
+            if not torch.isfinite(loss):
+                raise EdgeSparseError(
+                    f"training diverged: loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps_done + 1} (lr "
+                    f"{lr_at(steps_done):.3g}, recipe: {cfg.epochs} epochs, lr {cfg.lr:g}, sparsity {cfg.sparsity_reg} "
+                    f"lambda {cfg.sparsity_lambda}{', KD' if teacher is not None and cfg.kd_alpha > 0 else ''}); lower "
+                    f"the learning rate (--finetune-lr) or --sparsity-lambda")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             _sparsity_grad(model, cfg, weights)

@@ -1,0 +1,48 @@
+"""Bad build flags are refused before any stage runs: exit 2, one line naming the flag, nothing written."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edge_sparse.cli import main
+
+BAD_FLAGS = [
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--image-size", "0"], "--image-size must be between 8 and 1024"),
+    (["--sparsities", ","], "--sparsities: no numbers given"),
+    (["--sparsities", "0.3,1.2"], "--sparsities: 1.2 is outside [0, 1)"),
+    (["--epochs", "-2"], "--epochs must be >= 0"),
+    (["--finetune-epochs", "-1"], "--finetune-epochs must be >= 0"),
+    (["--finetune-lr", "-0.1"], "--finetune-lr must be a finite number >= 0"),
+    (["--finetune-lr", "inf"], "--finetune-lr must be a finite number >= 0"),
+    (["--sparsity-lambda", "nan"], "--sparsity-lambda must be a finite number >= 0"),
+    (["--kd-alpha", "1.5"], "--kd-alpha must be in [0, 1]"),
+    (["--model", "resnet9000"], "resnet9000"),
+    (["--criterion", "entropy"], "entropy"),
+    (["--weights", "/nonexistent/w.safetensors"], "--weights /nonexistent/w.safetensors: no such file"),
+    (["--no-train"], "--no-train needs --weights"),
+    (["--model", "/nonexistent/net.py:make"], "/nonexistent/net.py"),
+]
+
+
+@pytest.mark.parametrize("flags, words", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_bad_build_flag_is_refused_up_front(flags, words, tmp_path, capsys):
+    t0 = time.perf_counter()
+    rc = main(["build", "--target", "rpi4", "--quick", "--out", str(tmp_path / "dist"),
+               "--cache", str(tmp_path / "cache"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert not (tmp_path / "dist").exists() and not (tmp_path / "cache").exists()
+    assert time.perf_counter() - t0 < 30  # refused before the warm-up training, not after it
+
+
+def test_nan_loss_stops_training_naming_epoch_and_recipe(fmnist_small):
+    from edge_sparse import models
+    from edge_sparse.config import TrainConfig
+    from edge_sparse.errors import EdgeSparseError
+    from edge_sparse.train import fit
+
+    m = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28)
+    with pytest.raises(EdgeSparseError, match=r"training diverged: loss is (nan|inf) at epoch 1.*lr 1e\+06"):
+        fit(m, fmnist_small, TrainConfig(epochs=1, lr=1e6, batch_size=64))
