@@ -63,7 +63,7 @@ def _latency_meta(t, r, chosen: dict, dense_c: dict) -> dict:
 
 
 def metadata(b) -> dict:
-    from edge_sparse.pipeline import environment_versions, git_commit
+    from edge_sparse.versions import environment_versions, git_commit
 
     t, r = b.target, b.results
     e = b.dirs["export"]

@@ -12,12 +12,11 @@ checkpoints every epoch beside its entry and resumes from there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -382,9 +381,35 @@ STAGE_FNS: dict[str, Callable[[Build, Path], dict]] = {
 
 # --------------------------------------------------------------------------- keys and gates
 
+def data_fingerprint(dataset: str, data_dir) -> str:
+    """The dataset's files by content: path, size and mtime of every file under the data directory (or of
+    Fashion-MNIST's four files), plus a sha256 of each file's first and last MiB. New contents under the
+    same --data-dir give a new key, so the cache never reuses a model trained on other data."""
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    else:
+        try:
+            root = data_mod._fashion_dir() if dataset == "fashion-mnist" else None
+        except EdgeSparseError:
+            root = None
+        files = sorted(root.glob("*.gz")) if root and root.is_dir() else []
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root) if root and p != root else p.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            if st.st_size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def _keys(b: Build) -> dict:
     c, t = b.cfg, b.target
     data_key = {"dataset": c.dataset, "data_dir": str(Path(c.data_dir).resolve()) if c.data_dir else None,
+                "files": data_fingerprint(c.dataset, c.data_dir),
                 "limit_train": c.limit_train, "limit_eval": c.limit_eval, "image_size": c.image_size, "seed": c.seed}
     keys = {}
     from edge_sparse import usermodel
@@ -485,10 +510,83 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
     from edge_sparse.train import _dist_env
 
     rank, world = _dist_env()
+    lock = _lock_cache(b.cache) if rank == 0 else None
+    try:
+        return _run_stages(b, rank, world, first, last, t_all)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _lock_cache(cache: Path):
+    """One build at a time per cache directory (flock; released when the process dies, even by kill -9).
+    Holding it, any `.*.tmp` entry is a leftover of a killed build: removed."""
+    import fcntl
+
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        f = open(cache / ".lock", "a+")
+    except OSError as e:
+        raise EdgeSparseError(f"cannot use the cache directory {cache}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _log(f"  waiting for another build that is using the cache {cache} ...")
+        fcntl.flock(f, fcntl.LOCK_EX)
+    for stale in cache.glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in cache.glob(".*.old"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return f
+
+
+def _entry_ok(d: Path) -> Optional[str]:
+    """None when the cache entry `d` is whole (stage.json parses, every file matches files.json), else why not."""
+    try:
+        json.loads((d / "stage.json").read_text())
+        if not (d / "files.json").is_file():  # an entry from before files.json: check what can be, then seal it
+            for p in d.rglob("*"):
+                if p.suffix == ".json":
+                    json.loads(p.read_text())
+                elif p.suffix == ".safetensors":
+                    from safetensors import safe_open
+
+                    with safe_open(str(p), "pt") as f:
+                        for k in f.keys():
+                            f.get_tensor(k)
+            _seal(d)
+        listing = json.loads((d / "files.json").read_text())
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing"
+    except Exception as e:  # noqa: BLE001 - any failure to read an entry means: recompute it
+        return f"unreadable ({type(e).__name__}: {str(e)[:120]})"
+    for name, digest in listing.items():
+        p = d / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if _io.sha256_file(p) != digest:
+            return f"{name} does not match its hash"
+    return None
+
+
+def _seal(tmp: Path) -> None:
+    """files.json: the sha256 of every file of a cache entry, checked before the entry is reused."""
+    listing = {str(p.relative_to(tmp)): _io.sha256_file(p) for p in sorted(tmp.rglob("*"))
+               if p.is_file() and p.name not in ("files.json", "stage.json")}
+    _io.write_json(tmp / "files.json", listing)
+
+
+def _run_stages(b: Build, rank: int, world: int, first: int, last: int, t_all: float) -> Build:
     for i, stage in enumerate(STAGES[: last + 1]):
         d = b.cache / f"{stage}-{b.keys[stage]}"
         b.dirs[stage] = d
         cached = (d / "stage.json").is_file() and i < first
+        if cached and rank == 0:
+            why = _entry_ok(d)
+            if why is not None:
+                _log(f"  WARNING: cache entry {d} is damaged ({why}); recomputing {stage}")
+                shutil.rmtree(d, ignore_errors=True)
+                cached = False
         if world > 1 and stage != "train":  # DDP (torchrun): every rank trained; rank 0 alone goes on
             _end_distributed()
             if rank != 0:
@@ -518,6 +616,7 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
                 res["_seconds"] = time.time() - t
                 # the process's peak so far: >= this stage's; the max over stages is the build's peak
                 res["_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+                _seal(tmp)
                 _io.write_json(tmp / "stage.json", res)
             b.results[stage] = res
             b.times[stage] = time.time() - t
@@ -536,23 +635,3 @@ def _end_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def environment_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "tensorflow", "onnx", "onnxruntime", "ai-edge-litert", "onnx2tf", "torch-pruning", "numpy"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def git_commit() -> Optional[str]:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +93,14 @@ def test_bundle_is_complete(quick):
         assert im.size[0] > 300
 
 
-def test_rerun_uses_cache(quick):
+def test_rerun_uses_cache(quick, tmp_path):
     d = quick["dir"]
-    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=d / "dist", cache_dir=d / "cache")
+    before = (quick["bundle"] / "model.tflite").read_bytes()
+    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=d / "cache")
+    assert (tmp_path / "dist" / "rpi4" / "model.tflite").read_bytes() == before  # the same model, not retrained
     assert all(b.times[s] == 0.0 for s in pipeline.STAGES if s != "bundle")
     # the bundle of a cached re-run still reports the memory of the run that trained (torch + data: > 200 MiB)
-    meta = json.loads((d / "dist" / "rpi4" / "metadata.json").read_text())
+    meta = json.loads((tmp_path / "dist" / "rpi4" / "metadata.json").read_text())
     assert meta["build"]["peak_rss_mb_when_built"] > 200
     assert b.results["verify"]["accuracy"] == quick["b"].results["verify"]["accuracy"]
 
@@ -487,3 +490,46 @@ def test_harness_survives_damaged_models(quick, tmp_path):
 
     outcomes = [run_case(quick["bundle"], case, timeout=120) for case in range(10)]
     assert all(c["outcome"] in ("ran", "refused") for c in outcomes), outcomes
+
+
+def test_damaged_cache_entry_is_recomputed_and_stale_temps_removed(quick, tmp_path, capsys):
+    """A truncated model in a cache entry is found by its hash, warned about and recomputed; a `.tmp` entry
+    a killed build left behind is removed; the re-run gives the same bundle."""
+    cache = tmp_path / "cache"
+    shutil.copytree(quick["dir"] / "cache", cache)
+    entry = next(p for p in cache.iterdir() if p.name.startswith("finetune-"))
+    victim = next(p for p in entry.rglob("*.safetensors"))
+    victim.write_bytes(victim.read_bytes()[:100])
+    (cache / ".export-deadbeef.abc.tmp").mkdir()
+    pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=cache)
+    err = capsys.readouterr().err
+    assert f"cache entry {entry} is damaged ({victim.relative_to(entry)} does not match its hash)" in err
+    assert "finetune ..." in err and not (cache / ".export-deadbeef.abc.tmp").exists()
+    assert (tmp_path / "dist" / "rpi4" / "model.tflite").read_bytes() == (quick["bundle"] / "model.tflite").read_bytes()
+
+
+def test_new_data_under_the_same_dir_changes_the_key(cifar10_dir, tmp_path):
+    d = tmp_path / "c10"
+    shutil.copytree(cifar10_dir, d)
+    k0 = pipeline.data_fingerprint("cifar10", d)
+    assert pipeline.data_fingerprint("cifar10", d) == k0
+    f = next(p for p in sorted(d.rglob("*")) if p.is_file())
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    assert pipeline.data_fingerprint("cifar10", d) != k0
+
+
+def test_second_build_on_a_cache_waits_for_the_first(tmp_path):
+    lock = pipeline._lock_cache(tmp_path)
+    code = (f"from pathlib import Path; from edge_sparse import pipeline; print('trying', flush=True); "
+            f"pipeline._lock_cache(Path({str(tmp_path)!r})); print('got it')")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "trying"
+        time.sleep(2)
+        assert p.poll() is None  # still waiting
+    finally:
+        lock.close()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "got it" in out and "waiting for another build" in err

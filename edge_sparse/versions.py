@@ -1,0 +1,30 @@
+"""What a bundle records about the software that built it: package versions and the git commit.
+
+Kept apart from pipeline.py so that bundle.py (which the pipeline calls) does not import the pipeline back.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+
+def environment_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "tensorflow", "onnx", "onnxruntime", "ai-edge-litert", "onnx2tf", "torch-pruning", "numpy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
