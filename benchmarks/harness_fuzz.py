@@ -118,6 +118,22 @@ def markdown(res: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def splice(md: str, tag: str) -> None:
+    """Put `md` into BENCHMARKS.md between its markers (appended the first time); `make benchmarks` keeps it."""
+    import re
+
+    from edge_sparse import _io
+
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", lambda _: md, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + md
+    _io.write_text(path, text)
+
+
 def main(argv=None) -> int:
     from edge_sparse import _io
 
@@ -155,7 +171,9 @@ def main(argv=None) -> int:
     res["cases"] = sorted((c for c in res["cases"] if c["case"] < a.n), key=lambda c: c["case"])
     _io.write_json(path, res)
     md_text = markdown(res)
+    md_text = f"<!-- harness-fuzz:begin -->\n{md_text}<!-- harness-fuzz:end -->\n"
     _io.write_text(ROOT / "benchmarks" / "harness-fuzz.md", md_text)
+    splice(md_text, "harness-fuzz")
     print(md_text)
     return 0 if all(c["outcome"] in ("ran", "refused") for c in res["cases"]) else 1
 

@@ -51,6 +51,22 @@ def markdown(results: dict) -> str:
     return "\n".join(L).rstrip() + "\n"
 
 
+def splice(md: str, tag: str) -> None:
+    """Put `md` into BENCHMARKS.md between its markers (appended the first time); `make benchmarks` keeps it."""
+    import re
+
+    from edge_sparse import _io
+
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", lambda _: md, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + md
+    _io.write_text(path, text)
+
+
 def main(argv=None) -> int:
     from edge_sparse import _io
     from edge_sparse.latency import check, estimate
@@ -70,7 +86,9 @@ def main(argv=None) -> int:
             print(f"fit written to {estimate.write_fit(r)}")
         results[t] = r
     md = markdown(results)
+    md = f"<!-- latency-check:begin -->\n{md}<!-- latency-check:end -->\n"
     _io.write_text(ROOT / "benchmarks" / "latency-check.md", md)
+    splice(md, "latency-check")
     print(md)
     return 0
 

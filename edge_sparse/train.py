@@ -205,6 +205,9 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
         history = json.loads(state["history"])
+        if rank == 0:
+            print(f"  resuming from the checkpoint after epoch {start_epoch}/{cfg.epochs} ({ckpt})", file=sys.stderr,
+                  flush=True)
 
     net = model
     if distributed:
