@@ -186,7 +186,7 @@ def _get(d: dict, key: str, path: Path):
     raise EdgeSparseError(f"{path}: CIFAR batch has no {key!r} entry")
 
 
-def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise EdgeSparseError(f"CIFAR batch {path} is missing; point --data-dir at the extracted python-format directory")
     d = safe_unpickle(path)
@@ -198,6 +198,10 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise EdgeSparseError(
             f"{path}: CIFAR data must be uint8 (N, 3072) with N labels, got {x.dtype} {x.shape} and {len(y)} labels"
         )
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        bad = int(np.flatnonzero((y < 0) | (y >= classes))[0])
+        raise EdgeSparseError(f"{path}: label {int(y[bad])} of image {bad} is outside 0..{classes - 1} "
+                              f"({'CIFAR-10' if classes == 10 else 'CIFAR-100'} has {classes} classes)")
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), y
 
 
@@ -208,8 +212,8 @@ def _names(d: object, key: str, path: Path) -> tuple[str, ...]:
 
 def load_cifar10(data_dir: Path):
     d = Path(data_dir)
-    xs, ys = zip(*[_cifar_batch(d / f"data_batch_{i}", "labels") for i in range(1, 6)])
-    xte, yte = _cifar_batch(d / "test_batch", "labels")
+    xs, ys = zip(*[_cifar_batch(d / f"data_batch_{i}", "labels", 10) for i in range(1, 6)])
+    xte, yte = _cifar_batch(d / "test_batch", "labels", 10)
     meta = d / "batches.meta"
     classes = _names(safe_unpickle(meta), "label_names", meta) if meta.is_file() else CIFAR10_CLASSES
     return ImageSet(np.concatenate(xs), np.concatenate(ys)), ImageSet(xte, yte), classes
@@ -217,8 +221,8 @@ def load_cifar10(data_dir: Path):
 
 def load_cifar100(data_dir: Path):
     d = Path(data_dir)
-    xtr, ytr = _cifar_batch(d / "train", "fine_labels")
-    xte, yte = _cifar_batch(d / "test", "fine_labels")
+    xtr, ytr = _cifar_batch(d / "train", "fine_labels", 100)
+    xte, yte = _cifar_batch(d / "test", "fine_labels", 100)
     meta = d / "meta"
     classes = _names(safe_unpickle(meta), "fine_label_names", meta) if meta.is_file() else tuple(str(i) for i in range(100))
     return ImageSet(xtr, ytr), ImageSet(xte, yte), classes

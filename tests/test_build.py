@@ -60,6 +60,8 @@ def _write_meta(d: Path, meta: dict) -> None:
 
 def test_bundle_is_complete(quick):
     d = quick["bundle"]
+    meta = json.loads((d / "metadata.json").read_text())
+    assert (d / "model.tflite").stat().st_size / 1024 < meta["dense"]["size_kb_int8"]  # really smaller, not masked
     names = {p.name for p in d.iterdir()}
     assert DESIGN_FILES <= names and {"candidates.png", "robustness.png", "training.png"} <= names
     manifest = json.loads((d / "manifest.json").read_text())["files"]
@@ -204,7 +206,7 @@ def _edited_rpi4(tmp_path, monkeypatch, old: str, new: str) -> None:
 
 
 def test_unreachable_budget_fails_listing_candidates(quick, tmp_path, monkeypatch):
-    _edited_rpi4(tmp_path, monkeypatch, "latency_budget_ms = 0.70", "latency_budget_ms = 0.01")
+    _edited_rpi4(tmp_path, monkeypatch, "latency_budget_ms = 1.00", "latency_budget_ms = 0.01")
     with pytest.raises(BudgetError) as e:
         pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
     msg = str(e.value)
@@ -533,3 +535,27 @@ def test_second_build_on_a_cache_waits_for_the_first(tmp_path):
         lock.close()
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0 and "got it" in out and "waiting for another build" in err
+
+
+def test_accuracy_floor_gate_fails_the_build(quick, tmp_path, monkeypatch):
+    """The accuracy floor, enforced, stops the build before a bundle exists, saying by how much it missed."""
+    import dataclasses
+
+    _edited_rpi4(tmp_path, monkeypatch, "accuracy_floor_pct = 88.0", "accuracy_floor_pct = 99.5")
+    cfg = dataclasses.replace(BuildConfig.quick(), enforce_accuracy_floor=True)
+    with pytest.raises(pipeline.GateError, match=r"shipped int8 accuracy .*% is below rpi4's floor 99.5% \(short by"):
+        pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
+    assert not (tmp_path / "dist").exists()
+
+
+def test_parity_gate_fails_the_build(quick, tmp_path, monkeypatch):
+    """With the parity gate enforced and an agreement bar no int8 model can meet, the build fails naming the model."""
+    import dataclasses
+
+    from edge_sparse import verify
+
+    monkeypatch.setattr(verify, "INT8_MIN_AGREEMENT", 100.01)
+    cfg = dataclasses.replace(BuildConfig.quick(), enforce_parity=True)
+    with pytest.raises(pipeline.GateError, match=r"top-1 agreement .*% < 100.01%"):
+        pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
+    assert not (tmp_path / "dist").exists()

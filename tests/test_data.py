@@ -101,6 +101,10 @@ def test_cifar_wrong_shapes_and_missing(tmp_path, cifar10_dir):
         pickle.dump({b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]}, f, protocol=2)
     with pytest.raises(EdgeSparseError, match=r"data_batch_2.*\(N, 3072\)"):
         data.load("cifar10", d)
+    with open(d / "data_batch_2", "wb") as f:  # labels out of range: refused at load, not deep in training
+        pickle.dump({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 12, 2]}, f, protocol=2)
+    with pytest.raises(EdgeSparseError, match=r"data_batch_2: label 12 of image 1 is outside 0..9"):
+        data.load("cifar10", d)
     (d / "test_batch").unlink()
     with pytest.raises(EdgeSparseError):
         data.load("cifar10", d)

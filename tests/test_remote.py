@@ -126,13 +126,13 @@ def test_build_with_device_in_the_loop_times_finalists_there(sshd, targets_copy,
     from edge_sparse.config import BuildConfig, TrainConfig
 
     p = targets_copy / "rpi4.toml"
-    p.write_text(p.read_text().replace("latency_budget_ms = 0.70", "latency_budget_ms = 0.30"))
+    p.write_text(p.read_text().replace("latency_budget_ms = 1.00", "latency_budget_ms = 0.45"))
     monkeypatch.setenv("EDGE_SPARSE_DEVICE_PYTHON", sys.executable)
     cfg = BuildConfig.quick(model="tiny_resnet", limit_train=1500, limit_eval=200, eval_size=200,
                             train=TrainConfig(epochs=1), target_device=sshd["device"])
     try:
         b = pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache", until_stage="search")
-    except BudgetError as e:  # this host is the "device": too slow for 0.30 ms even after the second round
+    except BudgetError as e:  # this host is the "device": too slow for 0.45 ms even after the second round
         assert "ms on the device, over the budget" in str(e), str(e)
         return
     cands = b.results["search"]["candidates"]
@@ -140,7 +140,7 @@ def test_build_with_device_in_the_loop_times_finalists_there(sshd, targets_copy,
     assert timed and all(c["method"].startswith("allocate/") for c in timed)
     assert all(c["measured_p90_ms"] > 0 for c in timed)
     chosen = b.results["search"]["chosen"]
-    assert chosen["measured_p90_ms"] is not None and chosen["measured_p90_ms"] <= 0.30  # measured, not predicted
+    assert chosen["measured_p90_ms"] is not None and chosen["measured_p90_ms"] <= 0.45  # measured, not predicted
 
 
 def test_unreachable_device_is_one_clear_error(targets_copy):
@@ -174,7 +174,7 @@ def _tiny_bundle(tmp_path: Path) -> Path:
                                 dense_reference=False)
         tgt = ROOT / "build" / "test-cache" / "remote-targets"
         tgt.mkdir(parents=True, exist_ok=True)
-        text = (ROOT / "targets" / "rpi4.toml").read_text().replace("latency_budget_ms = 0.70", "latency_budget_ms = 1000")
+        text = (ROOT / "targets" / "rpi4.toml").read_text().replace("latency_budget_ms = 1.00", "latency_budget_ms = 1000")
         (tgt / "rpi4.toml").write_text(text)
         os.environ["EDGE_SPARSE_TARGETS"] = str(tgt)
         try:

@@ -154,7 +154,7 @@ def _targets(tmp_path) -> Path:
     t = tmp_path / "targets"
     shutil.copytree(ROOT / "targets", t)
     p = t / "rpi4.toml"
-    p.write_text(p.read_text().replace("latency_budget_ms = 0.70", 'latency_budget = "1.5x"')
+    p.write_text(p.read_text().replace("latency_budget_ms = 1.00", 'latency_budget = "1.5x"')
                  .replace("model_size_budget_kb = 96", "model_size_budget_kb = 4096"))
     return t
 
