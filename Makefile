@@ -19,7 +19,7 @@ BUILD_FLAGS = --target $(TARGET) --dataset $(DATASET) --seed $(SEED) $(if $(DATA
 # DEVICE=user@host | adb[:serial] on a build: the search's finalists are timed on that device
 build: BUILD_FLAGS += $(if $(DEVICE),--target-device $(DEVICE))
 
-.PHONY: help build test test-fast bench profile latency-check benchmarks-latency seeds verify-arm benchmarks study clean check-target data sysdeps setup
+.PHONY: help build test test-fast bench profile latency-check benchmarks-latency benchmarks-latency-check benchmarks-harness-fuzz seeds verify-arm benchmarks study clean check-target data sysdeps setup
 
 help:  ## list the targets of this Makefile
 	@echo "make build TARGET=<name> [QUICK=1] [DATASET=cifar10 DATA_DIR=<dir>]   build dist/<name>/"
@@ -27,6 +27,7 @@ help:  ## list the targets of this Makefile
 	@echo "make bench TARGET=<name> [DEVICE=user@host|adb[:serial]]   run the bundle's bench.py"
 	@echo "make profile TARGET=<name> [DEVICE=user@host|adb[:serial]]   time the probe suite, write the target's latency table"
 	@echo "make latency-check TARGET=host   the host latency table's predictions vs measured .tflite timings"
+	@echo "make benchmarks-latency-check    device estimates vs real Pi 4 / Pixel 3 timings (NAS-Bench-201)"
 	@echo "make verify-arm TARGET=<name>    run the bundle on an emulated aarch64 userland, compare outputs"
 	@echo "make benchmarks                  dense vs shipped, side by side -> BENCHMARKS.md"
 	@echo "make study TARGET=<name>         sparsity x accuracy x robustness x latency sweep -> docs/study/"
@@ -103,6 +104,14 @@ seeds: data $(STAMP)
 # measured-latency claims: predictor accuracy, budget fill, speedups (after make build TARGET=rpi4 and TARGET=host)
 benchmarks-latency: data $(STAMP)
 	$(PY) -m benchmarks.latency $(ARGS)
+
+# device estimates vs 15,625 real Pi 4 / Pixel 3 timings (NAS-Bench-201), k-fold; ARGS=--write-fit stores the fits
+benchmarks-latency-check: $(STAMP)
+	$(PY) -m benchmarks.latency_check $(ARGS)
+
+# bench.py on 200 damaged models: never a signal, hang or traceback
+benchmarks-harness-fuzz: $(STAMP)
+	$(PY) -m benchmarks.harness_fuzz --bundle dist/$(TARGET) $(ARGS)
 
 # not $(or $(SPARSITY),0,0.3,...): make splits $(or) arguments at the commas, which left only "0"
 SPARSITY ?= 0,0.3,0.5,0.7,0.85

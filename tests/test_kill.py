@@ -51,6 +51,10 @@ def test_kill_9_during_training_and_export_then_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "train: cached" in r.stderr and "export ..." in r.stderr
     assert not list(cache.glob(".*.tmp"))
-    for f in ("model.tflite", "model.onnx", "eval.npz"):
+    for f in ("model.onnx", "model_fp32.onnx", "eval.npz"):  # (model.tflite embeds per-bundle metadata paths)
         assert (tmp_path / "killed" / "dist" / "rpi4" / f).read_bytes() == \
                (tmp_path / "clean" / "dist" / "rpi4" / f).read_bytes(), f
+    import json
+
+    acc = [json.loads((tmp_path / n / "dist" / "rpi4" / "metadata.json").read_text())["accuracy"] for n in ("killed", "clean")]
+    assert acc[0] == acc[1]

@@ -142,11 +142,11 @@ def test_torchrun_runs_the_pipeline_train_stage(tmp_path):
                         "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "dist")],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    entries = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    entries = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.name != ".lock")
     assert entries == ["train"], entries  # one entry, written once (by rank 0), nothing half-written
     import json
 
-    res = json.loads(next((tmp_path / "cache").iterdir()).joinpath("stage.json").read_text())
+    res = json.loads(next((tmp_path / "cache").glob("train-*")).joinpath("stage.json").read_text())
     assert res["val_acc"] > 30 and len(res["history"]) == 1
     assert not (tmp_path / "dist").exists()
 
