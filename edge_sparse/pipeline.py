@@ -152,7 +152,7 @@ def stage_search(b: Build, d: Path) -> dict:
                                                 taylor_batch=taylor)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"
     _log(f"  chosen: {chosen.method} sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.4f} ms {rel} "
-         f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget)")
+         f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget, {chosen.predicted_p90_ms / pr.effective_budget_ms:.0%} of what the margin leaves)")
     model = res.model if res else dense
     models.save(model, d / "pruned", arch=b.cfg.model, kwargs=b.arch_kwargs, record=res.record if res else None)
     out = {"chosen": asdict(chosen), "candidates": candidates_table(tried),
