@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import splice
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 KINDS = ("flip", "zero-run", "random-run", "cut", "duplicate")
@@ -116,22 +118,6 @@ def markdown(res: dict) -> str:
     for c in bad[:10]:
         lines.append(f"- case {c['case']} ({c['kind']}): {c['outcome']}, `{c['line']}`")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def splice(md: str, tag: str) -> None:
-    """Put `md` into BENCHMARKS.md between its markers (appended the first time); `make benchmarks` keeps it."""
-    import re
-
-    from edge_sparse import _io
-
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", lambda _: md, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + md
-    _io.write_text(path, text)
 
 
 def main(argv=None) -> int:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks import splice
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -178,17 +179,6 @@ def markdown(res: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def splice(md: str, path: Path) -> None:
-    from edge_sparse import _io
-
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", lambda _: md, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + md
-    _io.write_text(path, text)
-
-
 def main(argv=None) -> int:
     from edge_sparse import _io
 
@@ -202,7 +192,7 @@ def main(argv=None) -> int:
     res["speedup"] = speedups(log)
     _io.write_json(OUT / "latency.json", res)
     (ROOT / "benchmarks" / "latency.md").write_text(markdown(res))
-    splice(markdown(res), ROOT / "BENCHMARKS.md")
+    splice(markdown(res), "latency")
     print(markdown(res))
     return 0
 

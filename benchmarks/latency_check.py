@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import splice
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 GOAL = {"spearman": 0.97, "median_abs_err": 0.07, "within_15": 0.90}
@@ -49,22 +51,6 @@ def markdown(results: dict) -> str:
                 f"[{g['mix']}] median {100 * g['median_abs_err']:.1f} % (n={g['n']})" for g in worst) + ".")
             L.append("")
     return "\n".join(L).rstrip() + "\n"
-
-
-def splice(md: str, tag: str) -> None:
-    """Put `md` into BENCHMARKS.md between its markers (appended the first time); `make benchmarks` keeps it."""
-    import re
-
-    from edge_sparse import _io
-
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", lambda _: md, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + md
-    _io.write_text(path, text)
 
 
 def main(argv=None) -> int:

@@ -573,7 +573,7 @@ def _baseline(target: str, feats: Sequence[Mapping[str, float]], y: np.ndarray, 
     mmacs = np.array([sum(v for k, v in f.items() if k.endswith(".mmacs")) for f in feats])
     layers = np.array([sum(v for k, v in f.items() if k.split(".")[0] in ("conv1x1", "conv3x3", "convkxk", "dwconv", "fc")
                            and k.endswith(".n")) for f in feats])
-    raw = lm.overhead_ms + lm.ms_per_mmac * mmacs + lm.ms_per_layer * layers
+    raw = lm.predict_ms(mmacs * 1e6, layers)
     pred, _ = cross_validate(raw[:, None], y, folds, "rel", seed)
     return {"as_is": metrics(raw, y), "one_constant": metrics(pred, y)}
 

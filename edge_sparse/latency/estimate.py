@@ -35,7 +35,7 @@ FIT_DIR = Path(__file__).resolve().parent / "reference"
 FIT_FORMAT = "edge_sparse.device_fit/1"
 # target -> (the reference fit it uses, what the shape comes from)
 TARGET_FIT = {"rpi4": "rpi4", "rpi5": "rpi4", "android-arm64": "android-arm64"}
-FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3", "pad": None, "relu": "relu"}
+FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3"}  # classes the reference lacks -> the class priced instead
 MAX_MARGIN = 0.35  # a fit whose held-out p90 |error| exceeds this is not usable as an estimate
 
 
@@ -90,13 +90,8 @@ class FittedEstimate:
         total = 0.0
         for k, v in op_features(op).items():
             cls, unit = k.split(".")
-            fk = k if k in self.factors else None
-            if fk is None and FALLBACK.get(cls):
-                alt = f"{FALLBACK[cls]}.{unit}"
-                fk = alt if alt in self.factors else None
-            if fk is None and cls == "pool":
-                fk = k if k in self.factors else None
-            total += self.factors.get(fk, 0.0) * v if fk else 0.0
+            fk = k if k in self.factors else f"{FALLBACK.get(cls)}.{unit}"  # an unknown class and unit cost 0
+            total += self.factors.get(fk, 0.0) * v
         return total
 
     def op_ms(self, op: Op) -> float:
