@@ -19,7 +19,7 @@ BUILD_FLAGS = --target $(TARGET) --dataset $(DATASET) --seed $(SEED) $(if $(DATA
 # DEVICE=user@host | adb[:serial] on a build: the search's finalists are timed on that device
 build: BUILD_FLAGS += $(if $(DEVICE),--target-device $(DEVICE))
 
-.PHONY: help build test test-fast bench profile latency-check benchmarks-latency benchmarks-latency-check benchmarks-harness-fuzz seeds verify-arm benchmarks study clean check-target data sysdeps setup
+.PHONY: help build test test-fast bench profile latency-check benchmarks-latency benchmarks-latency-check benchmarks-harness-fuzz seeds compare recipes verify-arm benchmarks study clean check-target data sysdeps setup
 
 help:  ## list the targets of this Makefile
 	@echo "make build TARGET=<name> [QUICK=1] [DATASET=cifar10 DATA_DIR=<dir>]   build dist/<name>/"
@@ -30,6 +30,7 @@ help:  ## list the targets of this Makefile
 	@echo "make benchmarks-latency-check    device estimates vs real Pi 4 / Pixel 3 timings (NAS-Bench-201)"
 	@echo "make verify-arm TARGET=<name>    run the bundle on an emulated aarch64 userland, compare outputs"
 	@echo "make benchmarks                  dense vs shipped, side by side -> BENCHMARKS.md"
+	@echo "make compare [QUICK=1]           shipped vs width multiplier / Torch-Pruning / dense at equal latency"
 	@echo "make study TARGET=<name>         sparsity x accuracy x robustness x latency sweep -> docs/study/"
 	@echo "make clean                       remove build/, dist/ (keeps .venv)"
 	@echo "targets: $$(ls targets | sed 's/.toml//' | tr '\n' ' ')"
@@ -100,6 +101,16 @@ benchmarks: data $(STAMP)
 SEEDS ?= 0,1,2
 seeds: data $(STAMP)
 	$(PY) -m benchmarks.seeds --target $(TARGET) --seeds $(SEEDS)
+
+# the shipped model vs a width multiplier from scratch, Torch-Pruning's recipe and dense int8 at equal latency
+# (resumable per point); QUICK=1: one budget, one seed, the QUICK slices
+compare: data $(STAMP)
+	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) --write $(ARGS)
+
+# training recipes of the default build on the whole test split (resumable): RECIPES=a,b SEEDS=0,1
+RECIPES ?= default
+recipes: data $(STAMP)
+	$(PY) -m benchmarks.recipes --recipes $(RECIPES) --seeds $(SEEDS) --write
 
 # measured-latency claims: predictor accuracy, budget fill, speedups (after make build TARGET=rpi4 and TARGET=host)
 benchmarks-latency: data $(STAMP)

@@ -39,6 +39,12 @@ def _reference_words(b) -> str:
         return (f"the model you gave ({c.model}, weights {c.weights}), evaluated as is, not retrained; the shipped model "
                 f"is it pruned{'' if c.no_train else f' after {c.train.epochs} sparsity epochs and {c.finetune.epochs} fine-tune epochs'}"
                 f"{' with BN statistics re-estimated and no training (--no-train)' if c.no_train else ''}")
+    if r["reference"].get("kind") == "teacher":
+        ft = c.finetune
+        return (f"the dense model the pruning started from: the same architecture unpruned, trained {c.train.epochs} "
+                f"epochs ({c.train.schedule}, lr {c.train.lr:g}, sparsity objective {c.train.sparsity_reg} "
+                f"lambda {c.train.sparsity_lambda:g}); the shipped model is it pruned, then fine-tuned {ft.epochs} epochs"
+                f"{f' distilling from it (alpha {ft.kd_alpha:g}, T {ft.kd_temperature:g})' if ft.kd_alpha > 0 else ''}")
     if r["reference"]["same_budget"]:
         return (f"the same architecture unpruned, trained for the same {r['reference']['epochs']} epochs as the shipped "
                 f"model ({c.train.epochs} warm-up + {c.finetune.epochs} with the fine-tune recipe)")

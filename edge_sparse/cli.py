@@ -52,10 +52,12 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    help="allocate (default): per-group widths under the target's latency table, filled to the budget; "
                         "global: one importance threshold per candidate sparsity")
     p.add_argument("--epochs", type=int, help="warm-up epochs of the dense model with the sparsity objective (default 3)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the dense training (default 0.1)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 6)")
     p.add_argument("--finetune-lr", type=float, help="peak learning rate of the fine-tune (default 0.05)")
     p.add_argument("--kd-alpha", type=float, help="weight of distillation from the dense model in the fine-tune "
                    "(default 0 = plain cross-entropy)")
+    p.add_argument("--kd-temperature", type=float, help="distillation temperature (default 4)")
     p.add_argument("--sparsity-lambda", type=float, help="strength of the L1-on-BN-scales objective")
     p.add_argument("--sparsity-weighting", choices=("uniform", "cost"),
                    help="cost: scale each channel's L1 term by its feature map's H*W*C (default uniform)")
@@ -64,6 +66,11 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dense-reference", action="store_true",
                    help="compare against the warm-up model instead of training an unpruned one for the fine-tune "
                    "epochs too (faster; the report then compares unequal training budgets)")
+    p.add_argument("--reference", choices=("teacher", "retrain", "warmup"),
+                   help="the dense reference: teacher = the dense model the pruning started from (also the distillation "
+                   "teacher); retrain = that model given the fine-tune epochs too; warmup = the dense model as is")
+    p.add_argument("--schedule", choices=("cosine", "onecycle", "constant"),
+                   help="learning-rate schedule of the dense training and the fine-tune")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--target-device", help="user@host (ssh) or adb[:serial]: time the search's finalists on the device "
                    "itself and ship only one that measured within budget (make build DEVICE=...)")
@@ -98,13 +105,16 @@ def _config(a):
     for flag, v in (("--epochs", a.epochs), ("--finetune-epochs", a.finetune_epochs)):
         if v is not None and v < 0:
             raise EdgeSparseError(f"{flag} must be >= 0, got {v}")
-    for flag, v in (("--finetune-lr", a.finetune_lr), ("--sparsity-lambda", a.sparsity_lambda), ("--kd-alpha", a.kd_alpha)):
+    for flag, v in (("--lr", a.lr), ("--finetune-lr", a.finetune_lr), ("--sparsity-lambda", a.sparsity_lambda),
+                    ("--kd-alpha", a.kd_alpha), ("--kd-temperature", a.kd_temperature)):
         if v is not None and not (v >= 0 and v < float("inf")):
             raise EdgeSparseError(f"{flag} must be a finite number >= 0, got {v}")
     if a.kd_alpha is not None and a.kd_alpha > 1:
         raise EdgeSparseError(f"--kd-alpha must be in [0, 1], got {a.kd_alpha}")
     if a.no_dense_reference:
-        kw["dense_reference"] = False
+        kw["reference"] = "warmup"
+    if a.reference:
+        kw["reference"] = a.reference
     if a.prune_steps is not None:
         kw["prune_steps"] = a.prune_steps  # BuildConfig checks it
     train, ft = base.train, base.finetune
@@ -114,8 +124,12 @@ def _config(a):
         train = train.replace(epochs=a.epochs)
     if a.finetune_epochs is not None:
         ft = ft.replace(epochs=a.finetune_epochs)
+    if a.lr is not None:
+        train = train.replace(lr=a.lr)
     if a.finetune_lr is not None:
         ft = ft.replace(lr=a.finetune_lr)
+    if a.kd_temperature is not None:
+        ft = ft.replace(kd_temperature=a.kd_temperature)
     if a.kd_alpha is not None:
         ft = ft.replace(kd_alpha=a.kd_alpha)
     if a.sparsity_lambda is not None:
@@ -124,6 +138,8 @@ def _config(a):
         train = train.replace(sparsity_weighting=a.sparsity_weighting)
     if a.adv_train:
         ft = ft.replace(adv_train=a.adv_train)
+    if a.schedule:
+        train, ft = train.replace(schedule=a.schedule), ft.replace(schedule=a.schedule)
     if a.device:
         train, ft = train.replace(device=a.device), ft.replace(device=a.device)
     from edge_sparse.models import MODELS

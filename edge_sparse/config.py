@@ -10,8 +10,12 @@ from edge_sparse.errors import EdgeSparseError
 Augment = Literal["none", "crop", "crop_flip"]
 SparsityReg = Literal["none", "bn_l1", "group_lasso"]
 SparsityWeighting = Literal["uniform", "cost"]
-Schedule = Literal["cosine", "constant"]
+Schedule = Literal["cosine", "onecycle", "constant"]
 AdvTrain = Literal["none", "pgd"]
+# What "dense" means in every dense-vs-shipped number: "teacher" = the train stage's dense model itself (trained
+# all the dense epochs, then the fine-tune's distillation teacher); "retrain" = the train stage's model given the
+# fine-tune epochs too, unpruned; "warmup" = the train stage's model as is, with no claim of an equal budget.
+Reference = Literal["teacher", "retrain", "warmup"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class TrainConfig:
     lr: float = 0.1  # peak SGD learning rate
     momentum: float = 0.9  # SGD momentum (Nesterov)
     weight_decay: float = 5e-4  # L2 on conv/linear weights (not on BN, which the sparsity term owns)
-    schedule: Schedule = "cosine"  # learning-rate schedule over all steps
+    schedule: Schedule = "cosine"  # learning-rate schedule over all steps ("onecycle": linear warm-up, then cosine to ~0)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     augment: Augment = "crop_flip"  # random 4-pixel-padded crop (+ horizontal flip)
     sparsity_reg: SparsityReg = "bn_l1"  # network slimming (L1 on BN scales) or group lasso on channels
@@ -43,6 +47,8 @@ class TrainConfig:
             raise EdgeSparseError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise EdgeSparseError(f"lr must be > 0, got {self.lr}")
+        if not self.kd_temperature > 0:
+            raise EdgeSparseError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if not 0 <= self.kd_alpha <= 1:
             raise EdgeSparseError(f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         if self.sparsity_lambda < 0:
@@ -73,7 +79,7 @@ class BuildConfig:
     train: TrainConfig = TrainConfig(epochs=3)  # warm-up training of the dense model, with the sparsity objective
     prune_steps: int = 1  # >1: reach the chosen sparsity in this many prune -> fine-tune (1 epoch) steps
     finetune: TrainConfig = TrainConfig(epochs=6, lr=0.05, sparsity_reg="none", kd_alpha=0.0)  # after pruning
-    dense_reference: bool = True  # give the unpruned model the fine-tune epochs too, as the report's reference
+    reference: Reference = "retrain"  # the report's dense reference (see `Reference`)
     calib_size: int = 512  # calibration images for int8 (from calib_data/ or the train split)
     eval_size: int = 2000  # held-out test images shipped in eval.npz and used for parity
     limit_train: Optional[int] = None  # train on a class-balanced slice (QUICK)
@@ -92,6 +98,8 @@ class BuildConfig:
     def __post_init__(self):
         if self.prune_steps < 1:
             raise EdgeSparseError(f"prune_steps must be >= 1, got {self.prune_steps}")
+        if self.reference not in Reference.__args__:
+            raise EdgeSparseError(f"reference must be one of {', '.join(Reference.__args__)}, got {self.reference!r}")
 
     @classmethod
     def quick(cls, **kw) -> "BuildConfig":

@@ -176,7 +176,9 @@ def stage_finetune(b: Build, d: Path) -> dict:
     kd = teacher if cfg.kd_alpha > 0 else None
     if b.cfg.no_train:
         cfg = cfg.replace(epochs=0)  # --no-train: the search already re-estimated BN statistics for the new widths
-    # sparsity 0 still fine-tunes: the train stage is a warm-up, and the dense model gets the same epochs
+    if sparsity == 0 and b.cfg.reference == "teacher":
+        cfg = cfg.replace(epochs=0)  # nothing was pruned, and the dense model has had every epoch it gets
+    # otherwise sparsity 0 still fine-tunes: the train stage is a warm-up, and the dense model gets the same epochs
     if sparsity > 0 and b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 fine-tune epoch between them
         step_cfg = cfg.replace(epochs=1)
         res = prune(teacher, b.example(), sparsity=sparsity, criterion=b.cfg.criterion, round_to=b.target.channel_multiple,
@@ -200,24 +202,25 @@ def stage_finetune(b: Build, d: Path) -> dict:
 def stage_reference(b: Build, d: Path) -> dict:
     """The dense model every "dense vs shipped" number compares against (export, verify, robustness, report).
 
-    With `dense_reference` (the default) it is the train stage's model given the fine-tune epochs too, with the
-    same recipe and seed but nothing pruned: the shipped model and its reference had the same training budget,
-    so the accuracy difference is what pruning cost. Without it, the model the pruning started from (cheaper,
-    but it trained for fewer epochs than the shipped one, and the report says so).
+    `reference` (BuildConfig) says which: "teacher" — the train stage's model itself, which trained every dense
+    epoch and taught the pruned model (nothing more is trained here); "retrain" — the train stage's model given
+    the fine-tune epochs too with the same recipe, unpruned, so both had the same training budget; "warmup" — the
+    train stage's model as is (cheap, but when the train stage is a short warm-up the comparison favours the
+    shipped model, and the report says so). With --weights it is the given model, evaluated, not retrained.
     """
     from edge_sparse.train import accuracy, fit
 
     dense, spec = models.load(b.dirs["train"] / "dense")
     cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
-    hist, extra = [], 0
+    hist, extra, kind = [], 0, b.cfg.reference
     if b.cfg.weights:  # your model, as you trained it: evaluated, not retrained
         from edge_sparse.usermodel import load_weights
 
         dense = load_weights(models.create(spec["arch"], **spec["kwargs"]), b.cfg.weights).eval()
         models.save(dense, d / "dense", arch=spec["arch"], kwargs=spec["kwargs"])
-        return {"history": [], "epochs": 0, "same_budget": False, "given": True,
+        return {"history": [], "epochs": 0, "same_budget": False, "given": True, "kind": "given",
                 "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std)}
-    if b.cfg.dense_reference and cfg.epochs > 0:
+    if kind == "retrain" and cfg.epochs > 0:
         extra = cfg.epochs
         if b.results["search"]["chosen"]["sparsity"] == 0:  # the shipped model is this very run: reuse it
             dense, _ = models.load(b.dirs["finetune"] / "model")
@@ -227,8 +230,10 @@ def stage_reference(b: Build, d: Path) -> dict:
             ckpt = b.cache / f"reference-{b.keys['reference']}.ckpt"
             hist = fit(dense, b.splits, cfg, teacher=kd, ckpt_dir=ckpt, resume=True, distributed=False)
             shutil.rmtree(ckpt, ignore_errors=True)
+    elif kind == "teacher":
+        hist = b.results["train"].get("history", [])
     models.save(dense, d / "dense", arch=spec["arch"], kwargs=spec["kwargs"])
-    return {"history": hist, "epochs": b.cfg.train.epochs + extra, "same_budget": extra > 0,
+    return {"history": hist, "epochs": b.cfg.train.epochs + extra, "same_budget": extra > 0, "kind": kind,
             "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std)}
 
 
@@ -423,8 +428,9 @@ def _keys(b: Build) -> dict:
                             t.channel_multiple, asdict(t.latency_model) if t.latency_model else None, _latency_identity(t)])
     keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune), c.no_train]
                              + ([c.prune_steps] if c.prune_steps > 1 else []))
-    keys["reference"] = _hash(["reference", keys["train"], _code_fingerprint("reference"), asdict(c.finetune),
-                               c.dense_reference, c.weights is not None])
+    keys["reference"] = _hash(["reference", keys["train"], _code_fingerprint("reference"),
+                               asdict(c.finetune) if c.reference == "retrain" else None, c.reference,
+                               c.weights is not None])
     keys["export"] = _hash(["export", keys["finetune"], keys["reference"], _code_fingerprint("export"), c.calib_size, _calib_fingerprint()])
     keys["verify"] = _hash(["verify", keys["export"], _code_fingerprint("verify"), c.eval_size])
     keys["robustness"] = _hash(["robustness", keys["verify"], _code_fingerprint("robustness"), list(c.robust_eps),

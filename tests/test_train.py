@@ -85,6 +85,24 @@ def test_bad_config_values():
         TrainConfig(kd_alpha=2)
 
 
+def test_onecycle_schedule_warms_up_then_anneals():
+    """onecycle: from lr/25 up to the peak over the first quarter of the steps, then monotonically down to ~0;
+    cosine starts at the peak. A wrong ramp or a schedule that never reaches the peak fails here."""
+    from edge_sparse.train import lr_schedule
+
+    one, cos = TrainConfig(lr=0.1, schedule="onecycle"), TrainConfig(lr=0.1, schedule="cosine")
+    lrs = [lr_schedule(one, s, 400) for s in range(401)]
+    assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) == 100
+    assert all(a <= b for a, b in zip(lrs[:100], lrs[1:101]))  # ramp up
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))  # then down
+    assert lrs[-1] < 1e-6 and lr_schedule(cos, 0, 400) == pytest.approx(0.1)
+    assert lr_schedule(TrainConfig(lr=0.1, schedule="constant"), 399, 400) == 0.1
+    with pytest.raises(EdgeSparseError, match="schedule must be one of cosine, onecycle, constant"):
+        TrainConfig(schedule="step")
+    with pytest.raises(EdgeSparseError, match="kd_temperature must be > 0"):
+        TrainConfig(kd_temperature=0)
+
+
 def test_cuda_request_without_cuda(fmnist_small):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
