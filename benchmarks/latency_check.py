@@ -61,18 +61,27 @@ def main(argv=None) -> int:
     p.add_argument("--sample", type=int, default=1000)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--write-fit", action="store_true")
+    p.add_argument("--print-only", action="store_true",
+                   help="print the reports and the markdown; write no file (no BENCHMARKS.md, json or fit)")
     a = p.parse_args(argv)
-    OUT.mkdir(parents=True, exist_ok=True)
+    if a.print_only and a.write_fit:
+        p.error("--print-only and --write-fit exclude each other")
+    if not a.print_only:
+        OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     for t in check.TARGETS:
         r = check.run_check(t, sample=a.sample, folds=a.folds, log=print)
         print(check.format_report(r))
-        _io.write_json(OUT / f"latency-check-{t}.json", r)
+        if not a.print_only:
+            _io.write_json(OUT / f"latency-check-{t}.json", r)
         if a.write_fit:
             print(f"fit written to {estimate.write_fit(r)}")
         results[t] = r
     md = markdown(results)
     md = f"<!-- latency-check:begin -->\n{md}<!-- latency-check:end -->\n"
+    if a.print_only:
+        print(md)
+        return 0
     _io.write_text(ROOT / "benchmarks" / "latency-check.md", md)
     splice(md, "latency-check")
     print(md)

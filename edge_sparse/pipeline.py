@@ -42,7 +42,7 @@ CACHE_VERSION = "1"
 STAGE_CODE = {
     "train": ("data.py", "models.py", "train.py"),
     "search": ("pruning.py", "search.py", "allocate.py", "targets.py", "latency/ops.py", "latency/table.py",
-               "latency/predict.py"),
+               "latency/predict.py", "latency/estimate.py"),
     "finetune": ("train.py", "pruning.py"),
     "reference": ("train.py",),
     "export": ("quantize.py", "export/onnx.py", "export/tflite.py", "export/lint.py"),
@@ -447,7 +447,11 @@ def _latency_identity(t: Target) -> Optional[str]:
         return cache_path(t.threads).name
     if t.latency_table:
         return hashlib.sha256((Path(t.path).parent / t.latency_table).read_bytes()).hexdigest()[:16]
-    return None
+    from edge_sparse.latency import estimate
+
+    ref = estimate.TARGET_FIT.get(t.name)  # a fitted estimate: a refit (--write-fit) must re-run the search
+    fit = estimate.fit_path(ref) if ref else None
+    return hashlib.sha256(fit.read_bytes()).hexdigest()[:16] if fit and fit.is_file() else None
 
 
 def _calib_fingerprint() -> str:

@@ -35,6 +35,24 @@ def test_cell_info_of_a_resnet_like_cell():
     assert nb201.layer_counts(m)["Conv2d"] == 1 + 15 * 2 + 2 * 3
 
 
+@pytest.mark.parametrize("arch, executed, rpi4_ms", [
+    # a dead node whose value is one conv and that only `none` reads: the conv ran (20 ms, a 3x3's cost) ...
+    ("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|", {"e10", "e30"}, 20.19),
+    # ... unless node 2 is dead with a real input of its own: nothing but the skip ran (2.7 ms)
+    ("|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|none~2|", {"e30"}, 2.70),
+    # node 1 is read by a skip into a dead node that sums two values: the conv did not run (2.6 ms)
+    ("|nor_conv_1x1~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|none~1|none~2|", {"e30"}, 2.56),
+    # a skip of an all-zero node adds nothing: the conv is its node's only value and ran (34 ms: two 3x3s)
+    ("|none~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|none~1|none~2|", {"e20", "e30"}, 34.39),
+    # a skip passes the conv's value on to a dead node read only by `none`: it ran
+    ("|nor_conv_1x1~0|+|none~0|skip_connect~1|+|skip_connect~0|none~1|none~2|", {"e10", "e30"}, 8.68),
+])
+def test_executed_rule_b_matches_the_device_timings(arch, executed, rpi4_ms):
+    assert {e.key for e in nb201.cell_info(arch).executed} == executed
+    row = next(r for r in check.load_reference() if r.arch == arch)
+    assert row.rpi4_ms == pytest.approx(rpi4_ms, abs=0.01)
+
+
 @pytest.mark.parametrize("arch, words", [
     ("|nor_conv_5x5~0|+|none~0|none~1|+|none~0|none~1|none~2|", "unknown op 'nor_conv_5x5'"),
     ("|nor_conv_3x3~0|+|none~0|+|none~0|none~1|none~2|", "node 2 has 1 edge"),

@@ -24,9 +24,12 @@ Which edges the module contains (`ops=`):
               (a) every op whose input is an all-zero node: the zeros are computed at run time (`Zero` of the
                   cell input) and the op runs at full cost (replacing such a conv3x3 by `none` saves a median
                   16.0 ms on the Pi 4, about what a live conv3x3 costs), and
-              (b) a conv whose output reaches nothing but `none` edges *and* is its node's only input (median
-                  16.3 ms for a 3x3, 3.0 ms for a 1x1); its output is kept alive as `Zero(node)` added to the cell
-                  output. Every other unused op is absent, as on the device: an unused pool or skip, or
+              (b) a conv whose output reaches nothing but `none` edges *and* is its node's only value (median
+                  16.3 ms for a 3x3, 3.0 ms for a 1x1): the dead node's other inputs are `none` or skips of an
+                  all-zero node, a skip passes its source's value on, the node's out-edges are all `none`, and
+                  for node 1 node 2 is live or all-`none` (`_dead_conv_sinks`; checked by replacing each such
+                  conv by `none` in the exhaustive reference); its output is kept alive as `Zero(node)` added to
+                  the cell output. Every other unused op is absent, as on the device: an unused pool or skip, or
                   unused edges into a node that sums two or more of them, cost nothing measurable.
               A plausible mechanism for (b), not confirmed: the converter folds the multiply-by-zero into the
               preceding conv's weights (the conv then runs with zero weights) and folds x*0 -> 0 elsewhere.
@@ -137,6 +140,33 @@ def parse(arch: str) -> tuple[Edge, ...]:
     return tuple(edges)
 
 
+def _dead_conv_sinks(edges, into, fwd, bwd) -> list[Edge]:
+    """Rule b of "executed": convs that ran although their output reaches the cell output only through `none`.
+
+    A dead node j (nothing live reads it) whose out-edges are all `none` and whose value is exactly one conv's
+    output (its other inputs are `none`, or skips of an all-zero node; a skip of another node passes that
+    node's value on) keeps that conv running; for node 1 only when node 2 is live or all-`none` too (with a
+    dead node 2 that has a real input, the conv is dropped: 0.0 ms measured)."""
+    def value(j: int) -> list[Edge]:  # the non-zero terms node j sums, skips followed back
+        terms: list[Edge] = []
+        for x in into[j]:
+            if x.op == "none" or (x.op == "skip_connect" and not fwd[x.src]):
+                continue
+            terms += value(x.src) if x.op == "skip_connect" and x.src > 0 else [x]
+        return terms
+
+    out = []
+    for j in range(1, NODES - 1):
+        if bwd[j] or not fwd[j] or any(e.op != "none" for e in edges if e.src == j):
+            continue
+        if j == 1 and not (bwd[2] or all(x.op == "none" for x in into[2])):
+            continue
+        terms = value(j)
+        if len(terms) == 1 and terms[0].op.startswith("nor_conv"):
+            out.append(terms[0])
+    return out
+
+
 def cell_info(arch: str) -> CellInfo:
     """Parse `arch` and work out which of its edges are live, run on the devices, or are degenerate."""
     edges = parse(arch)
@@ -150,14 +180,8 @@ def cell_info(arch: str) -> CellInfo:
         bwd[i] = any(e.op != "none" and bwd[e.dst] for e in edges if e.src == i)
     live = tuple(e for e in edges if e.op != "none" and fwd[e.src] and bwd[e.dst])
     degenerate = not fwd[NODES - 1]
-    executed: set[Edge] = set()
-    for e in edges:
-        if e.op == "none":
-            continue
-        if bwd[e.dst]:  # live, or on an all-zero input (rule a)
-            executed.add(e)
-        elif e.op.startswith("nor_conv") and sum(x.op != "none" for x in into[e.dst]) == 1:  # rule b
-            executed.add(e)
+    executed: set[Edge] = {e for e in edges if e.op != "none" and bwd[e.dst]}  # live, or rule a
+    executed |= set(_dead_conv_sinks(edges, into, fwd, bwd))  # rule b
     # a node read by an executed edge is computed in full (all its non-none inputs), as in the reference
     changed = True
     while changed:

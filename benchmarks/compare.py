@@ -1,0 +1,356 @@
+"""`make compare [QUICK=1]` / `python -m benchmarks.compare`: the shipped model against what a user would do
+instead, at equal latency.
+
+For each budget and seed, four models, every one through the build's own int8 export (ONNX -> onnx2tf ->
+full-int8 .tflite with the same calibration images), top-1 of the int8 .tflite on the whole test split with
+a 95 % interval, and all of a budget's models timed side by side in one interleaved run on this host (1 thread):
+
+- `shipped` — the default build (`pipeline.run` with the default `BuildConfig`, unchanged flags);
+- `width`   — the same architecture with every coupled group's width scaled by one factor (on the target's
+              channel multiple; the allocator's `uniform` scoring: the largest equal fraction the same latency
+              model fits under the same budget), trained from scratch for the build's total epochs (dense +
+              fine-tune) with the build's dense recipe, no sparsity term;
+- `tp`      — Torch-Pruning's documented recipe: a dense model trained without the sparsity term for the
+              build's dense epochs, `MetaPruner` + `GroupMagnitudeImportance(p=2)`, global pruning, the same
+              `round_to`, the pruning ratio bisected to the largest that fits the same budget, then fine-tuned for
+              the build's fine-tune epochs (labels only, the build's fine-tune learning rate);
+- `dense`   — the build's dense reference, int8: the anchor on the accuracy axis.
+
+Budgets: `rpi4` (its profile: the fitted estimate less its margin), `host:2x`, `host:4x` (relative to the dense
+int8 model measured on this host by the host latency table). Each finished (budget, seed, method) point is
+written to benchmarks/out/compare/points.json at once and never re-run (resumable); trainings checkpoint.
+QUICK=1: one budget (rpi4), one seed, the QUICK build's slices and epochs (minutes, not a claim).
+
+    python -m benchmarks.compare --budgets rpi4,host:2x,host:4x --seeds 0,1,2
+    python -m benchmarks.compare --quick
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out" / "compare"
+METHODS = ("shipped", "width", "tp", "dense")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _targets_dir(budgets: list[str]) -> Path:
+    """A targets directory with one profile per budget: rpi4 as committed; host-<k>x = host with that budget."""
+    d = ROOT / "build" / "compare-targets"
+    d.mkdir(parents=True, exist_ok=True)
+    src = ROOT / "targets"
+    for f in src.glob("*"):
+        if f.is_file():
+            (d / f.name).write_bytes(f.read_bytes())
+    for b in budgets:
+        if b.startswith("host:"):
+            k = b.split(":", 1)[1]
+            text = (src / "host.toml").read_text()
+            text = text.replace('name = "host"', f'name = "host-{k}"')
+            import re
+
+            text = re.sub(r'latency_budget = "[^"]*"', f'latency_budget = "{k}"', text)
+            (d / f"host-{k}.toml").write_text(text)
+    return d
+
+
+def _target_name(budget: str) -> str:
+    return f"host-{budget.split(':', 1)[1]}" if budget.startswith("host:") else budget
+
+
+def _parse_budget(b: str) -> str:
+    from edge_sparse.errors import EdgeSparseError
+
+    if b.startswith("host:"):
+        k = b.split(":", 1)[1]
+        try:
+            ok = k.endswith("x") and float(k[:-1]) > 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise EdgeSparseError(f"--budgets {b!r}: a host budget is host:<k>x with k > 1, e.g. host:2x")
+        return b
+    from edge_sparse.targets import list_targets
+
+    if b not in list_targets():
+        raise EdgeSparseError(f"--budgets {b!r}: not a target; valid: {', '.join(list_targets())}, or host:<k>x")
+    return b
+
+
+def _train(model, splits, cfg, ckpt: Path):
+    from edge_sparse.train import fit
+
+    hist = fit(model, splits, cfg, ckpt_dir=ckpt, resume=True, distributed=False)
+    return hist
+
+
+def _reinit(model):
+    """Fresh weights for an architecture (a width-multiplier net is trained from scratch, not from sliced weights)."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+    return model
+
+
+def _tp_prune(dense, example, pricer, budget_ms: float, round_to: int,
+              ratios=tuple(round(0.02 * i, 2) for i in range(1, 46))):
+    """Torch-Pruning's recipe: MetaPruner, GroupMagnitudeImportance(p=2), global pruning, round_to; of the pruning
+    `ratios` (default 0.02, 0.04, ... 0.90) the one whose model fits `budget_ms` closest from below. A grid, not a bisection:
+    upstream round_to rounds kept channels *down*, so a high ratio can empty a layer and TP then skips it (at 0.95
+    the ResNet-8 comes back dense) — predicted latency is not monotonic in the ratio. (None, None) when none fits."""
+    import torch_pruning as tp
+
+    from edge_sparse.pruning import _classifier_layers
+
+    best = (None, None, -1.0)
+    for r in ratios:
+        m = copy.deepcopy(dense).eval()
+        ign = [l for l in m.modules() if any(l is c for c in _classifier_layers(m, example))]
+        tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=r,
+                             global_pruning=True, round_to=round_to, ignored_layers=ign).step()
+        p90 = pricer.predict(m, example)["p90"]
+        if p90 <= budget_ms and p90 > best[2]:
+            best = (m, r, p90)
+    return best[0], best[1]
+
+
+def _export(model, splits, calib, d: Path) -> Path:
+    from edge_sparse.data import normalize_np
+    from edge_sparse.export import onnx as eonnx, tflite as etflite
+
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "model.tflite").is_file():
+        eonnx.export_fp32(model.eval(), splits.input_shape, d / "model_fp32.onnx")
+        etflite.export(d / "model_fp32.onnx", normalize_np(calib, splits.mean, splits.std, "NHWC"),
+                       d / "model_fp32.tflite", d / "model.tflite")
+    return d / "model.tflite"
+
+
+def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: list[dict], save) -> None:
+    import torch
+
+    from edge_sparse import models, pipeline, verify
+    from edge_sparse.allocate import Allocator
+    from edge_sparse.config import BuildConfig
+    from edge_sparse.pruning import count
+
+    cfg = BuildConfig.quick(seed=seed) if quick else BuildConfig(seed=seed)
+    tname = _target_name(budget)
+    tag = f"{budget}/seed{seed}{'/quick' if quick else ''}"
+    work = OUT / tag.replace(":", "-")
+    have = {p["method"] for p in points if p["key"] == tag}
+    if all(m in have for m in methods):
+        return
+    _log(f"compare {tag}: the default build ...")
+    b = pipeline.run(tname, cfg, out_dir=work / "dist", cache_dir=ROOT / "build" / "cache", until_stage="verify")
+    splits, pr = b.splits, pipeline.pricer(b)
+    example = b.example()
+    budget_ms = pr.effective_budget_ms
+    calib = pipeline._calibration(b)
+    test = splits.test.materialize()
+    epochs_total = cfg.train.epochs + cfg.finetune.epochs
+    paths: dict[str, Path] = {"shipped": b.dirs["export"] / "model.tflite", "dense": b.dirs["export"] / "dense_int8.tflite"}
+    info: dict[str, dict] = {"shipped": {"macs": b.results["finetune"]["final"]["macs"],
+                                         "predicted_p90_ms": b.results["finetune"]["final"]["predicted_p90_ms"],
+                                         "recipe": f"default build ({cfg.train.epochs} dense + {cfg.finetune.epochs} fine-tune epochs)",
+                                         "train_seconds": round(sum(b.results[s].get("_seconds", 0) for s in
+                                                                    ("train", "search", "finetune", "reference")), 1)}}
+    dense_model, _ = models.load(b.dirs["reference"] / "dense")
+    info["dense"] = {"macs": count(dense_model, example)[1], "predicted_p90_ms": round(pr.dense_p90_ms, 5),
+                     "recipe": "the build's dense reference"}
+    if "width" in methods and "width" not in have:
+        d = work / "width"
+        src, _ = models.load(b.dirs["train"] / "dense")
+        al = Allocator(src, example, pr, b.target.channel_multiple)
+        a = al.allocate(budget_ms, "uniform")
+        if a is None:
+            info["width"] = {"error": f"no equal-width network fits {budget_ms:.4g} ms"}
+        else:
+            torch.manual_seed(seed)
+            net = _reinit(al.apply(a).model)
+            rec = cfg.train.replace(epochs=epochs_total, sparsity_reg="none", seed=seed)
+            t0 = time.time()
+            if not (d / "net" / "model.safetensors").is_file():
+                _log(f"compare {tag}: width multiplier {a.describe()}, {epochs_total} epochs from scratch ...")
+                _train(net, splits, rec, d / "ckpt")
+                models.save(net, d / "net", arch="width", kwargs={})
+            else:
+                from safetensors.torch import load_file
+
+                net.load_state_dict(load_file(str(d / "net" / "model.safetensors")))
+            paths["width"] = _export(net, splits, calib, d)
+            info["width"] = {"macs": count(net, example)[1], "predicted_p90_ms": round(pr.predict(net, example)["p90"], 5),
+                             "widths": a.keep, "recipe": f"{epochs_total} epochs from scratch, {rec.schedule} lr {rec.lr:g}",
+                             "train_seconds": round(time.time() - t0, 1)}
+    if "tp" in methods and "tp" not in have:
+        d = work / "tp"
+        t0 = time.time()
+        dense_tp = models.create(cfg.model, **b.arch_kwargs)
+        torch.manual_seed(seed)
+        dense_tp = _reinit(dense_tp)
+        rec = cfg.train.replace(sparsity_reg="none", seed=seed)
+        if not (d / "dense" / "model.safetensors").is_file():
+            _log(f"compare {tag}: Torch-Pruning recipe: dense {rec.epochs} epochs without the sparsity term ...")
+            _train(dense_tp, splits, rec, d / "ckpt-dense")
+            models.save(dense_tp, d / "dense", arch=cfg.model, kwargs=b.arch_kwargs)
+        dense_tp, _ = models.load(d / "dense")
+        net, ratio = _tp_prune(dense_tp, example, pr, budget_ms, b.target.channel_multiple)
+        if net is None:
+            info["tp"] = {"error": f"no pruning ratio <= 0.95 fits {budget_ms:.4g} ms"}
+        else:
+            ft = cfg.finetune.replace(kd_alpha=0.0, seed=seed + 1)
+            if not (d / "net" / "model.safetensors").is_file():
+                _log(f"compare {tag}: Torch-Pruning recipe: ratio {ratio:.3f}, fine-tune {ft.epochs} epochs ...")
+                _train(net, splits, ft, d / "ckpt-ft")
+                models.save(net, d / "net", arch="tp", kwargs={})
+            else:
+                from safetensors.torch import load_file
+
+                net.load_state_dict(load_file(str(d / "net" / "model.safetensors")))
+            paths["tp"] = _export(net, splits, calib, d)
+            info["tp"] = {"macs": count(net, example)[1], "predicted_p90_ms": round(pr.predict(net, example)["p90"], 5),
+                          "pruning_ratio": round(ratio, 4), "train_seconds": round(time.time() - t0, 1),
+                          "recipe": f"dense {rec.epochs} epochs ({rec.schedule}, no sparsity term) + MetaPruner L2 global "
+                                    f"round_to {b.target.channel_multiple} + {ft.epochs} fine-tune epochs (lr {ft.lr:g})"}
+    from edge_sparse.latency import measure_many
+
+    names = [m for m in METHODS if m in paths]
+    _log(f"compare {tag}: timing {', '.join(names)} side by side (1 thread) ...")
+    timing = dict(zip(names, measure_many([paths[m] for m in names], threads=1, runs=600, rounds=20)))
+    logits = {m: verify.run_tflite(paths[m], test.x, splits.mean, splits.std) for m in names}
+    for m in methods:
+        if m in have:
+            continue
+        row = {"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "budget_ms": round(budget_ms, 5),
+               "latency_source": pr.source, **info.get(m, {})}
+        if m in logits:
+            row.update({"top1": verify.top1(logits[m], test.y), "host_p50_ms": round(timing[m]["p50"], 5),
+                        "host_p90_ms": round(timing[m]["p90"], 5)})
+            if m != "shipped":
+                row["shipped_minus_this"] = verify.paired_diff(logits["shipped"], logits[m], test.y)
+        points.append(row)
+    save()
+
+
+def markdown(points: list[dict]) -> str:
+    L = ["<!-- compare:begin -->", "## The shipped model against the alternatives at equal latency (`make compare`)\n"]
+    keys = list(dict.fromkeys(p["budget"] + (" (QUICK)" if p["quick"] else "") for p in points))
+    L.append("| budget | method | seeds | int8 top-1, whole test split (%) | shipped − this (pt, mean; paired 95 % per seed) | "
+             "MACs | predicted p90 (ms) | host p90, 1 thread (ms) |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for k in keys:
+        for m in METHODS:
+            rs = [p for p in points if p["budget"] + (" (QUICK)" if p["quick"] else "") == k and p["method"] == m]
+            if not rs:
+                continue
+            ok = [p for p in rs if "top1" in p]
+            if not ok:
+                L.append(f"| {k} | {m} | {','.join(str(p['seed']) for p in rs)} | {rs[0].get('error', 'no result')} | | | | |")
+                continue
+            acc = [p["top1"]["acc"] for p in ok]
+            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            ci = ok[0]["top1"]["ci95"] if len(ok) == 1 else None
+            accs = f"{statistics.fmean(acc):.2f} ± {sd:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
+            diffs = [p["shipped_minus_this"] for p in ok if "shipped_minus_this" in p]
+            ds = "–" if not diffs else (f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f} (" + "; ".join(
+                f"{d['ci95_pt'][0]:+.2f}…{d['ci95_pt'][1]:+.2f}" for d in diffs) + ")")
+            L.append(f"| {k} | {m} | {','.join(str(p['seed']) for p in ok)} | {accs} | {ds} | "
+                     f"{statistics.fmean(p['macs'] for p in ok) / 1e6:.2f} M | "
+                     f"{statistics.fmean(p['predicted_p90_ms'] for p in ok):.4f} | {statistics.fmean(p['host_p90_ms'] for p in ok):.4f} |")
+    L.append("\nmean ± sd over seeds (one seed: its 95 % Wilson interval in brackets). Recipes: "
+             + "; ".join(f"`{m}`: {next((p['recipe'] for p in points if p['method'] == m and 'recipe' in p), '–')}"
+                         for m in METHODS) + ".")
+    L.append("\n![top-1 vs measured p90](benchmarks/compare.png)")
+    L.append("<!-- compare:end -->")
+    return "\n".join(L) + "\n"
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    marks = {"shipped": "o", "width": "s", "tp": "^", "dense": "D"}
+    for m in METHODS:
+        ok = [p for p in points if p["method"] == m and "top1" in p]
+        if ok:
+            ax.errorbar([p["host_p90_ms"] for p in ok], [p["top1"]["acc"] for p in ok],
+                        yerr=[[p["top1"]["acc"] - p["top1"]["ci95"][0] for p in ok],
+                              [p["top1"]["ci95"][1] - p["top1"]["acc"] for p in ok]],
+                        fmt=marks[m], label=m, capsize=3)
+    ax.set_xlabel("measured p90 on this host, 1 thread (ms)")
+    ax.set_ylabel("int8 top-1, whole test split (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from edge_sparse import _io
+    from edge_sparse.errors import EdgeSparseError
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare")
+    p.add_argument("--budgets", default="rpi4,host:2x,host:4x")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--quick", action="store_true", help="one budget (rpi4), one seed, the QUICK build's slices")
+    p.add_argument("--write", action="store_true", help="splice the table into BENCHMARKS.md and draw the plot")
+    a = p.parse_args(argv)
+    try:
+        methods = [m for m in a.methods.split(",") if m]
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise EdgeSparseError(f"--methods: unknown {', '.join(bad) or '(none given)'}; valid: {', '.join(METHODS)}")
+        if "shipped" not in methods:
+            methods.insert(0, "shipped")
+        try:
+            seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise EdgeSparseError(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        budgets = [_parse_budget(x) for x in a.budgets.split(",") if x]
+        if a.quick:
+            budgets, seeds = budgets[:1], seeds[:1]
+    except EdgeSparseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.environ["EDGE_SPARSE_TARGETS"] = str(_targets_dir(budgets))
+    store = OUT / "points.json"
+    points = json.loads(store.read_text()) if store.is_file() else []
+    save = lambda: (store.parent.mkdir(parents=True, exist_ok=True), _io.write_json(store, points))  # noqa: E731
+    t0 = time.time()
+    for bgt in budgets:
+        for s in seeds:
+            try:
+                run_point(bgt, s, a.quick, methods, points, save)
+            except EdgeSparseError as e:  # a budget a method cannot meet: that row says so, the run goes on
+                _log(f"compare {bgt}/seed{s}: {e}")
+                points.append({"key": f"{bgt}/seed{s}{'/quick' if a.quick else ''}", "budget": bgt, "seed": s,
+                               "quick": a.quick, "method": "shipped", "error": str(e)})
+                save()
+    _log(f"compare: {time.time() - t0:.0f} s")
+    sel = [p for p in points if p["quick"] == a.quick]
+    print(markdown(sel))
+    if a.write:
+        from benchmarks import splice
+
+        plot(sel, ROOT / "benchmarks" / "compare.png")
+        splice(markdown(sel), "compare")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

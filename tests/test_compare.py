@@ -1,0 +1,71 @@
+"""`make compare`'s pieces on tiny real models: Torch-Pruning's recipe pruned to a latency budget, the width
+multiplier re-initialised, bad budgets and methods refused, the table written from points."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import compare
+from edge_sparse import models
+from edge_sparse.latency.predict import resolve
+from edge_sparse.pruning import count
+
+
+def _dense():
+    torch.manual_seed(0)
+    return models.create("resnet8", in_channels=1, num_classes=10, input_size=28)
+
+
+def test_tp_recipe_fits_the_budget_and_uses_it():
+    dense, ex = _dense(), torch.zeros(1, 1, 28, 28)
+    pr = resolve("rpi4", dense, ex)
+    budget = pr.dense_p90_ms / 2
+    grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    net, ratio = compare._tp_prune(dense, ex, pr, budget, round_to=8, ratios=grid)
+    p90 = pr.predict(net, ex)["p90"]
+    assert p90 <= budget and 0 < ratio <= 0.9
+    # the fit closest to the budget: a larger budget gets a larger model, still within it (not necessarily a
+    # smaller ratio: upstream's round-down can empty a layer at a high ratio, and TP then leaves it whole)
+    less, _ = compare._tp_prune(dense, ex, pr, p90 * 1.3, round_to=8, ratios=grid)
+    assert p90 < pr.predict(less, ex)["p90"] <= p90 * 1.3
+    assert count(net, ex)[1] < count(dense, ex)[1]
+    assert all(m.out_channels % 8 == 0 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    # the dense model is not modified; an unreachable budget is (None, None), not an exception
+    assert count(dense, ex)[1] == count(_dense(), ex)[1]
+    assert compare._tp_prune(dense, ex, pr, 1e-6, round_to=8, ratios=grid) == (None, None)
+
+
+def test_width_multiplier_starts_from_fresh_weights():
+    from edge_sparse.allocate import Allocator
+
+    dense, ex = _dense(), torch.zeros(1, 1, 28, 28)
+    pr = resolve("rpi4", dense, ex)
+    al = Allocator(dense, ex, pr, 8)
+    a = al.allocate(pr.dense_p90_ms / 2, "uniform")
+    net = al.apply(a).model
+    before = net.conv1.weight.detach().clone()
+    compare._reinit(net)
+    assert not torch.equal(before, net.conv1.weight) and pr.predict(net, ex)["p90"] <= pr.dense_p90_ms / 2
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--methods", "shipped,magic"], "--methods: unknown magic; valid: shipped, width, tp, dense"),
+    (["--budgets", "host:1x"], "a host budget is host:<k>x with k > 1"),
+    (["--budgets", "pi9"], "--budgets 'pi9': not a target; valid:"),
+    (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
+])
+def test_bad_arguments_are_one_line_errors(argv, msg, capsys):
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+
+
+def test_markdown_states_every_method_and_the_paired_difference():
+    pt = lambda m, acc, d=None: {"budget": "rpi4", "quick": False, "seed": 0, "method": m, "macs": 3e6,  # noqa: E731
+                                 "predicted_p90_ms": 0.7, "host_p90_ms": 0.05, "recipe": f"{m} recipe",
+                                 "top1": {"acc": acc, "ci95": [acc - 0.6, acc + 0.5], "n": 10000},
+                                 **({"shipped_minus_this": {"diff_pt": d, "ci95_pt": [d - 0.3, d + 0.3]}} if d is not None else {})}
+    md = compare.markdown([pt("shipped", 91.0), pt("width", 90.5, 0.5), pt("tp", 91.2, -0.2), pt("dense", 91.6, -0.6)])
+    for m in compare.METHODS:
+        assert f"| rpi4 | {m} | 0 |" in md
+    assert "+0.50 (+0.20…+0.80)" in md and "-0.20 (-0.50…+0.10)" in md and "`tp`: tp recipe" in md
