@@ -318,6 +318,14 @@ def render(r: dict) -> str:
     for extra in [ROOT / "benchmarks" / "latency.md", ROOT / "benchmarks" / "latency-check.md", ROOT / "benchmarks" / "harness-fuzz.md", *sorted((ROOT / "benchmarks").glob("seeds-*.md"))]:
         if extra.is_file():  # written by `python -m benchmarks.latency` / `.seeds`: kept verbatim
             L += ["", extra.read_text().strip()]
+    # every other section another command spliced in between markers (recipes, compare, ...): kept verbatim
+    import re
+
+    text = "\n".join(L)
+    old = (ROOT / "BENCHMARKS.md").read_text() if (ROOT / "BENCHMARKS.md").is_file() else ""
+    for m in re.finditer(r"<!-- ([\w:.-]+):begin -->.*?<!-- \1:end -->", old, flags=re.S):
+        if f"<!-- {m.group(1)}:begin -->" not in text:
+            L += ["", m.group(0)]
     return "\n".join(L) + "\n"
 
 

@@ -21,38 +21,52 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "recipes.json"
 
-# name -> (what it is, the build flags[, fine-tune TrainConfig fields the CLI has no flag for])
+# name -> (what it is, the build flags[, {"train"|"finetune": TrainConfig fields the CLI has no flag for}])
 RECIPES: dict[str, tuple] = {
-    "default": ("the default build, unchanged flags", []),
-    "early": ("3 warm-up epochs with L1 on BN -> prune -> 6 fine-tune epochs (lr 0.05, cosine, no KD); "
+    "default": ("the default build, unchanged flags (since 2026-12-02 the same as teacher-kd-l2e3-noaug-all)", []),
+    "early": ("3 warm-up epochs with L1 on BN -> prune -> 6 fine-tune epochs (lr 0.05, cosine, no KD, crop+flip); "
               "reference: the warm-up model given the 6 epochs too (the default until 2026-12-02)",
               ["--epochs", "3", "--finetune-epochs", "6", "--finetune-lr", "0.05", "--kd-alpha", "0",
-               "--schedule", "cosine", "--reference", "retrain", "--sparsity-lambda", "2e-3"]),
+               "--schedule", "cosine", "--reference", "retrain", "--sparsity-lambda", "2e-3"],
+              {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
     "teacher-kd": ("9 dense epochs (one-cycle, lr 0.1, L1 on BN 5e-4) = reference and teacher -> prune -> "
                    "9 fine-tune epochs distilling from it (one-cycle lr 0.05, alpha 0.8, T 4)",
                    ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                    "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"]),
+                    "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
+     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
     "teacher-nokd": ("teacher-kd without distillation (the pruned model fine-tuned on labels alone)",
                      ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0",
-                      "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"]),
+                      "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
+     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
     "teacher-kd-6": ("teacher-kd with 6 fine-tune epochs",
                      ["--epochs", "9", "--finetune-epochs", "6", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                      "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"]),
+                      "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
+     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
     "teacher-kd-l2e3": ("teacher-kd with the stronger sparsity term (L1 on BN 2e-3)",
                         ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                         "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"]),
+                         "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
+     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
     "teacher-kd-l2e3-noaug": ("teacher-kd-l2e3, the fine-tune without augmentation (the small model underfits: "
                               "its train accuracy under crop+flip stays below its validation accuracy)",
                               ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
                                "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
-                              {"augment": "none"}),
+                              {"train": {"augment": "crop_flip"}, "finetune": {"augment": "none"}}),
     "teacher-kd-l2e3-wd5": ("teacher-kd-l2e3, the fine-tune with weight decay 5e-5 instead of 5e-4",
                             ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
                              "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
-                            {"weight_decay": 5e-5}),
+                            {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip", "weight_decay": 5e-5}}),
+    "teacher-kd-l2e3-noaug-all": ("teacher-kd-l2e3 with no augmentation in the dense training either",
+                                  ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha",
+                                   "0.8", "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
+                                  {"train": {"augment": "none"}, "finetune": {"augment": "none"}}),
+    "teacher-kd-noaug-all": ("teacher-kd (L1 on BN 5e-4) with no augmentation in either training",
+                             ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha",
+                              "0.8", "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
+                             {"train": {"augment": "none"}, "finetune": {"augment": "none"}}),
     "teacher-kd-l2e3-lr1": ("teacher-kd-l2e3 with the fine-tune at the dense peak rate (one-cycle lr 0.1)",
                             ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.1", "--kd-alpha", "0.8",
-                             "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"]),
+                             "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
+     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
 }
 
 
@@ -65,8 +79,9 @@ def _point(name: str, seed: int, target: str) -> dict:
     a = p.parse_args(["--target", target, "--seed", str(seed), *RECIPES[name][1]])
     # gates measured, not enforced: a recipe whose int8 parity misses the gate is still a data point (its agreement is listed)
     cfg = dataclasses.replace(_config(a), enforce_parity=False, enforce_accuracy_floor=False)
-    if len(RECIPES[name]) > 2:
-        cfg = dataclasses.replace(cfg, finetune=cfg.finetune.replace(**RECIPES[name][2]))
+    over = RECIPES[name][2] if len(RECIPES[name]) > 2 else {}
+    cfg = dataclasses.replace(cfg, train=cfg.train.replace(**over.get("train", {})),
+                              finetune=cfg.finetune.replace(**over.get("finetune", {})))
     t0 = time.time()
     b = run(target, cfg, out_dir=ROOT / "benchmarks" / "out" / "recipes-dist", cache_dir=ROOT / "build" / "cache",
             until_stage="verify")
@@ -74,7 +89,7 @@ def _point(name: str, seed: int, target: str) -> dict:
     fin = b.results["finetune"]["final"]
     secs = {s: round(b.results[s].get("_seconds", 0.0), 1) for s in ("train", "search", "finetune", "reference", "export", "verify")}
     return {"recipe": name, "seed": seed, "target": target, "flags": RECIPES[name][1],
-            "finetune_overrides": RECIPES[name][2] if len(RECIPES[name]) > 2 else {}, "n_test": t["n"],
+            "overrides": RECIPES[name][2] if len(RECIPES[name]) > 2 else {}, "n_test": t["n"],
             "shipped_int8": t["tflite_int8"]["acc"], "shipped_int8_ci95": t["tflite_int8"]["ci95"],
             "shipped_fp32": t["torch_fp32"]["acc"], "dense_fp32": t["torch_fp32_dense"]["acc"],
             "diff_int8_vs_dense_pt": t["shipped_int8_minus_dense_fp32"]["diff_pt"],

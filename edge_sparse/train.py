@@ -246,6 +246,11 @@ def fit(
     weights = None
     if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_weighting == "cost":
         weights = bn_cost_weights(model, splits.input_shape)
+    t_cache = None
+    if teacher is not None and cfg.kd_alpha > 0 and cfg.augment == "none" and attack is None:
+        # without augmentation the teacher sees the same image every epoch: its logits once, not once per batch
+        # (the KD fine-tune's epochs then cost what the small model's own steps cost)
+        t_cache = torch.from_numpy(predict(teacher, splits.train, mean, std, device=device))
     steps_done = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -268,8 +273,11 @@ def fit(
                 net.train()
             logits = net(x)
             if teacher is not None and cfg.kd_alpha > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
+                if t_cache is not None:
+                    t_logits = t_cache[torch.from_numpy(idx)].to(device)
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
                 loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature, cfg.label_smoothing)
             else:
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)

@@ -285,52 +285,59 @@ def test_verify_arm_same_top1_within_one_lsb(quick, capsys):
     assert rc == 0, out
 
 
-def test_dense_reference_has_the_same_training_budget(quick, tmp_path):
-    """"Dense vs shipped" compares models trained equally long; the sparsity-0 point fine-tunes too."""
+def test_retrain_reference_has_the_same_training_budget(quick, tmp_path):
+    """reference="retrain": "dense vs shipped" compares models trained equally long; the sparsity-0 point
+    fine-tunes too; "warmup" is the train stage's model as is, and says the comparison is unequal."""
     from edge_sparse import models
 
-    b, cfg, cache = quick["b"], BuildConfig.quick(), quick["dir"] / "cache"
+    cache = quick["dir"] / "cache"
+    cfg = BuildConfig.quick(reference="retrain")
+    b = pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=cache)
+    assert b.times["train"] == b.times["search"] == b.times["finetune"] == 0.0  # shared with the QUICK build
     ref = b.results["reference"]
-    assert ref["same_budget"] and ref["epochs"] == cfg.train.epochs + cfg.finetune.epochs
+    assert ref["kind"] == "retrain" and ref["same_budget"] and ref["epochs"] == cfg.train.epochs + cfg.finetune.epochs
     assert len(ref["history"]) == cfg.finetune.epochs
-    meta = json.loads((quick["bundle"] / "metadata.json").read_text())
+    meta = json.loads((tmp_path / "dist" / "rpi4" / "metadata.json").read_text())
     assert meta["dense"]["epochs"] == ref["epochs"] and "same" in meta["dense"]["reference"]
     warm = models.load(b.dirs["train"] / "dense")[0].state_dict()
     dense = models.load(b.dirs["reference"] / "dense")[0].state_dict()
     assert not all(torch.equal(warm[k], dense[k]) for k in warm)
-    # --no-dense-reference: the warm-up model itself, and the metadata says the comparison is unequal
-    c = BuildConfig.quick(reference="warmup")
-    b2 = pipeline.run("rpi4", c, out_dir=tmp_path / "dist", cache_dir=cache, until_stage="reference")
+    # --no-dense-reference (= warmup): the train stage's model itself, and the metadata says the comparison is unequal
+    b2 = pipeline.run("rpi4", BuildConfig.quick(reference="warmup"), out_dir=tmp_path / "dist", cache_dir=cache,
+                      until_stage="reference")
     assert b2.times["train"] == b2.times["finetune"] == 0.0 and not b2.results["reference"]["same_budget"]
     dense2 = models.load(b2.dirs["reference"] / "dense")[0].state_dict()
     assert all(torch.equal(warm[k], dense2[k]) for k in warm)
     # sparsity 0 (study point): fine-tuned like every other point, and that run is the reference
-    b3 = pipeline.run("rpi4", BuildConfig.quick(fixed_sparsity=0.0), out_dir=tmp_path / "dist", cache_dir=cache,
-                      until_stage="reference")
+    b3 = pipeline.run("rpi4", BuildConfig.quick(fixed_sparsity=0.0, reference="retrain"), out_dir=tmp_path / "dist",
+                      cache_dir=cache, until_stage="reference")
     assert b3.results["finetune"]["final"]["sparsity"] == 0 and len(b3.results["finetune"]["history"]) == cfg.finetune.epochs
-    # the reference (fitted by the quick build above) is that very run: same recipe, seed, start -> same history
     same = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert same(b3.results["reference"]["history"]) == same(b3.results["finetune"]["history"])
 
 
 def test_teacher_reference_is_the_dense_model_the_pruning_started_from(quick, tmp_path):
-    """reference="teacher": the train stage's dense model is both the KD teacher and the report's reference —
-    nothing more is trained for it, its weights are the train stage's, and the report says what it is."""
+    """The default reference ("teacher"): the train stage's dense model is both the KD teacher and the report's
+    reference — nothing more is trained for it, its weights are the train stage's, the report says what it is,
+    and a sparsity-0 point (nothing pruned) is not fine-tuned further."""
     from edge_sparse import bundle, models
 
-    cfg = BuildConfig.quick(reference="teacher")
-    b = pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache", until_stage="reference")
-    assert b.times["train"] == 0.0  # the QUICK build's train stage is shared: the reference choice does not re-key it
+    b, cfg = quick["b"], BuildConfig.quick()
+    assert cfg.reference == "teacher" and cfg.finetune.kd_alpha > 0
     ref = b.results["reference"]
     assert ref["kind"] == "teacher" and not ref["same_budget"] and ref["epochs"] == cfg.train.epochs
-    assert ref["history"] == b.results["train"]["history"]
+    assert ref["history"] == b.results["train"]["history"] and b.results["reference"]["_seconds"] < 30
     warm = models.load(b.dirs["train"] / "dense")[0].state_dict()
     dense = models.load(b.dirs["reference"] / "dense")[0].state_dict()
     assert all(torch.equal(warm[k], dense[k]) for k in warm)
     words = bundle._reference_words(b)
     assert "the dense model the pruning started from" in words and f"trained {cfg.train.epochs} epochs" in words
-    assert "distilling from it" in words  # QUICK's fine-tune distils (kd_alpha 0.7)
-    assert b.keys["reference"] != quick["b"].keys["reference"]
+    assert "distilling from it" in words
+    meta = json.loads((quick["bundle"] / "metadata.json").read_text())
+    assert meta["dense"]["reference"] == words
+    b0 = pipeline.run("rpi4", BuildConfig.quick(fixed_sparsity=0.0), out_dir=tmp_path / "dist",
+                      cache_dir=quick["dir"] / "cache", until_stage="finetune")
+    assert b0.results["finetune"]["history"] == []
 
 
 def test_study_two_points(quick, tmp_path):
@@ -394,6 +401,12 @@ def test_cli_finetune_recipe_flags(capsys):
     assert (cfg.train.epochs, cfg.finetune.epochs, cfg.finetune.lr, cfg.finetune.kd_alpha) == (3, 6, 0.05, 0.0)
     assert _config(p.parse_args(["--target", "rpi4", "--no-dense-reference"])).reference == "warmup"
     assert _config(p.parse_args(["--target", "rpi4", "--reference", "retrain"])).reference == "retrain"
+    c = _config(p.parse_args(["--target", "rpi4", "--augment", "crop_flip", "--schedule", "cosine", "--lr", "0.2",
+                              "--kd-temperature", "2"]))
+    assert (c.train.augment, c.finetune.augment, c.train.schedule, c.finetune.schedule, c.train.lr,
+            c.finetune.kd_temperature) == ("crop_flip", "crop_flip", "cosine", "cosine", 0.2, 2.0)
+    d = _config(p.parse_args(["--target", "rpi4"]))
+    assert d == BuildConfig() and d.reference == "teacher" and d.finetune.kd_alpha > 0
     assert main(["build", "--target", "rpi4", "--kd-alpha", "1.5"]) == 2
     assert "--kd-alpha must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert main(["build", "--target", "rpi4", "--prune-steps", "0"]) == 2

@@ -103,6 +103,21 @@ def test_onecycle_schedule_warms_up_then_anneals():
         TrainConfig(kd_temperature=0)
 
 
+def test_kd_without_augmentation_runs_the_teacher_once_per_image(fmnist_small):
+    """augment="none": the teacher's logits are computed once (one pass over the train split) and reused every
+    epoch; with augmentation it runs on every augmented batch. Both distil (the student learns)."""
+    teacher = _tiny(1)
+    seen = []
+    teacher.register_forward_hook(lambda m, i, o: seen.append(int(i[0].shape[0])))
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, kd_alpha=0.8, sparsity_reg="none")
+    n = len(fmnist_small.train)
+    hist = fit(_tiny(), fmnist_small, cfg.replace(augment="none"), teacher=teacher, progress=False)
+    assert sum(seen) == n and hist[-1]["loss"] < hist[0]["loss"]
+    seen.clear()
+    fit(_tiny(), fmnist_small, cfg, teacher=teacher, progress=False)
+    assert sum(seen) == 2 * n and max(seen) == 64  # every batch of both epochs
+
+
 def test_cuda_request_without_cuda(fmnist_small):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
