@@ -3,7 +3,7 @@ whole test split, so README and BENCHMARKS claims are means with a spread, not o
 
 For each seed: `make build TARGET=<target>` with unchanged flags (resumable: the stage cache keeps finished
 stages, a killed run continues). Reported per seed and as mean ± sd over seeds: shipped int8 .tflite top-1,
-the dense reference's top-1 (same recipe and epochs, not pruned), their paired difference, MACs kept,
+the dense reference's top-1 (the dense model the pruning started from and distilled from, by default), their paired difference, MACs kept,
 chosen sparsity, predicted p90 and its share of the budget, build wall time. Writes
 benchmarks/out/seeds-<target>.json and the "Seeds" section of BENCHMARKS.md (between markers).
 """

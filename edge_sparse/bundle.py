@@ -41,9 +41,13 @@ def _reference_words(b) -> str:
                 f"{' with BN statistics re-estimated and no training (--no-train)' if c.no_train else ''}")
     if r["reference"].get("kind") == "teacher":
         ft = c.finetune
+        if r["search"]["chosen"]["sparsity"] == 0:
+            return (f"the shipped model itself: the dense model met the budget, so nothing was pruned; it trained "
+                    f"{c.train.epochs} epochs ({c.train.schedule}, lr {c.train.lr:g})")
         return (f"the dense model the pruning started from: the same architecture unpruned, trained {c.train.epochs} "
                 f"epochs ({c.train.schedule}, lr {c.train.lr:g}, sparsity objective {c.train.sparsity_reg} "
-                f"lambda {c.train.sparsity_lambda:g}); the shipped model is it pruned, then fine-tuned {ft.epochs} epochs"
+                f"lambda {c.train.sparsity_lambda:g}); the shipped model is it pruned, then fine-tuned "
+                f"{len(r['finetune']['history'])} epochs"
                 f"{f' distilling from it (alpha {ft.kd_alpha:g}, T {ft.kd_temperature:g})' if ft.kd_alpha > 0 else ''}")
     if r["reference"]["same_budget"]:
         return (f"the same architecture unpruned, trained for the same {r['reference']['epochs']} epochs as the shipped "

@@ -51,12 +51,12 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", choices=("allocate", "global"), default="allocate",
                    help="allocate (default): per-group widths under the target's latency table, filled to the budget; "
                         "global: one importance threshold per candidate sparsity")
-    p.add_argument("--epochs", type=int, help="warm-up epochs of the dense model with the sparsity objective (default 3)")
+    p.add_argument("--epochs", type=int, help="epochs of the dense model with the sparsity objective (default 9)")
     p.add_argument("--lr", type=float, help="peak learning rate of the dense training (default 0.1)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 6)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after pruning (default 9)")
     p.add_argument("--finetune-lr", type=float, help="peak learning rate of the fine-tune (default 0.05)")
     p.add_argument("--kd-alpha", type=float, help="weight of distillation from the dense model in the fine-tune "
-                   "(default 0 = plain cross-entropy)")
+                   "(default 0.8; 0 = plain cross-entropy)")
     p.add_argument("--kd-temperature", type=float, help="distillation temperature (default 4)")
     p.add_argument("--sparsity-lambda", type=float, help="strength of the L1-on-BN-scales objective")
     p.add_argument("--sparsity-weighting", choices=("uniform", "cost"),
@@ -64,8 +64,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adv-train", choices=("none", "pgd"), help="PGD adversarial fine-tuning")
     p.add_argument("--prune-steps", type=int, help="reach the sparsity in this many prune -> fine-tune steps (default 1)")
     p.add_argument("--no-dense-reference", action="store_true",
-                   help="compare against the warm-up model instead of training an unpruned one for the fine-tune "
-                   "epochs too (faster; the report then compares unequal training budgets)")
+                   help="= --reference warmup (kept for scripts; --reference wins when both are given)")
     p.add_argument("--reference", choices=("teacher", "retrain", "warmup"),
                    help="the dense reference: teacher = the dense model the pruning started from (also the distillation "
                    "teacher); retrain = that model given the fine-tune epochs too; warmup = the dense model as is")

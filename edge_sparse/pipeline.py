@@ -427,7 +427,10 @@ def _keys(b: Build) -> dict:
                             c.fixed_sparsity, c.search, c.target_device, t.latency_budget_ms, t.latency_budget, t.model_size_budget_kb,
                             t.channel_multiple, asdict(t.latency_model) if t.latency_model else None, _latency_identity(t)])
     keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune), c.no_train]
-                             + ([c.prune_steps] if c.prune_steps > 1 else []))
+                             + ([c.prune_steps] if c.prune_steps > 1 else [])
+                             # at sparsity 0 the reference mode decides the fine-tune (teacher: none); the default's
+                             # key stays as it was
+                             + ([c.reference] if c.reference != "teacher" else []))
     keys["reference"] = _hash(["reference", keys["train"], _code_fingerprint("reference"),
                                asdict(c.finetune) if c.reference == "retrain" else None, c.reference,
                                c.weights is not None])

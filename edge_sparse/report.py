@@ -79,9 +79,11 @@ def _plots(b, meta, d: Path) -> list[str]:
     fh = r["finetune"]["history"]
     rh = r.get("reference", {}).get("history", [])
     kd = " (KD)" if b.cfg.finetune.kd_alpha > 0 else ""
-    ax.plot([h["epoch"] for h in th], [h["val_acc"] for h in th], marker="o", label="dense warm-up (sparsity objective)")
+    teacher = r.get("reference", {}).get("kind") == "teacher"
+    ax.plot([h["epoch"] for h in th], [h["val_acc"] for h in th], marker="o",
+            label="dense (sparsity objective): reference and teacher" if teacher else "dense warm-up (sparsity objective)")
     ax.plot([len(th) + h["epoch"] for h in fh], [h["val_acc"] for h in fh], marker="s", label=f"fine-tune after pruning{kd}")
-    if rh and r["finetune"]["final"]["sparsity"] > 0:  # at sparsity 0 the reference is the fine-tune itself
+    if rh and not teacher and r["finetune"]["final"]["sparsity"] > 0:  # at sparsity 0 the reference is the fine-tune itself
         ax.plot([len(th) + h["epoch"] for h in rh], [h["val_acc"] for h in rh], marker=".", linestyle="--",
                 color="gray", label="dense reference (same epochs, not pruned)")
     ax.set_xlabel("epoch")
@@ -197,8 +199,9 @@ def write(b, meta: dict, d: Path) -> None:
         L.append("")
     tr, ft = b.cfg.train, b.cfg.finetune
     L.append("## Training\n")
-    L.append(f"Warm-up: {tr.epochs} epochs, lr {tr.lr:g}, {tr.sparsity_reg} λ {tr.sparsity_lambda:g}; then pruned to "
-             f"{ch['sparsity']:.2f} and fine-tuned {ft.epochs} epochs, lr {ft.lr:g}"
+    L.append(f"Dense training: {len(b.results['train']['history'])} epochs ({tr.schedule}, lr {tr.lr:g}, augment {tr.augment}, "
+             f"{tr.sparsity_reg} λ {tr.sparsity_lambda:g}); then pruned to {ch['sparsity']:.2f} and fine-tuned "
+             f"{len(b.results['finetune']['history'])} epochs ({ft.schedule}, lr {ft.lr:g}, augment {ft.augment})"
              f"{f', distillation α {ft.kd_alpha:g} T {ft.kd_temperature:g}' if ft.kd_alpha > 0 else ', no distillation'}"
              f"{', PGD adversarial training' if ft.adv_train != 'none' else ''}. Dense reference: {meta['dense']['epochs']} epochs.\n")
     L.append("![training](training.png)\n")

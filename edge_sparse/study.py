@@ -44,7 +44,10 @@ def run_study(target: str, cfg: BuildConfig, sparsities: Sequence[float], out: P
     rows = []
     for s in points:
         print(f"study: sparsity {s:.2f}", file=sys.stderr, flush=True)
-        c = dataclasses.replace(cfg, fixed_sparsity=s, enforce_parity=False, enforce_accuracy_floor=False)
+        # reference "retrain": the sparsity-0 point is fine-tuned like every other point (with "teacher" it would
+        # stop at the dense epochs), so every point trained equally long
+        c = dataclasses.replace(cfg, fixed_sparsity=s, enforce_parity=False, enforce_accuracy_floor=False,
+                                reference="retrain")
         b = pipeline.run(target, c, out_dir=Path(out) / "bundles", cache_dir=cache_dir, until_stage="robustness")
         r = b.results
         ch = {**r["search"]["chosen"], **r["finetune"]["final"]}

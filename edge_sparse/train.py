@@ -247,72 +247,74 @@ def fit(
     if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_weighting == "cost":
         weights = bn_cost_weights(model, splits.input_shape)
     t_cache = None
-    if teacher is not None and cfg.kd_alpha > 0 and cfg.augment == "none" and attack is None:
+    if teacher is not None and cfg.kd_alpha > 0 and cfg.augment == "none" and attack is None and start_epoch < cfg.epochs:
         # without augmentation the teacher sees the same image every epoch: its logits once, not once per batch
         # (the KD fine-tune's epochs then cost what the small model's own steps cost)
         t_cache = torch.from_numpy(predict(teacher, splits.train, mean, std, device=device))
-    steps_done = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        perm = torch.randperm(n, generator=g).numpy()
-        perm = perm[rank::world]
-        net.train()
-        tot_loss, tot_correct, seen = 0.0, 0, 0
-        bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (progress and rank == 0 and sys.stderr.isatty()), file=sys.stderr, dynamic_ncols=True)
-        for i in bar:
-            idx = np.sort(perm[i : i + cfg.batch_size])
-            x = _augment(to_tensor(splits.train.images(idx), mean, std), cfg.augment, g).to(
-                device, memory_format=torch.channels_last)
-            y = torch.from_numpy(splits.train.y[idx]).to(device)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(steps_done)
-            if attack is not None:
-                x = attack(model, x, y, eps=cfg.adv_eps, steps=3, mean=mean, std=std, generator=g)
-                net.train()
-            logits = net(x)
-            if teacher is not None and cfg.kd_alpha > 0:
-                if t_cache is not None:
-                    t_logits = t_cache[torch.from_numpy(idx)].to(device)
+    try:
+        steps_done = start_epoch * steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            perm = torch.randperm(n, generator=g).numpy()
+            perm = perm[rank::world]
+            net.train()
+            tot_loss, tot_correct, seen = 0.0, 0, 0
+            bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not (progress and rank == 0 and sys.stderr.isatty()), file=sys.stderr, dynamic_ncols=True)
+            for i in bar:
+                idx = np.sort(perm[i : i + cfg.batch_size])
+                x = _augment(to_tensor(splits.train.images(idx), mean, std), cfg.augment, g).to(
+                    device, memory_format=torch.channels_last)
+                y = torch.from_numpy(splits.train.y[idx]).to(device)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(steps_done)
+                if attack is not None:
+                    x = attack(model, x, y, eps=cfg.adv_eps, steps=3, mean=mean, std=std, generator=g)
+                    net.train()
+                logits = net(x)
+                if teacher is not None and cfg.kd_alpha > 0:
+                    if t_cache is not None:
+                        t_logits = t_cache[torch.from_numpy(idx)].to(device)
+                    else:
+                        with torch.no_grad():
+                            t_logits = teacher(x)
+                    loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature, cfg.label_smoothing)
                 else:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature, cfg.label_smoothing)
-            else:
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if cfg.sparsity_reg == "group_lasso" and cfg.sparsity_lambda > 0:
-                loss = loss + cfg.sparsity_lambda * _group_lasso(model)
-            if not torch.isfinite(loss):
-                raise EdgeSparseError(
-                    f"training diverged: loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps_done + 1} (lr "
-                    f"{lr_at(steps_done):.3g}, recipe: {cfg.epochs} epochs, lr {cfg.lr:g}, sparsity {cfg.sparsity_reg} "
-                    f"lambda {cfg.sparsity_lambda}{', KD' if teacher is not None and cfg.kd_alpha > 0 else ''}); lower "
-                    f"the learning rate (--finetune-lr) or --sparsity-lambda")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            _sparsity_grad(model, cfg, weights)
-            opt.step()
-            steps_done += 1
-            tot_loss += float(loss.detach()) * len(idx)
-            tot_correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
-            if stop_after_steps is not None and steps_done >= stop_after_steps:
-                raise KeyboardInterrupt(f"stopped after {steps_done} steps (simulated kill)")
-        val_acc = accuracy(model, splits.val, mean, std, device=device) if rank == 0 else float("nan")
-        rec = {"epoch": epoch + 1, "loss": tot_loss / max(1, seen), "train_acc": 100 * tot_correct / max(1, seen),
-               "val_acc": val_acc, "bn_small_frac": bn_small_fraction(model), "seconds": time.time() - t0}
-        history.append(rec)
-        if progress and rank == 0:
-            print(f"  epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.3f}  train {rec['train_acc']:.1f}%  "
-                  f"val {val_acc:.2f}%  |gamma|<1e-2: {100 * rec['bn_small_frac']:.0f}%  ({rec['seconds']:.0f}s)",
-                  file=sys.stderr)
-        if ckpt and rank == 0:
-            save_checkpoint(ckpt, model, opt, epoch + 1, history)
-    model.to("cpu", memory_format=torch.contiguous_format)
-    if teacher is not None:
-        teacher.to("cpu", memory_format=torch.contiguous_format)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if cfg.sparsity_reg == "group_lasso" and cfg.sparsity_lambda > 0:
+                    loss = loss + cfg.sparsity_lambda * _group_lasso(model)
+                if not torch.isfinite(loss):
+                    raise EdgeSparseError(
+                        f"training diverged: loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps_done + 1} (lr "
+                        f"{lr_at(steps_done):.3g}, recipe: {cfg.epochs} epochs, lr {cfg.lr:g}, sparsity {cfg.sparsity_reg} "
+                        f"lambda {cfg.sparsity_lambda}{', KD' if teacher is not None and cfg.kd_alpha > 0 else ''}); lower "
+                        f"the learning rate (--finetune-lr) or --sparsity-lambda")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                _sparsity_grad(model, cfg, weights)
+                opt.step()
+                steps_done += 1
+                tot_loss += float(loss.detach()) * len(idx)
+                tot_correct += int((logits.argmax(1) == y).sum())
+                seen += len(idx)
+                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
+                if stop_after_steps is not None and steps_done >= stop_after_steps:
+                    raise KeyboardInterrupt(f"stopped after {steps_done} steps (simulated kill)")
+            val_acc = accuracy(model, splits.val, mean, std, device=device) if rank == 0 else float("nan")
+            rec = {"epoch": epoch + 1, "loss": tot_loss / max(1, seen), "train_acc": 100 * tot_correct / max(1, seen),
+                   "val_acc": val_acc, "bn_small_frac": bn_small_fraction(model), "seconds": time.time() - t0}
+            history.append(rec)
+            if progress and rank == 0:
+                print(f"  epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.3f}  train {rec['train_acc']:.1f}%  "
+                      f"val {val_acc:.2f}%  |gamma|<1e-2: {100 * rec['bn_small_frac']:.0f}%  ({rec['seconds']:.0f}s)",
+                      file=sys.stderr)
+            if ckpt and rank == 0:
+                save_checkpoint(ckpt, model, opt, epoch + 1, history)
+    finally:  # also on a divergence error or a simulated kill: the caller's modules are left as they came
+        model.to("cpu", memory_format=torch.contiguous_format)
+        if teacher is not None:
+            teacher.to("cpu", memory_format=torch.contiguous_format)
     return history
 
 

@@ -326,7 +326,7 @@ def test_teacher_reference_is_the_dense_model_the_pruning_started_from(quick, tm
     assert cfg.reference == "teacher" and cfg.finetune.kd_alpha > 0
     ref = b.results["reference"]
     assert ref["kind"] == "teacher" and not ref["same_budget"] and ref["epochs"] == cfg.train.epochs
-    assert ref["history"] == b.results["train"]["history"] and b.results["reference"]["_seconds"] < 30
+    assert ref["history"] == b.results["train"]["history"]
     warm = models.load(b.dirs["train"] / "dense")[0].state_dict()
     dense = models.load(b.dirs["reference"] / "dense")[0].state_dict()
     assert all(torch.equal(warm[k], dense[k]) for k in warm)

@@ -50,3 +50,4 @@ def test_nan_loss_stops_training_naming_epoch_and_recipe(fmnist_small):
     m = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28)
     with pytest.raises(EdgeSparseError, match=r"training diverged: loss is (nan|inf) at epoch 1.*lr 1e\+06"):
         fit(m, fmnist_small, TrainConfig(epochs=1, lr=1e6, batch_size=64))
+    assert m.conv1.weight.is_contiguous()  # trained channels-last, and given back in the default layout even so

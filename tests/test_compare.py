@@ -41,7 +41,11 @@ def test_width_multiplier_starts_from_fresh_weights():
     dense, ex = _dense(), torch.zeros(1, 1, 28, 28)
     pr = resolve("rpi4", dense, ex)
     al = Allocator(dense, ex, pr, 8)
-    a = al.allocate(pr.dense_p90_ms / 2, "uniform")
+    a, alpha = compare.width_multiplier(al, pr.dense_p90_ms / 2, 8)
+    assert 0 < alpha < 1 and a.p90_ms <= pr.dense_p90_ms / 2
+    assert all(a.keep[g.name] == max(8, round(alpha * g.size / 8) * 8) for g in al.groups)  # one factor everywhere
+    wider = {g.name: min(g.size, max(8, round((alpha + 0.01) * g.size / 8) * 8)) for g in al.groups}
+    assert wider == a.keep or al.price(wider)["p90"] > pr.dense_p90_ms / 2  # the largest alpha that fits
     net = al.apply(a).model
     before = net.conv1.weight.detach().clone()
     compare._reinit(net)

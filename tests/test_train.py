@@ -106,13 +106,34 @@ def test_onecycle_schedule_warms_up_then_anneals():
 def test_kd_without_augmentation_runs_the_teacher_once_per_image(fmnist_small):
     """augment="none": the teacher's logits are computed once (one pass over the train split) and reused every
     epoch; with augmentation it runs on every augmented batch. Both distil (the student learns)."""
+    from edge_sparse import train as train_mod
+    from edge_sparse.data import to_tensor
+
     teacher = _tiny(1)
-    seen = []
+    seen, pairs = [], []
     teacher.register_forward_hook(lambda m, i, o: seen.append(int(i[0].shape[0])))
+    real_kd = train_mod.kd_loss
+
+    def spy(student_logits, teacher_logits, labels, *a, **k):  # the teacher logits each step distils from
+        pairs.append((labels.clone(), teacher_logits.detach().clone()))
+        return real_kd(student_logits, teacher_logits, labels, *a, **k)
+
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, kd_alpha=0.8, sparsity_reg="none")
     n = len(fmnist_small.train)
-    hist = fit(_tiny(), fmnist_small, cfg.replace(augment="none"), teacher=teacher, progress=False)
+    train_mod.kd_loss = spy
+    try:
+        hist = fit(_tiny(), fmnist_small, cfg.replace(augment="none"), teacher=teacher, progress=False)
+    finally:
+        train_mod.kd_loss = real_kd
     assert sum(seen) == n and hist[-1]["loss"] < hist[0]["loss"]
+    # the cached logits are the teacher's on exactly the images of each batch: recompute them for the first batch
+    g = torch.Generator().manual_seed(cfg.seed * 1000)
+    idx = np.sort(torch.randperm(n, generator=g).numpy()[:64])
+    with torch.no_grad():
+        want = teacher.eval()(to_tensor(fmnist_small.train.images(idx), fmnist_small.mean, fmnist_small.std))
+    assert torch.equal(pairs[0][0], torch.from_numpy(fmnist_small.train.y[idx]))
+    assert torch.allclose(pairs[0][1], want, atol=1e-4)
+    assert teacher.conv1.weight.is_contiguous()  # the layout is restored after training
     seen.clear()
     fit(_tiny(), fmnist_small, cfg, teacher=teacher, progress=False)
     assert sum(seen) == 2 * n and max(seen) == 64  # every batch of both epochs
