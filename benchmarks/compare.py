@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -89,11 +90,23 @@ def _parse_budget(b: str) -> str:
     return b
 
 
-def _train(model, splits, cfg, ckpt: Path):
+def _trained(net, splits, cfg, d: Path, msg: str):
+    """`net` trained with `cfg` and saved under `d` (checkpointed in `d`/ckpt, so a kill resumes), or, when an
+    earlier run finished it, its saved weights loaded; returns `net`."""
+    from safetensors.torch import load_file
+
+    from edge_sparse import models
     from edge_sparse.train import fit
 
-    hist = fit(model, splits, cfg, ckpt_dir=ckpt, resume=True, distributed=False)
-    return hist
+    f = d / "model.safetensors"
+    if f.is_file():
+        net.load_state_dict(load_file(str(f)))
+    else:
+        _log(msg)
+        fit(net, splits, cfg, ckpt_dir=d / "ckpt", resume=True, distributed=False)
+        models.save(net, d, arch="compare-peer", kwargs={})  # weights only: the caller rebuilds the architecture
+        shutil.rmtree(d / "ckpt", ignore_errors=True)
+    return net
 
 
 def _reinit(model):
@@ -204,14 +217,8 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
             net = _reinit(al.apply(a).model)
             rec = cfg.train.replace(epochs=epochs_total, sparsity_reg="none", seed=seed)
             t0 = time.time()
-            if not (d / "net" / "model.safetensors").is_file():
-                _log(f"compare {tag}: width multiplier {a.describe()}, {epochs_total} epochs from scratch ...")
-                _train(net, splits, rec, d / "ckpt")
-                models.save(net, d / "net", arch="width", kwargs={})
-            else:
-                from safetensors.torch import load_file
-
-                net.load_state_dict(load_file(str(d / "net" / "model.safetensors")))
+            _trained(net, splits, rec, d / "net",
+                     f"compare {tag}: width multiplier {a.describe()}, {epochs_total} epochs from scratch ...")
             paths["width"] = _export(net, splits, calib, d)
             info["width"] = {"macs": count(net, example)[1], "predicted_p90_ms": round(pr.predict(net, example)["p90"], 5),
                              "widths": a.keep, "alpha": alpha,
@@ -225,24 +232,15 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
         torch.manual_seed(seed)
         dense_tp = _reinit(dense_tp)
         rec = cfg.train.replace(sparsity_reg="none", seed=seed)
-        if not (d / "dense" / "model.safetensors").is_file():
-            _log(f"compare {tag}: Torch-Pruning recipe: dense {rec.epochs} epochs without the sparsity term ...")
-            _train(dense_tp, splits, rec, d / "ckpt-dense")
-            models.save(dense_tp, d / "dense", arch=cfg.model, kwargs=b.arch_kwargs)
-        dense_tp, _ = models.load(d / "dense")
+        dense_tp = _trained(dense_tp, splits, rec, d / "dense",
+                            f"compare {tag}: Torch-Pruning recipe: dense {rec.epochs} epochs without the sparsity term ...")
         net, ratio = _tp_prune(dense_tp, example, pr, budget_ms, b.target.channel_multiple)
         if net is None:
             info["tp"] = {"error": f"no pruning ratio of 0.02-0.90 fits {budget_ms:.4g} ms"}
         else:
             ft = cfg.finetune.replace(kd_alpha=0.0, seed=seed + 1)
-            if not (d / "net" / "model.safetensors").is_file():
-                _log(f"compare {tag}: Torch-Pruning recipe: ratio {ratio:.3f}, fine-tune {ft.epochs} epochs ...")
-                _train(net, splits, ft, d / "ckpt-ft")
-                models.save(net, d / "net", arch="tp", kwargs={})
-            else:
-                from safetensors.torch import load_file
-
-                net.load_state_dict(load_file(str(d / "net" / "model.safetensors")))
+            _trained(net, splits, ft, d / "net", f"compare {tag}: Torch-Pruning recipe: ratio {ratio:.3f}, "
+                                                 f"fine-tune {ft.epochs} epochs ...")
             paths["tp"] = _export(net, splits, calib, d)
             info["tp"] = {"macs": count(net, example)[1], "predicted_p90_ms": round(pr.predict(net, example)["p90"], 5),
                           "pruning_ratio": round(ratio, 4), "train_seconds": round(time.time() - t0, 1),

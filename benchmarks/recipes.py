@@ -21,52 +21,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "recipes.json"  # committed: the table in BENCHMARKS.md is made from it
 
+def _teacher(lam: str, ft_epochs: str = "9", ft_lr: str = "0.05", kd: str = "0.8") -> list[str]:
+    """Flags of a teacher-first recipe: 9 one-cycle dense epochs with L1 on BN `lam`, the dense model the reference
+    and the teacher, then `ft_epochs` fine-tune epochs at `ft_lr` distilling with weight `kd`."""
+    return ["--epochs", "9", "--finetune-epochs", ft_epochs, "--finetune-lr", ft_lr, "--kd-alpha", kd,
+            "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", lam]
+
+
+_CROP_FLIP = {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}  # the pre-2026-12-02 augmentation
+
 # name -> (what it is, the build flags[, {"train"|"finetune": TrainConfig fields the CLI has no flag for}])
 RECIPES: dict[str, tuple] = {
     "default": ("the default build, unchanged flags (since 2026-12-02 the same as teacher-kd-l2e3-noaug-all)", []),
     "early": ("3 warm-up epochs with L1 on BN -> prune -> 6 fine-tune epochs (lr 0.05, cosine, no KD, crop+flip); "
               "reference: the warm-up model given the 6 epochs too (the default until 2026-12-02)",
               ["--epochs", "3", "--finetune-epochs", "6", "--finetune-lr", "0.05", "--kd-alpha", "0",
-               "--schedule", "cosine", "--reference", "retrain", "--sparsity-lambda", "2e-3"],
-              {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
+               "--schedule", "cosine", "--reference", "retrain", "--sparsity-lambda", "2e-3"], _CROP_FLIP),
     "teacher-kd": ("9 dense epochs (one-cycle, lr 0.1, L1 on BN 5e-4, crop+flip) = reference and teacher -> prune -> "
                    "9 fine-tune epochs distilling from it (one-cycle lr 0.05, alpha 0.8, T 4, crop+flip)",
-                   ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                    "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
-     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
+                   _teacher("5e-4"), _CROP_FLIP),
     "teacher-nokd": ("teacher-kd without distillation (the pruned model fine-tuned on labels alone)",
-                     ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0",
-                      "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
-     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
+                     _teacher("5e-4", kd="0"), _CROP_FLIP),
     "teacher-kd-6": ("teacher-kd with 6 fine-tune epochs",
-                     ["--epochs", "9", "--finetune-epochs", "6", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                      "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
-     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
+                     _teacher("5e-4", ft_epochs="6"), _CROP_FLIP),
     "teacher-kd-l2e3": ("teacher-kd with the stronger sparsity term (L1 on BN 2e-3)",
-                        ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                         "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
-     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
+                        _teacher("2e-3"), _CROP_FLIP),
     "teacher-kd-l2e3-noaug": ("teacher-kd-l2e3, the fine-tune without augmentation (the small model underfits: "
                               "its train accuracy under crop+flip stays below its validation accuracy)",
-                              ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                               "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
+                              _teacher("2e-3"),
                               {"train": {"augment": "crop_flip"}, "finetune": {"augment": "none"}}),
     "teacher-kd-l2e3-wd5": ("teacher-kd-l2e3, the fine-tune with weight decay 5e-5 instead of 5e-4",
-                            ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha", "0.8",
-                             "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
+                            _teacher("2e-3"),
                             {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip", "weight_decay": 5e-5}}),
     "teacher-kd-l2e3-noaug-all": ("teacher-kd-l2e3 with no augmentation in the dense training either",
-                                  ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha",
-                                   "0.8", "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
+                                  _teacher("2e-3"),
                                   {"train": {"augment": "none"}, "finetune": {"augment": "none"}}),
     "teacher-kd-noaug-all": ("teacher-kd (L1 on BN 5e-4) with no augmentation in either training",
-                             ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.05", "--kd-alpha",
-                              "0.8", "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "5e-4"],
+                             _teacher("5e-4"),
                              {"train": {"augment": "none"}, "finetune": {"augment": "none"}}),
     "teacher-kd-l2e3-lr1": ("teacher-kd-l2e3 with the fine-tune at the dense peak rate (one-cycle lr 0.1)",
-                            ["--epochs", "9", "--finetune-epochs", "9", "--finetune-lr", "0.1", "--kd-alpha", "0.8",
-                             "--schedule", "onecycle", "--reference", "teacher", "--sparsity-lambda", "2e-3"],
-     {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_flip"}}),
+                            _teacher("2e-3", ft_lr="0.1"), _CROP_FLIP),
 }
 
 
