@@ -26,6 +26,13 @@ from edge_sparse.errors import EdgeSparseError
 STAGE_ALIASES = {"train": "train", "prune": "search", "export": "export"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one `error: ...` line naming the flag, exit 2 (not a usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.split(",") if v.strip() != "")
@@ -214,6 +221,8 @@ def cmd_models(a) -> int:
 def cmd_calib(a) -> int:
     from edge_sparse import data, quantize
 
+    if a.count < 1:
+        raise EdgeSparseError(f"--count must be >= 1, got {a.count}")
     splits = data.load(a.dataset, a.data_dir, seed=a.seed, image_size=a.image_size)
     x, y = quantize.make(splits, a.count, a.seed)
     cmd = f"edge-sparse calib --dataset {a.dataset} --count {a.count} --seed {a.seed}" + (
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, rest = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(prog="edge-sparse", description=__doc__.split("\n")[0])
+    p = _Parser(prog="edge-sparse", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("build", "the whole pipeline for one target"), ("train", "dense training with the sparsity objective"),
                         ("prune", "train + budget-driven pruning and shrink"), ("export", "... + fine-tune, int8 export"),
@@ -306,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     bn = sub.add_parser("bench", help="run the bundle's bench.py on this host (flags after -- go to bench.py)")
     bn.add_argument("--target", required=True)
     bn.add_argument("--out", default="dist")
-    a = p.parse_args(argv)
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, its one line already printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         if a.command in ("build", "train", "prune", "export", "report"):
             return cmd_build(a)

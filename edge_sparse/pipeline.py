@@ -519,6 +519,7 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
     b.splits = data_mod.load(cfg.dataset, cfg.data_dir, seed=cfg.seed, limit_train=cfg.limit_train,
                              limit_eval=cfg.limit_eval, image_size=cfg.image_size)
     b.times["data"] = time.time() - t
+    _preflight(b)
     b.keys = _keys(b)
     from edge_sparse.train import _dist_env
 
@@ -531,6 +532,28 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
             lock.close()
 
 
+def _preflight(b: Build) -> None:
+    """What can be refused before any stage runs: an output path that is not a directory, and a user's model
+    (`--model file.py:factory`) that does not build, does not fit the data, does not take its `--weights`, or has
+    an op the exporters and the latency model cannot take — a bad input never costs a training run."""
+    for flag, d in (("--out", b.out_dir), ("--cache", b.cache)):
+        if d.exists() and not d.is_dir():
+            raise EdgeSparseError(f"{flag} {d}: exists and is not a directory")
+    from edge_sparse import usermodel
+
+    if not usermodel.is_ref(b.cfg.model):
+        return  # registered architectures: checked by the test suite
+    from edge_sparse.latency.ops import extract_ops
+
+    model = models.create(b.cfg.model, **b.arch_kwargs)  # the factory, then its input channels and class count
+    if b.cfg.weights:
+        usermodel.load_weights(model, b.cfg.weights)
+    try:
+        extract_ops(model.eval(), b.example())
+    except EdgeSparseError as e:
+        raise EdgeSparseError(f"--model {b.cfg.model}: {e}") from None
+
+
 def _lock_cache(cache: Path):
     """One build at a time per cache directory (flock; released when the process dies, even by kill -9).
     Holding it, any `.*.tmp` entry is a leftover of a killed build: removed."""
@@ -540,7 +563,7 @@ def _lock_cache(cache: Path):
         cache.mkdir(parents=True, exist_ok=True)
         f = open(cache / ".lock", "a+")
     except OSError as e:
-        raise EdgeSparseError(f"cannot use the cache directory {cache}: {e.strerror or e}") from None
+        raise EdgeSparseError(f"--cache {cache}: cannot use it as the cache directory ({e.strerror or e})") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

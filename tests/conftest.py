@@ -98,3 +98,15 @@ def imagenet_folder(tmp_path_factory, foolbox_images) -> Path:
             for k in range(copies):
                 shutil.copyfile(f, c / f"{f.stem}_{k}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory):
+    """One QUICK build for rpi4 on real Fashion-MNIST (minutes), shared by the end-to-end tests and the bad-input
+    catalogue's harness cases: its bundle, its Build and the cache the other builds reuse."""
+    from edge_sparse import pipeline
+    from edge_sparse.config import BuildConfig
+
+    d = tmp_path_factory.mktemp("build")
+    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=d / "dist", cache_dir=d / "cache")
+    return {"b": b, "dir": d, "bundle": d / "dist" / "rpi4"}

@@ -124,15 +124,26 @@ def run_suite_on_device(suite_dir: Path, remote: Remote, threads: int, python: s
         raise EdgeSparseError(f"DEVICE={remote.spec}: the probe timings are not valid JSON ({e})") from None
 
 
-def table_from_run(suite: dict, timings: dict, target: Target, device: str) -> LatencyTable:
-    if timings.get("format") != "edge_sparse.probe_timings/1":
-        raise EdgeSparseError("not a bench.py --probes result (format must be 'edge_sparse.probe_timings/1')")
+def _check_timings(timings, target: Target) -> None:
+    """Refuse probe timings taken under emulation, by something else than `bench.py --probes`, or with other threads."""
+    if not isinstance(timings, dict):
+        raise EdgeSparseError("not a bench.py --probes result (expected a JSON object)")
     if timings.get("emulated"):
         raise EdgeSparseError("these probe timings were measured under emulation (qemu); they say nothing about the "
                               "device's speed — run bench.py --probes on the device itself")
-    if int(timings.get("threads", -1)) != target.threads:
+    if timings.get("format") != "edge_sparse.probe_timings/1":
+        raise EdgeSparseError("not a bench.py --probes result (format must be 'edge_sparse.probe_timings/1')")
+    try:
+        threads = int(timings.get("threads", -1))
+    except (TypeError, ValueError):
+        threads = -1
+    if threads != target.threads:
         raise EdgeSparseError(f"the probe run used {timings.get('threads')} threads, but target {target.name} runs "
                               f"{target.threads}; re-run with --threads {target.threads}")
+
+
+def table_from_run(suite: dict, timings: dict, target: Target, device: str) -> LatencyTable:
+    _check_timings(timings, target)
     missing = [p["name"] for p in suite["probes"] if p["name"] not in timings.get("timings", {})]
     if missing:
         raise EdgeSparseError(f"the probe timings lack {len(missing)} probes of the suite (first: {missing[0]}); "
@@ -184,8 +195,9 @@ def profile(target_name: str, model: torch.nn.Module, example: torch.Tensor, dev
     if timings_file:
         if not suite_dir:
             raise EdgeSparseError("--timings needs --suite DIR: the probe suite those timings are of")
+        timings = _load_json(Path(timings_file), "probe timings")  # the timings first: they are what is refused most
+        _check_timings(timings, t)
         suite = _load_json(Path(suite_dir) / "probes.json", "probe suite")
-        timings = _load_json(Path(timings_file), "probe timings")
         device = device or "device (timings given by hand)"
     else:
         if not device:
