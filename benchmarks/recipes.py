@@ -32,12 +32,16 @@ _CROP_FLIP = {"train": {"augment": "crop_flip"}, "finetune": {"augment": "crop_f
 
 # name -> (what it is, the build flags[, {"train"|"finetune": TrainConfig fields the CLI has no flag for}])
 RECIPES: dict[str, tuple] = {
-    "default": ("the default build, unchanged flags (since 2026-12-02 the same as teacher-kd-l2e3-noaug-all)", []),
-    "default-kd0": ("the default build, the fine-tune on labels alone (no distillation; Torch-Pruning's recipe fine-tunes "
-                    "so)", ["--kd-alpha", "0"]),
-    "default-kd05": ("the default build, distillation weight 0.5 instead of 0.8", ["--kd-alpha", "0.5"]),
-    "default-ftlr1": ("the default build, the fine-tune at the dense peak rate (one-cycle lr 0.1)", ["--finetune-lr", "0.1"]),
-    "default-l5e4": ("the default build, the weaker sparsity term (L1 on BN 5e-4)", ["--sparsity-lambda", "5e-4"]),
+    "default": ("the default build, unchanged flags (since 2026-12-02 evening: `default-kd0-ftlr1`)", []),
+    "distil-0.8": ("the default until 2026-12-02 evening: the fine-tune distils from the dense model (alpha 0.8, T 4) at "
+                   "lr 0.05 (= teacher-kd-l2e3-noaug-all)", ["--kd-alpha", "0.8", "--finetune-lr", "0.05"]),
+    "default-kd0": ("distil-0.8, the fine-tune on labels alone (no distillation; Torch-Pruning's recipe fine-tunes "
+                    "so)", ["--kd-alpha", "0", "--finetune-lr", "0.05"]),
+    "default-kd05": ("distil-0.8 with distillation weight 0.5 instead of 0.8", ["--kd-alpha", "0.5", "--finetune-lr", "0.05"]),
+    "default-ftlr1": ("distil-0.8, the fine-tune at the dense peak rate (one-cycle lr 0.1)", ["--kd-alpha", "0.8", "--finetune-lr", "0.1"]),
+    "default-kd0-ftlr1": ("distil-0.8, the fine-tune on labels alone at the dense peak rate (one-cycle lr 0.1)",
+                          ["--kd-alpha", "0", "--finetune-lr", "0.1"]),
+    "default-l5e4": ("distil-0.8 with the weaker sparsity term (L1 on BN 5e-4)", ["--sparsity-lambda", "5e-4", "--kd-alpha", "0.8", "--finetune-lr", "0.05"]),
     "early": ("3 warm-up epochs with L1 on BN -> prune -> 6 fine-tune epochs (lr 0.05, cosine, no KD, crop+flip); "
               "reference: the warm-up model given the 6 epochs too (the default until 2026-12-02)",
               ["--epochs", "3", "--finetune-epochs", "6", "--finetune-lr", "0.05", "--kd-alpha", "0",

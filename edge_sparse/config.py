@@ -79,8 +79,11 @@ class BuildConfig:
     # the dense model 1.9 pt of validation accuracy (90.68 vs 92.57 %) and the shipped one 1.3 pt on 10k test images.
     train: TrainConfig = TrainConfig(epochs=9, schedule="onecycle", augment="none")  # the dense model, with the sparsity objective
     prune_steps: int = 1  # >1: reach the chosen sparsity in this many prune -> fine-tune (1 epoch) steps
-    finetune: TrainConfig = TrainConfig(epochs=9, lr=0.05, schedule="onecycle", augment="none", sparsity_reg="none",
-                                        kd_alpha=0.8)  # after pruning: distil from the dense model (T = 4)
+    # after pruning: labels alone at the dense peak rate. Distilling from the dense model (--kd-alpha 0.8, lr 0.05, the
+    # default until 2026-12-02) measured 0.45 pt worse over 3 seeds (92.05 vs 92.50 %, recipes `default` vs
+    # `default-kd0-ftlr1`): a 9-epoch teacher (92.2 %) holds back a student that can pass it.
+    finetune: TrainConfig = TrainConfig(epochs=9, lr=0.1, schedule="onecycle", augment="none", sparsity_reg="none",
+                                        kd_alpha=0.0)
     reference: Reference = "teacher"  # the report's dense reference (see `Reference`)
     calib_size: int = 512  # calibration images for int8 (from calib_data/ or the train split)
     eval_size: int = 2000  # held-out test images shipped in eval.npz and used for parity
