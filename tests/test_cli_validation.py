@@ -7,23 +7,12 @@ import pytest
 
 from edge_sparse.cli import main
 
-BAD_FLAGS = [
-    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
-    (["--image-size", "0"], "--image-size must be between 8 and 1024"),
-    (["--sparsities", ","], "--sparsities: no numbers given"),
-    (["--sparsities", "0.3,1.2"], "--sparsities: 1.2 is outside [0, 1)"),
-    (["--epochs", "-2"], "--epochs must be >= 0"),
-    (["--finetune-epochs", "-1"], "--finetune-epochs must be >= 0"),
-    (["--finetune-lr", "-0.1"], "--finetune-lr must be a finite number >= 0"),
-    (["--finetune-lr", "inf"], "--finetune-lr must be a finite number >= 0"),
-    (["--sparsity-lambda", "nan"], "--sparsity-lambda must be a finite number >= 0"),
-    (["--kd-alpha", "1.5"], "--kd-alpha must be in [0, 1]"),
-    (["--lr", "0"], "lr must be > 0, got 0.0"),
-    (["--lr", "-1"], "--lr must be a finite number >= 0"),
-    (["--kd-temperature", "0"], "kd_temperature must be > 0, got 0.0"),
-    (["--kd-temperature", "nan"], "--kd-temperature must be a finite number >= 0"),
+from test_bad_inputs import BUILD, CASES
+
+# the catalogue's build-flag rows (tests/test_bad_inputs.py), here held to more: no cache directory at all, and fast;
+# plus a user model and weights given by paths that do not exist
+BAD_FLAGS = [(c.argv[len(BUILD):], c.words) for c in CASES if c.area == "build flag"] + [
     (["--model", "resnet9000"], "resnet9000"),
-    (["--criterion", "entropy"], "entropy"),
     (["--weights", "/nonexistent/w.safetensors"], "--weights /nonexistent/w.safetensors: no such file"),
     (["--no-train"], "--no-train needs --weights"),
     (["--model", "/nonexistent/net.py:make"], "/nonexistent/net.py"),
