@@ -47,6 +47,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target $(VENV)/tflite-support tflite-support==0.4.4
 	@# test-only: real CIFAR/ImageNet sample images for the loader tests (foolbox's wheel carries them)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
+	@# AutoAttack's APGD-CE for the study (torchattacks; --no-deps: its requirements would pull torchvision over the pinned torch)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps torchattacks==3.5.1
 	@touch $@
 
 setup: $(STAMP)
@@ -125,9 +127,9 @@ benchmarks-harness-fuzz: $(STAMP)
 	$(PY) -m benchmarks.harness_fuzz --bundle dist/$(TARGET) $(ARGS)
 
 # not $(or $(SPARSITY),0,0.3,...): make splits $(or) arguments at the commas, which left only "0"
-SPARSITY ?= 0,0.3,0.5,0.7,0.85
+SPARSITY ?= 0,0.3,0.5,0.7
 study: check-target data $(STAMP)
-	$(VENV)/bin/edge-sparse study $(BUILD_FLAGS) --sparsity $(SPARSITY)
+	$(VENV)/bin/edge-sparse study $(BUILD_FLAGS) --sparsity $(SPARSITY) --seeds $(SEEDS)
 
 clean:
 	rm -rf build dist

@@ -15,6 +15,9 @@ a 95 % interval, and all of a budget's models timed side by side in one interlea
               `round_to`, the pruning ratio (a 0.02 grid up to 0.90) whose model fits the same budget closest from
               below, then fine-tuned for the build's fine-tune epochs (labels only — TP's recipe has no
               distillation, the shipped model's fine-tune has — at the build's fine-tune learning rate);
+- `global`  — the default build with `--search global`: one importance threshold over all channels per candidate
+              sparsity (0.1 ... 0.8), the largest that fits — the search before the per-group allocation; the
+              same training, fine-tune and export, so `shipped − global` is what the allocation itself gains;
 - `dense`   — the build's dense reference, int8: the anchor on the accuracy axis.
 
 Budgets: `rpi4` (its profile: the fitted estimate less its margin), `host:2x`, `host:4x` (relative to the dense
@@ -40,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "compare"
-METHODS = ("shipped", "width", "tp", "dense")
+METHODS = ("shipped", "global", "width", "tp", "dense")
 
 
 def _log(msg: str) -> None:
@@ -200,6 +203,23 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     dense_model, _ = models.load(b.dirs["reference"] / "dense")
     info["dense"] = {"macs": count(dense_model, example)[1], "predicted_p90_ms": round(pr.dense_p90_ms, 5),
                      "recipe": "the build's dense reference"}
+    if "global" in methods and "global" not in have:
+        _log(f"compare {tag}: the default build with --search global ...")
+        g = pipeline.run(tname, dataclasses.replace(cfg, search="global"), out_dir=work / "dist-global",
+                         cache_dir=ROOT / "build" / "cache", until_stage="verify")
+        fin = g.results["finetune"]["final"]
+        paths["global"] = g.dirs["export"] / "model.tflite"
+        info["global"] = {"macs": fin["macs"], "predicted_p90_ms": fin["predicted_p90_ms"],
+                          "sparsity": g.results["search"]["chosen"].get("sparsity"),
+                          "recipe": "default build, --search global (one threshold per candidate sparsity)",
+                          "train_seconds": round(sum(g.results[s].get("_seconds", 0) for s in
+                                                     ("train", "search", "finetune", "reference")), 1)}
+    elif "global" in have:  # cached: its build is in the stage cache, re-timed beside the others
+        g = pipeline.run(tname, dataclasses.replace(cfg, search="global"), out_dir=work / "dist-global",
+                         cache_dir=ROOT / "build" / "cache", until_stage="verify")
+        paths["global"] = g.dirs["export"] / "model.tflite"
+        info["global"] = {k: v for k, v in next(p for p in points if p["key"] == tag and p["method"] == "global").items()
+                          if k in ("macs", "predicted_p90_ms", "sparsity", "recipe", "train_seconds")}
     for m in ("width", "tp"):  # finished in an earlier run: timed again beside the others
         if m in have and (work / m / "model.tflite").is_file():
             paths[m] = work / m / "model.tflite"
@@ -308,7 +328,7 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    marks = {"shipped": "o", "width": "s", "tp": "^", "dense": "D"}
+    marks = {"shipped": "o", "global": "v", "width": "s", "tp": "^", "dense": "D"}
     for m in METHODS:
         ok = [p for p in points if p["method"] == m and "top1" in p]
         if ok:

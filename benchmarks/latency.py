@@ -30,10 +30,11 @@ BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
 
 
 def _bundle_cache(bundle: Path, cache: Path) -> dict:
-    """The export stage directory of a bundle's build (its dense fp32/int8 .tflite live there)."""
+    """The export stage directory of a bundle's build (its dense fp32/int8 .tflite live there), found by the int8
+    ONNX model, which the bundle copies as is (its .tflite gains metadata on the way)."""
     meta = json.loads((bundle / "metadata.json").read_text())
     for d in sorted(cache.glob("export-*")):
-        if (d / "model.tflite").is_file() and (d / "model.tflite").read_bytes() == (bundle / "model.tflite").read_bytes():
+        if (d / "model.onnx").is_file() and (d / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes():
             return {"dir": d, "meta": meta}
     return {"dir": None, "meta": meta}
 
@@ -58,7 +59,8 @@ def budget_fill(log) -> dict:
         lat = meta["latency_ms"]
         row = {"source": lat.get("source"), "budget_ms": lat["budget"], "predicted_p90_ms": lat["predicted_p90"],
                "predicted_fill": lat["predicted_p90"] / lat["budget"], "macs": meta["model"]["macs"],
-               "dense_macs": meta["dense"]["macs"]}
+               "dense_macs": meta["dense"]["macs"], "budget_spec": lat.get("budget_spec"),
+               "dense_predicted_p90_ms": lat.get("dense_predicted_p90")}
         if target == "host":
             e = _bundle_cache(b, cache)["dir"]
             paths = [b / "model.tflite"] + ([e / "dense_int8.tflite"] if e else [])
@@ -143,6 +145,11 @@ def markdown(res: dict) -> str:
     for q in ("p50", "p90"):
         s = pa[q]
         L.append(f"| {q} | {s['within_10pct']:.0%} | {s['median_abs_err']:.1%} | {s['max_abs_err']:.1%} |")
+    for name, what in (("relative", "speedup over dense, predicted vs measured"), ("noise_floor", "noise floor: measured twice")):
+        for q in ("p50", "p90"):
+            s = pa.get(name, {}).get(q, {})
+            if s.get("n"):
+                L.append(f"| {q}, {what} | {s['within_10pct']:.0%} | {s['median_abs_err']:.1%} | {s['max_abs_err']:.1%} |")
     L.append("\n```\n" + format_report(pa) + "\n```\n")
     bf = res["fill"]
     L.append("### Budget fill (goal: rpi4 predicted 90–100 % of the budget; host measured 85–100 %)\n")
@@ -155,6 +162,11 @@ def markdown(res: dict) -> str:
         meas = f"{r['measured_p90_ms']:.4f}" if "measured_p90_ms" in r else "– (no device here)"
         mf = f"{r['measured_fill']:.0%}" if "measured_fill" in r else "–"
         L.append(f"| {t} | {r['source']} | {r['budget_ms']:.4g} | {r['predicted_p90_ms']:.4f} | {r['predicted_fill']:.0%} | {meas} | {mf} |")
+    h = bf.get("host", {})
+    if "measured_speedup_p90" in h:
+        L.append(f"\nhost, timed side by side with its dense int8 model: shipped p90 {h['measured_p90_ms']:.4f} ms vs dense "
+                 f"{h['dense_measured_p90_ms']:.4f} ms = **{h['measured_speedup_p90']:.2f}× faster** (the profile asks for "
+                 f"{h['budget_spec']}; the table predicted {h['dense_predicted_p90_ms'] / h['predicted_p90_ms']:.2f}×).")
     sp = res["speedup"]
     L.append("\n### Speedup at 1 thread, same runtime (ai-edge-litert + XNNPACK), p50 of interleaved runs\n")
     r = sp.get("resnet8_default")

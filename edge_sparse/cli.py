@@ -85,6 +85,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    "itself and ship only one that measured within budget (make build DEVICE=...)")
     p.add_argument("--image-size", "--input-size", dest="image_size", type=int,
                    help="side length for folder datasets (default 64); must be what your model expects")
+    p.add_argument("--accuracy-floor", type=float, help="minimum int8 top-1 (%%) the shipped model must reach; the "
+                   "profile's floor is stated for its default dataset: set your own for your data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small slice, one short epoch: a valid bundle in minutes")
     p.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on (ignore its cache)")
@@ -107,6 +109,10 @@ def _config(a):
         if not a.sparsities:
             raise EdgeSparseError(f"--sparsities: no numbers given; e.g. --sparsities 0.3,0.5,0.7")
         kw["sparsities"] = a.sparsities
+    if getattr(a, "accuracy_floor", None) is not None:
+        if not 0 <= a.accuracy_floor <= 100:
+            raise EdgeSparseError(f"--accuracy-floor must be a percentage in [0, 100], got {a.accuracy_floor:g}")
+        kw["accuracy_floor_pct"] = a.accuracy_floor
     if a.image_size is not None:
         if not 8 <= a.image_size <= 1024:
             raise EdgeSparseError(f"--image-size must be between 8 and 1024 pixels, got {a.image_size}")
@@ -272,9 +278,12 @@ def cmd_verify(a) -> int:
 
 
 def cmd_study(a) -> int:
-    from edge_sparse.study import run_study
+    from edge_sparse.study import check_attacks, check_eps_list, parse_seeds, run_study
 
-    run_study(a.target, _config(a), a.sparsity, Path(a.study_out), cache_dir=a.cache)
+    seeds = parse_seeds(a.seeds) if a.seeds is not None else [a.seed]
+    attacks, eps = check_attacks(a.attacks.split(",")), check_eps_list(a.eps)
+    run_study(a.target, _config(a), a.sparsity, Path(a.study_out), seeds=seeds, attacks=attacks, eps=eps,
+              robust_n=a.robust_n, steps=a.steps, cache_dir=a.cache)
     return 0
 
 
@@ -295,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     _build_args(s)
     s.add_argument("--sparsity", type=_floats, required=True, help="e.g. 0,0.3,0.5,0.7,0.85")
     s.add_argument("--study-out", default="docs/study", help="where the table and plots go")
+    s.add_argument("--seeds", help="seeds per sparsity point, e.g. 0,1,2 (default: --seed alone)")
+    s.add_argument("--attacks", default="pgd,apgd-ce", help="pgd (ours, PGD-k random start) and/or apgd-ce (torchattacks)")
+    s.add_argument("--eps", type=_floats, default=(2.0, 8.0), help="L-inf epsilons in pixel units /255, in (0, 255]")
+    s.add_argument("--robust-n", type=int, default=2000, help="test images attacked per point (default 2000)")
+    s.add_argument("--steps", type=int, default=10, help="attack iterations (default 10)")
     sub.add_parser("targets", help="list target profiles and budgets")
     m = sub.add_parser("models", help="list registered architectures")
     m.add_argument("--in-channels", type=int, default=1)

@@ -99,6 +99,7 @@ class BuildConfig:
     fixed_sparsity: Optional[float] = None  # study mode: ship exactly this sparsity, budget reported not enforced
     enforce_parity: bool = True  # parity gates (int8/float agreement, int8 accuracy loss) fail the build
     enforce_accuracy_floor: bool = True  # QUICK builds report the floor but do not fail on it
+    accuracy_floor_pct: Optional[float] = None  # overrides the profile's floor (stated for its default dataset)
 
     def __post_init__(self):
         if self.prune_steps < 1:

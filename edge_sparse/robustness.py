@@ -1,5 +1,6 @@
-"""Adversarial robustness: FGSM and PGD-k (L-inf, random start) on torch fp32 models, and the
-robust accuracy of deployed int8 artifacts under transfer.
+"""Adversarial robustness: FGSM and PGD-k (L-inf, random start, ours) and APGD-CE (AutoAttack's step-size-free
+PGD, from the maintained `torchattacks` package) on torch fp32 models, and the robust accuracy of deployed int8
+artifacts under transfer.
 
 In:  a float model, raw uint8 NHWC images and labels, epsilons in pixel units (/255).
 Out: clean and robust top-1 accuracy per epsilon; adversarial uint8 images to evaluate elsewhere
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 
 from edge_sparse.errors import EdgeSparseError
 
-Attack = Literal["fgsm", "pgd"]
-MAX_EPS = 64.0
+Attack = Literal["fgsm", "pgd", "apgd-ce"]
+ATTACKS = ("fgsm", "pgd", "apgd-ce")
+MAX_EPS = 255.0
 
 
 def check_eps(eps: float) -> None:
@@ -69,8 +71,10 @@ def attack_uint8(model: nn.Module, x_uint8: np.ndarray, y: np.ndarray, *, eps: f
     from edge_sparse.data import to_tensor
 
     check_eps(eps)
-    if attack not in ("fgsm", "pgd"):
-        raise EdgeSparseError(f"unknown attack {attack!r}; valid: fgsm, pgd")
+    if attack not in ATTACKS:
+        raise EdgeSparseError(f"unknown attack {attack!r}; valid: {', '.join(ATTACKS)}")
+    if attack == "apgd-ce":
+        return apgd_ce_uint8(model, x_uint8, y, eps=eps, steps=steps, mean=mean, std=std, batch_size=batch_size, seed=seed)
     g = torch.Generator().manual_seed(seed)
     m, s = _norm_params(mean, std, "cpu")
     out = []
@@ -83,6 +87,30 @@ def attack_uint8(model: nn.Module, x_uint8: np.ndarray, y: np.ndarray, *, eps: f
             adv = pgd(model, xb, yb, eps=eps, steps=steps, mean=mean, std=std, generator=g)
         x01 = (adv * s + m).clamp(0, 1)
         out.append(torch.round(x01 * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out) if out else x_uint8.copy()
+
+
+def apgd_ce_uint8(model: nn.Module, x_uint8: np.ndarray, y: np.ndarray, *, eps: float, steps: int = 10, mean, std,
+                  batch_size: int = 250, seed: int = 0) -> np.ndarray:
+    """APGD-CE (Croce & Hein 2020, the first attack of AutoAttack; L-inf, one restart) crafted on `model` by
+    `torchattacks.APGD`, on [0, 1] pixels with the model's normalisation declared to it; adversarial uint8 NHWC out."""
+    check_eps(eps)
+    try:
+        import torchattacks
+    except ImportError as e:  # installed by `make setup` (--no-deps: it would pull torchvision over the pinned torch)
+        raise EdgeSparseError(f"APGD-CE needs torchattacks ({e}); run `make setup`, or "
+                              "`pip install --no-deps torchattacks==3.5.1 scipy==1.14.1`") from None
+    was = model.training
+    model.eval()
+    atk = torchattacks.APGD(model, norm="Linf", eps=eps / 255.0, steps=steps, n_restarts=1, seed=seed, loss="ce")
+    atk.set_normalization_used(mean=list(mean), std=list(std))
+    out = []
+    for i in range(0, len(x_uint8), batch_size):
+        x01 = torch.from_numpy(np.ascontiguousarray(x_uint8[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
+        yb = torch.from_numpy(np.asarray(y[i : i + batch_size], dtype=np.int64))
+        adv = atk(x01, yb) if eps > 0 else x01
+        out.append(torch.round(adv.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    model.train(was)
     return np.concatenate(out) if out else x_uint8.copy()
 
 

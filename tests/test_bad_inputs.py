@@ -368,6 +368,17 @@ CASES = [
     # the other commands' flags
     Case("study flag", "--sparsity 0,1.5", ["study", "--target", "rpi4", "--quick", "--sparsity", "0,1.5", "--out", "{tmp}/dist",
                                             "--cache", "{tmp}/cache", "--study-out", "{tmp}/study"], "1.5"),
+    *[Case("study flag", " ".join(extra), ["study", "--target", "rpi4", "--quick", "--sparsity", "0,0.5", *extra, "--out",
+                                          "{tmp}/dist", "--cache", "{tmp}/cache", "--study-out", "{tmp}/study"], words)
+      for extra, words in [
+          (["--seeds", "0,one"], "--seeds: 'one' is not a seed"),
+          (["--attacks", "pgd,cw"], "unknown attack 'cw'; valid: pgd, apgd-ce"),
+          (["--eps", "0"], "--eps 0 is outside (0, 255]"),
+          (["--eps", "300"], "--eps 300 is outside (0, 255]"),
+          (["--sparsity", "0.3,0.5"], "--sparsity must include 0"),
+      ]],
+    Case("build flag", "--accuracy-floor 150", ["build", "--target", "rpi4", "--quick", "--accuracy-floor", "150", "--out",
+                                                 "{tmp}/dist", "--cache", "{tmp}/cache"], "--accuracy-floor must be a percentage"),
     Case("latency flag", "check an unknown target", ["latency", "check", "--target", "rpi9"], "rpi9"),
     Case("latency flag", "check a device target without reference", ["latency", "check", "--target", "rpi4"],
          "only a target measured on this host"),
@@ -382,7 +393,7 @@ CASES = [
                                                              "{tmp}/suite"], "emulat", make=_timings),
     Case("bundle", "verify a missing bundle", ["verify", "--bundle", "{tmp}/none"], "{tmp}/none"),
     Case("bundle", "bench without a bundle", ["bench", "--target", "rpi4", "--out", "{tmp}"], "no bundle at"),
-    Case("compare flag", "--methods shipped,magic", ["--methods", "shipped,magic"], "valid: shipped, width, tp, dense", tool="compare"),
+    Case("compare flag", "--methods shipped,magic", ["--methods", "shipped,magic"], "valid: shipped, global, width, tp, dense", tool="compare"),
     Case("compare flag", "--budgets host:1x", ["--budgets", "host:1x"], "host:<k>x with k > 1", tool="compare"),
     Case("compare flag", "--budgets pi9", ["--budgets", "pi9"], "not a target; valid:", tool="compare"),
     Case("compare flag", "--seeds 0,x", ["--seeds", "0,x"], "expected comma-separated integers", tool="compare"),

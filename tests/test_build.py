@@ -335,18 +335,35 @@ def test_teacher_reference_is_the_dense_model_the_pruning_started_from(quick, tm
     assert b0.results["finetune"]["history"] == []
 
 
-def test_study_two_points(quick, tmp_path):
-    from edge_sparse.study import run_study
+def test_study_two_points_resumes_per_point(quick, tmp_path):
+    from edge_sparse.study import run_study, summarize, verdict
 
-    rows = run_study("rpi4", BuildConfig.quick(robust_eps=(2.0,), robust_n=100), [0, 0.5], tmp_path / "study",
-                     cache_dir=quick["dir"] / "cache")
+    out = tmp_path / "study"
+    kw = dict(seeds=[0], attacks=["pgd", "apgd-ce"], eps=[2.0], robust_n=100, steps=3, cache_dir=quick["dir"] / "cache")
+    res = run_study("rpi4", BuildConfig.quick(), [0, 0.5], out, **kw)
+    rows = res["rows"]
     assert [r["sparsity"] for r in rows] == [0.0, 0.5]
     assert rows[1]["macs"] < rows[0]["macs"] and rows[1]["predicted_p90_ms"] < rows[0]["predicted_p90_ms"]
-    assert rows[0]["host_p50_ms_1t"] > 0 and "pgd_int8_transfer_eps2" in rows[0]
-    names = {p.name for p in (tmp_path / "study").iterdir()}
-    assert {"study.csv", "study.json", "study.md", "accuracy_vs_latency.png", "robust_vs_sparsity.png", "per_eps.png"} <= names
-    md = (tmp_path / "study" / "study.md").read_text()
-    assert "## Verdict" in md and any(w in md for w in ("**TRUE.**", "**FALSE.**", "**MIXED.**"))
+    assert rows[0]["host_p50_ms_1t"] > 0 and rows[0]["test_n"] == 500
+    assert set(rows[0]["robust"]) == {"pgd_fp32_eps2", "pgd_int8_eps2", "apgd-ce_fp32_eps2", "apgd-ce_int8_eps2"}
+    for r in rows:  # the attacks do something: robust accuracy below clean on the same model
+        assert r["robust"]["apgd-ce_fp32_eps2"] < r["acc_fp32"] and r["robust"]["pgd_fp32_eps2"] < r["acc_fp32"]
+    names = {p.name for p in out.iterdir()}
+    assert {"study.csv", "study.json", "study.md", "accuracy_vs_latency.png", "robust_vs_sparsity.png",
+            "difference_vs_dense.png", "points"} <= names
+    md = (out / "study.md").read_text()
+    assert "## Verdict" in md and "95 %" in md
+    saved = json.loads((out / "study.json").read_text())  # the verdict is reproducible from the committed JSON
+    s = saved["settings"]
+    assert verdict(summarize(saved["rows"], s["attacks"], s["eps"]), s["attacks"], s["eps"]) == saved["verdict"]
+    # interrupted after the first point: the re-run keeps the finished point and redoes only the missing one
+    done = out / "points" / "sparsity0-seed0.json"
+    before = done.stat().st_mtime_ns
+    (out / "points" / "sparsity0.5-seed0.json").unlink()
+    (out / "study.json").unlink()
+    res2 = run_study("rpi4", BuildConfig.quick(), [0, 0.5], out, **kw)
+    assert done.stat().st_mtime_ns == before and (out / "study.json").is_file()
+    assert res2["rows"][1]["robust"] == rows[1]["robust"]  # same seed, same cached model: the same numbers
 
 
 def test_harness_without_any_runtime_says_what_to_install(quick, tmp_path):

@@ -53,7 +53,7 @@ def test_width_multiplier_starts_from_fresh_weights():
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--methods", "shipped,magic"], "--methods: unknown magic; valid: shipped, width, tp, dense"),
+    (["--methods", "shipped,magic"], "--methods: unknown magic; valid: shipped, global, width, tp, dense"),
     (["--budgets", "host:1x"], "a host budget is host:<k>x with k > 1"),
     (["--budgets", "pi9"], "--budgets 'pi9': not a target; valid:"),
     (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
@@ -69,7 +69,8 @@ def test_markdown_states_every_method_and_the_paired_difference():
                                  "predicted_p90_ms": 0.7, "host_p90_ms": 0.05, "recipe": f"{m} recipe",
                                  "top1": {"acc": acc, "ci95": [acc - 0.6, acc + 0.5], "n": 10000},
                                  **({"shipped_minus_this": {"diff_pt": d, "ci95_pt": [d - 0.3, d + 0.3]}} if d is not None else {})}
-    md = compare.markdown([pt("shipped", 91.0), pt("width", 90.5, 0.5), pt("tp", 91.2, -0.2), pt("dense", 91.6, -0.6)])
+    md = compare.markdown([pt("shipped", 91.0), pt("global", 90.8, 0.2), pt("width", 90.5, 0.5), pt("tp", 91.2, -0.2),
+                           pt("dense", 91.6, -0.6)])
     for m in compare.METHODS:
         assert f"| rpi4 | {m} | 0 |" in md
     assert "+0.50 (+0.20…+0.80)" in md and "-0.20 (-0.50…+0.10)" in md and "`tp`: tp recipe" in md
