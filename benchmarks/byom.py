@@ -15,7 +15,8 @@
    the bundle, goal <= 3 minutes on 2 cores.
 
 Each part's result is written to benchmarks/out/byom/<part>.json as it finishes (a re-run skips finished parts;
-the trained weights are kept); `--write` splices the section into BENCHMARKS.md.
+the trained weights are kept), and all of them to benchmarks/byom.json (committed: the section's numbers);
+`--write` splices the section into BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -143,14 +144,17 @@ def no_train() -> dict:
     shutil.rmtree(targets, ignore_errors=True)
     shutil.copytree(ROOT / "targets", targets)
     h = targets / "host.toml"
-    h.write_text(re.sub(r'latency_budget = "[^"]*"', 'latency_budget = "1.5x"', h.read_text()))
+    h.write_text(re.sub(r"model_size_budget_kb = [0-9.]+", "model_size_budget_kb = 1024",
+                        re.sub(r'latency_budget = "[^"]*"', 'latency_budget = "1.5x"', h.read_text())))
     os.environ["EDGE_SPARSE_TARGETS"] = str(targets)
     rc, wall = _build(["--target", "host", "--model", ref, "--weights", str(w), "--no-train", "--dataset", "folder",
                        "--data-dir", str(folder), "--input-size", "96", "--accuracy-floor", "70", "--out", str(out),
                        "--cache", str(cache)], OUT / "notrain.log")
     os.environ.pop("EDGE_SPARSE_TARGETS")
-    if rc != 0:
-        return {"error": f"build exited {rc}; see {OUT / 'notrain.log'}", "wall_s": wall}
+    if rc != 0:  # the gates refused the model: say which, and how far the pipeline got in how long
+        log = (OUT / "notrain.log").read_text()
+        lines = [ln for ln in log.splitlines() if ln.startswith(("error:", "  chosen:", "  candidate dense"))]
+        return {"error": f"build exited {rc}", "wall_s": wall, "log": lines}
     meta = json.loads((out / "host" / "metadata.json").read_text())
     t = meta["accuracy"]["test"]
     shutil.rmtree(cache, ignore_errors=True)
@@ -189,8 +193,16 @@ def markdown(res: dict) -> str:
                  f"on {n['test_n']:,} test images ({d['diff_pt']:+.2f} pt): `--no-train` trades accuracy for minutes; "
                  f"a pretrained start (above) recovers it.")
     elif n:
-        L.append(f"\n`--no-train`: {n['error']}")
-    L.append(f"\nMeasured {res.get('date', '?')}; every number from benchmarks/out/byom/*.json.")
+        L.append(f"\n**`--no-train`**: `examples/my_net.py:mobilenet_v2` at 3×96×96, weights trained 10 epochs on a 3,000-image "
+                 f"folder, `--target host` at 1.5× faster than dense, `--accuracy-floor 70`: the pipeline pruned, re-estimated "
+                 f"BN, exported and verified in **{n['wall_s']:.0f} s** (the host latency table already held this "
+                 f"architecture's probes; probing them cold adds about 50 s), and its gates refused the model "
+                 f"({n['error']}; the copied profile still had the ResNet-8's 96 KiB size budget, since raised to 1 MiB "
+                 f"in the benchmark):\n")
+        L += [f"    {ln.strip()}" for ln in n.get("log", [])]
+        L.append("\nWithout any training, removing the channels that 1.5× asks for costs most of the accuracy: `--no-train` "
+                 "is for small cuts; the pretrained start above is the path that keeps accuracy.")
+    L.append(f"\nMeasured {res.get('date', '?')}; every number from benchmarks/byom.json.")
     L.append(f"<!-- {TAG}:end -->")
     return "\n".join(L) + "\n"
 
@@ -216,6 +228,7 @@ def main(argv=None) -> int:
         elif part in parts:
             res[part] = no_train() if part == "no_train" else pretrained()
             _io.write_json(f, res[part])
+    _io.write_json(ROOT / "benchmarks" / "byom.json", res)
     md = markdown(res)
     print(md)
     if a.write:

@@ -8,7 +8,7 @@ fp32 ONNX with the same converter: (a) 2,000 calibration images from the train s
 (b) the final FULLY_CONNECTED kept in float (TensorFlow's QuantizationDebugger with `denylisted_ops`: int8 input,
 float logits), and the p50 latency of (b) against the shipped model, timed side by side here.
 
-Writes benchmarks/out/int8_agreement.json and the section of BENCHMARKS.md between its markers (`--write`).
+Writes benchmarks/int8_agreement.json and the section of BENCHMARKS.md between its markers (`--write`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 from benchmarks import splice
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "benchmarks" / "out" / "int8_agreement.json"
+OUT = ROOT / "benchmarks" / "int8_agreement.json"  # committed: the section's numbers
 TAG = "int8-agreement"
 
 
@@ -102,7 +102,7 @@ def markdown(rows: list[dict]) -> str:
         L.append(f"| {r['seed']} | {r['agreement']:.2f} | {r['flips']} | {r['flips_int8_tie']} | {r['flips_margin_below_1_step']} | "
                  f"{r['output_scale']:.3f} | {r['calib2000']['agreement']:.2f} | {r['float_fc']['agreement']:.2f} | "
                  f"{r['p50_ms']:.4f} / {r['float_fc']['p50_ms']:.4f} |")
-    L.append(f"\nMeasured {time.strftime('%Y-%m-%d')}; benchmarks/out/int8_agreement.json.")
+    L.append(f"\nMeasured {time.strftime('%Y-%m-%d')}; benchmarks/int8_agreement.json.")
     L.append(f"<!-- {TAG}:end -->")
     return "\n".join(L) + "\n"
 

@@ -87,7 +87,17 @@ def attack_uint8(model: nn.Module, x_uint8: np.ndarray, y: np.ndarray, *, eps: f
             adv = pgd(model, xb, yb, eps=eps, steps=steps, mean=mean, std=std, generator=g)
         x01 = (adv * s + m).clamp(0, 1)
         out.append(torch.round(x01 * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out) if out else x_uint8.copy()
+    return _within(np.concatenate(out), x_uint8, eps) if out else x_uint8.copy()
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
 
 
 def apgd_ce_uint8(model: nn.Module, x_uint8: np.ndarray, y: np.ndarray, *, eps: float, steps: int = 10, mean, std,
@@ -102,16 +112,35 @@ def apgd_ce_uint8(model: nn.Module, x_uint8: np.ndarray, y: np.ndarray, *, eps: 
                               "`pip install --no-deps torchattacks==3.5.1 scipy==1.14.1`") from None
     was = model.training
     model.eval()
-    atk = torchattacks.APGD(model, norm="Linf", eps=eps / 255.0, steps=steps, n_restarts=1, seed=seed, loss="ce")
-    atk.set_normalization_used(mean=list(mean), std=list(std))
+    dev = next(model.parameters()).device
+    m, s = _norm_params(mean, std, dev)
+    # the attack sees [0, 1] pixels and a model that normalises them itself (torchattacks' own
+    # set_normalization_used expects *normalised* inputs and returns normalised ones)
+    net = nn.Sequential(_Normalize(m, s), model).eval()
+    atk = torchattacks.APGD(net, norm="Linf", eps=eps / 255.0, steps=steps, n_restarts=1, seed=seed, loss="ce")
+    torch.manual_seed(seed)
     out = []
     for i in range(0, len(x_uint8), batch_size):
-        x01 = torch.from_numpy(np.ascontiguousarray(x_uint8[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
-        yb = torch.from_numpy(np.asarray(y[i : i + batch_size], dtype=np.int64))
-        adv = atk(x01, yb) if eps > 0 else x01
-        out.append(torch.round(adv.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        x01 = torch.from_numpy(np.ascontiguousarray(x_uint8[i : i + batch_size])).permute(0, 3, 1, 2).float().to(dev) / 255.0
+        yb = torch.from_numpy(np.asarray(y[i : i + batch_size], dtype=np.int64)).to(dev)
+        if eps > 0:
+            # one APGD run on every image: where it fooled the model, its adversarial point (AutoAttack's
+            # semantics); elsewhere its highest-loss point, so a transfer replays an attacked image for every
+            # image, as PGD's last iterate does (torchattacks' forward returns the clean image there)
+            best, still_right, _, best_adv = atk.attack_single_run(x01, yb)
+            fooled = (still_right == 0).view(-1, 1, 1, 1)
+            adv = torch.where(fooled, best_adv, best)
+        else:
+            adv = x01
+        out.append(torch.round(adv.detach().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     model.train(was)
-    return np.concatenate(out) if out else x_uint8.copy()
+    return _within(np.concatenate(out), x_uint8, eps) if out else x_uint8.copy()
+
+
+def _within(adv: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
+    """Rounding to uint8 may step past a non-integer eps by half a level: clip to floor(eps) levels of `x`."""
+    k = int(np.floor(eps + 1e-9))
+    return np.clip(adv.astype(np.int16), x.astype(np.int16) - k, x.astype(np.int16) + k).clip(0, 255).astype(np.uint8)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from edge_sparse.config import BuildConfig
 from edge_sparse.errors import EdgeSparseError
 
 STUDY_ATTACKS = ("pgd", "apgd-ce")
+STUDY_VERSION = 2  # bump when a point's numbers would change for the same settings (its file is then recomputed)
 KEEP_PT = 0.5  # "keeps accuracy": clean int8 top-1 within this many points of dense (mean over seeds)
 
 
@@ -68,7 +69,7 @@ def check_attacks(attacks: Sequence[str]) -> list[str]:
     for a in attacks:
         if a not in STUDY_ATTACKS:
             raise EdgeSparseError(f"--attacks: unknown attack {a!r}; valid: {', '.join(STUDY_ATTACKS)}")
-    return list(dict.fromkeys(attacks))
+    return [a for a in STUDY_ATTACKS if a in attacks]  # one canonical order: a resumed study compares equal lists
 
 
 def check_eps_list(eps: Sequence[float]) -> list[float]:
@@ -115,6 +116,7 @@ def _point(target: str, cfg: BuildConfig, s: float, seed: int, settings: dict, o
     idx = np.arange(n)  # the same images for every point and seed: paired differences
     x, y = b.splits.test.images(idx), b.splits.test.y[idx]
     correct = {}
+    clean_robust_set = float((predict(model, ImageSet(x, y), mean, std).argmax(1) == y).mean() * 100)
     for a in settings["attacks"]:
         for e in settings["eps"]:
             print(f"study: sparsity {s:g} seed {seed}: {a} eps {e:g} on {n} images", file=sys.stderr, flush=True)
@@ -126,7 +128,7 @@ def _point(target: str, cfg: BuildConfig, s: float, seed: int, settings: dict, o
             "size_kb": round(tfl.stat().st_size / 1024, 2), "predicted_p90_ms": ch["predicted_p90_ms"],
             "host_p50_ms_1t": round(measure_tflite(tfl, threads=1, runs=300)["p50"], 5),
             "test_n": test["n"], "acc_fp32": test["torch_fp32"]["acc"], "acc_int8": test["tflite_int8"]["acc"],
-            "int8_agreement": test["int8_agreement_pct"], "robust_n": n,
+            "int8_agreement": test["int8_agreement_pct"], "robust_n": n, "clean_fp32_robust_set": clean_robust_set,
             "robust": {k: round(float(v.mean() * 100), 3) for k, v in correct.items()},
             "correct": {k: _pack(v) for k, v in correct.items()}}
 
@@ -142,16 +144,25 @@ def run_study(target: str, cfg: BuildConfig, sparsities: Sequence[float], out: P
         raise EdgeSparseError(f"--robust-n and --steps must be >= 1, got {robust_n} and {steps}")
     if 0.0 not in points:
         raise EdgeSparseError("--sparsity must include 0: every difference is taken against the dense point")
+    if not seeds:
+        raise EdgeSparseError("--seeds needs at least one integer, e.g. 0,1,2")
     t = load_target(target)
     out = Path(out)
-    settings = {"attacks": attacks, "eps": eps, "robust_n": robust_n, "steps": steps}
+    # everything a finished point depends on besides its sparsity and seed: a point made under other settings, by an
+    # older version of the study, or for another target/model/data/recipe is recomputed, never mixed in
+    settings = {"version": STUDY_VERSION, "attacks": attacks, "eps": eps, "robust_n": robust_n, "steps": steps,
+                "target": t.name, "model": cfg.model, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
+                "limit_train": cfg.limit_train, "limit_eval": cfg.limit_eval, "recipe": _recipe(cfg)}
     rows = []
     for s in points:
         for seed in seeds:
             f = out / "points" / f"sparsity{s:g}-seed{seed}.json"
             if f.is_file():
-                row = json.loads(f.read_text())
-                if row.get("settings") == settings:
+                try:
+                    row = json.loads(f.read_text())
+                except (OSError, ValueError):
+                    row = None
+                if isinstance(row, dict) and row.get("settings") == settings:
                     print(f"study: sparsity {s:g} seed {seed}: done before ({f})", file=sys.stderr, flush=True)
                     rows.append(row)
                     continue
@@ -167,7 +178,7 @@ def run_study(target: str, cfg: BuildConfig, sparsities: Sequence[float], out: P
     with _io.atomic_path(out / "study.csv") as tmp:
         with open(tmp, "w", newline="") as fh:
             flat = [_flat(p) for p in summary["points"]]
-            w = csv.DictWriter(fh, fieldnames=list(flat[0]))
+            w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in flat for k in row)), restval="")
             w.writeheader()
             w.writerows(flat)
     _plots(summary, attacks, eps, t, out)
@@ -234,7 +245,10 @@ def summarize(rows: list[dict], attacks: Sequence[str], eps: Sequence[float]) ->
                 a, d0 = by[(s, paired[0])], by[(0.0, paired[0])]
                 pv = (_unpack(a["correct"][k], a["robust_n"]), _unpack(d0["correct"][k], d0["robust_n"]))
             m, lo, hi = interval(diffs, pv)
-            word = "improves" if lo > 0 else "hurts" if hi < 0 else "no detectable difference"
+            if len(diffs) == 1 and pv is None:  # one seed and no per-image bits (clean accuracy): no interval
+                word = "no interval (one seed)"
+            else:
+                word = "improves" if lo > 0 else "hurts" if hi < 0 else "no detectable difference"
             p["vs_dense"][k] = {"mean": m, "lo": lo, "hi": hi, "per_seed": diffs, "word": word}
         points.append(p)
     return {"metrics": metrics, "points": points}
