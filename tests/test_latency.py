@@ -120,6 +120,19 @@ def test_table_interpolates_between_grid_widths_and_refuses_outside():
         sparse.op_ms(op.replace(h=99, w=99))
 
 
+def test_table_interpolates_across_the_probes_of_two_architectures():
+    """One family probed for two models (different input widths, different output grids): no rectangle of probes
+    surrounds an op between them, which once raised; rows are interpolated along cout, then across cin."""
+    m, ex = _tiny()
+    op = next(o for o in extract_ops(m, ex) if o.kind == "conv" and o.cin == 16 and o.cout == 16)
+    t = _synthetic_table([op.replace(cin=ci, cout=co) for ci, co in [(8, 8), (8, 16), (8, 24), (24, 12), (24, 20), (24, 28)]])
+    for cin, cout in ((16, 16), (12, 14), (20, 20)):
+        mid = op.replace(cin=cin, cout=cout)  # the synthetic cost is bilinear: the interpolation is exact
+        assert t.op_ms(mid) == pytest.approx(_synthetic_table([mid]).op_ms(mid), rel=1e-9)
+    with pytest.raises(EdgeSparseError, match="no grid around"):
+        t.op_ms(op.replace(cin=16, cout=26))  # no probed input width below 16 reaches cout 26
+
+
 def test_table_roundtrip_and_bad_files(tmp_path):
     m, ex = _tiny()
     t = _synthetic_table(grid_ops(extract_ops(m, ex), 8, 1, 10))

@@ -189,12 +189,28 @@ class LatencyTable:
         lo_i, hi_i = _bracket(cins, op.cin, op)
         lo_o, hi_o = _bracket(couts, op.cout, op)
         corners = [(a, b) for a in (lo_i, hi_i) for b in (lo_o, hi_o)]
-        if not all(c in pts for c in corners):
+        if all(c in pts for c in corners):
+            fi = 0.0 if hi_i == lo_i else (op.cin - lo_i) / (hi_i - lo_i)
+            fo = 0.0 if hi_o == lo_o else (op.cout - lo_o) / (hi_o - lo_o)
+            v00, v01, v10, v11 = (pts[c][q] for c in corners)
+            return float((1 - fi) * ((1 - fo) * v00 + fo * v01) + fi * ((1 - fo) * v10 + fo * v11))
+        # probes of several architectures share a family but not their widths (one model's grid over input widths
+        # A, another's over B): interpolate along the output width within each probed input width that brackets
+        # it, then between the nearest such input widths below and above
+        def row(cin: int) -> Optional[float]:
+            xs = sorted(c for ci, c in pts if ci == cin)
+            if not xs or not xs[0] <= op.cout <= xs[-1]:
+                return None
+            return _interp1(xs, [pts[(cin, c)][q] for c in xs], op.cout, op)
+
+        below = next(((c, v) for c in reversed(cins) if c <= op.cin for v in [row(c)] if v is not None), None)
+        above = next(((c, v) for c in cins if c >= op.cin for v in [row(c)] if v is not None), None)
+        if below is None or above is None:
             raise EdgeSparseError(f"the latency table has no grid around {op.key}; profile this architecture first")
-        fi = 0.0 if hi_i == lo_i else (op.cin - lo_i) / (hi_i - lo_i)
-        fo = 0.0 if hi_o == lo_o else (op.cout - lo_o) / (hi_o - lo_o)
-        v00, v01, v10, v11 = (pts[c][q] for c in corners)
-        return float((1 - fi) * ((1 - fo) * v00 + fo * v01) + fi * ((1 - fo) * v10 + fo * v11))
+        if below[0] == above[0]:
+            return float(below[1])
+        f = (op.cin - below[0]) / (above[0] - below[0])
+        return float((1 - f) * below[1] + f * above[1])
 
     def predict(self, ops: Sequence[Op]) -> dict:
         """p50/p90 of one invoke of a model made of `ops`, and each op's p50 (ms)."""
