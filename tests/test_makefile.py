@@ -19,5 +19,5 @@ def _dry(*args: str) -> str:
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_study_sparsity_list_reaches_the_cli_whole():
     # $(or $(SPARSITY),0,0.3,...) once split the default list at its commas and studied sparsity 0 alone
-    assert "--sparsity 0,0.3,0.5,0.7,0.85" in _dry("study", "TARGET=rpi4")
-    assert "--sparsity 0,0.5\n" in _dry("study", "TARGET=rpi4", "SPARSITY=0,0.5")
+    assert "--sparsity 0,0.3,0.5,0.7 --seeds 0,1,2" in _dry("study", "TARGET=rpi4")
+    assert "--sparsity 0,0.5 --seeds 0,1,2\n" in _dry("study", "TARGET=rpi4", "SPARSITY=0,0.5")
