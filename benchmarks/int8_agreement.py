@@ -29,7 +29,14 @@ TAG = "int8-agreement"
 
 
 def _convert(sm: Path, calib: np.ndarray, out: Path, float_fc: bool) -> Path:
+    """The build's own full-int8 conversion (`export.tflite.convert`), or the same with the final FC left in float."""
     import tensorflow as tf
+
+    from edge_sparse.export import tflite as etflite
+
+    if not float_fc:
+        etflite.convert(sm, out, calib)
+        return out
 
     def rep():
         for i in range(len(calib)):
@@ -39,11 +46,6 @@ def _convert(sm: Path, calib: np.ndarray, out: Path, float_fc: bool) -> Path:
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = rep
     c.inference_input_type = tf.int8
-    if not float_fc:
-        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        c.inference_output_type = tf.int8
-        out.write_bytes(c.convert())
-        return out
     c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     c.inference_output_type = tf.float32
     dbg = tf.lite.experimental.QuantizationDebugger(

@@ -103,15 +103,10 @@ def run(target: str = "host", per_arch: int = 10, seed: int = 0, cache: Path | s
 
 
 def summarize(rows: list[dict], t) -> dict:
-    e90 = np.abs([r["err_p90"] for r in rows])
-    e50 = np.abs([r["err_p50"] for r in rows])
     from edge_sparse.latency.host import cpu_facts, runtime_version
 
     return {"target": t.name, "threads": t.threads, "cpu": cpu_facts(), "runtime": runtime_version(), "n": len(rows),
-            "p90": {"within_10pct": float((e90 <= 0.10).mean()), "median_abs_err": float(np.median(e90)),
-                    "max_abs_err": float(e90.max())},
-            "p50": {"within_10pct": float((e50 <= 0.10).mean()), "median_abs_err": float(np.median(e50)),
-                    "max_abs_err": float(e50.max())},
+            "p90": _stats([r["err_p90"] for r in rows]), "p50": _stats([r["err_p50"] for r in rows]),
             "relative": {q: _stats([r[f"rel_err_{q}"] for r in rows if f"rel_err_{q}" in r]) for q in ("p50", "p90")},
             "noise_floor": {q: _stats([r[f"again_{q}"] / r[f"meas_{q}"] - 1 for r in rows if f"again_{q}" in r])
                             for q in ("p50", "p90")},
