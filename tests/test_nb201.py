@@ -117,13 +117,31 @@ def test_nnls_and_metrics():
     assert m["within_10"] == 1.0 and m["within_15"] == 1.0
 
 
+def test_repeatability_groups_networks_that_run_the_identical_graph():
+    rows = check.load_reference()
+    # two cells that differ only in the op of a dead node (node 1 feeds only `none`): the same graph runs
+    a = "|avg_pool_3x3~0|+|nor_conv_3x3~0|none~1|+|nor_conv_3x3~0|none~1|nor_conv_3x3~2|"
+    b = a.replace("avg_pool_3x3~0", "skip_connect~0")
+    c = a.replace("avg_pool_3x3~0", "nor_conv_1x1~0")  # a conv there runs (rule b): another graph
+    assert nb201.cell_info(a).executed == nb201.cell_info(b).executed != nb201.cell_info(c).executed
+    by_arch = {r.arch: r for r in rows}
+    mk = lambda arch, v: check.RefRow(by_arch[arch].index, arch, v, v)  # noqa: E731
+    same = check.repeatability([mk(a, 10.0), mk(b, 10.0), mk(c, 20.0)], "rpi4_ms", min_group=2)
+    assert same["n"] == 2 and same["groups"] == 1 and same["within_15"] == 1.0 and same["median_abs_dev"] == 0.0
+    off = check.repeatability([mk(a, 10.0), mk(b, 13.0), mk(c, 20.0)], "rpi4_ms", min_group=2)
+    assert off["within_15"] == 1.0 and off["within_10"] == 0.0 and off["median_abs_dev"] == pytest.approx(1.5 / 11.5)
+    real = check.repeatability(rows, "pixel3_ms")
+    assert real["n"] > 1000 and 0.5 < real["within_15"] < 1.0  # the reference does not agree with itself
+
+
 @pytest.mark.slow
 def test_check_on_a_small_sample_is_cross_validated_and_cached(tmp_path):
     r = check.run_check("rpi4", sample=60, folds=3, cache_dir=tmp_path)
     assert r["sample"]["n"] == 60 and r["folds"] == 3 and len(r["per_fold"]) == 3
     assert r["held_out"]["spearman"] > 0.8 and r["cache"]["computed"] == 60
     text = check.format_report(r)
-    assert "held-out: Spearman" in text and "Raspberry Pi 4" in text
+    assert "held-out: Spearman" in text and "Raspberry Pi 4" in text and "the reference against itself" in text
+    assert 0 <= r["miss_runs"]["p_miss"] <= 1
     again = check.run_check("rpi4", sample=60, folds=3, cache_dir=tmp_path)
     assert again["cache"]["computed"] == 0 and again["held_out"] == r["held_out"]
     json.dumps(r)  # the CLI writes it as JSON

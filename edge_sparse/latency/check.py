@@ -325,6 +325,53 @@ def stratified_sample(rows: Sequence[RefRow], column: str, n: int, seed: int = 0
     return sorted((order[i] for i in picked), key=lambda r: r.index), excluded
 
 
+# ------------------------------------------------------------------------------------------ repeatability
+
+
+def repeatability(rows: Sequence[RefRow], column: str, min_group: int = 3) -> dict:
+    """How well the reference agrees with itself: the ceiling for any estimate built from the network's graph.
+
+    Networks whose cells differ only in edges that do not run (`nb201.cell_info(...).executed` equal) run the
+    identical graph, so an estimate that sees the graph must give them one latency. Over every group of at
+    least `min_group` such networks, each member's |latency / group median - 1| is what that best single value
+    misses by: its share within +-10/15/20 % bounds from above what any graph-based estimate can reach on them
+    (these networks are the cheaper ones, cells with `none` or unused edges). Also per latency quartile of
+    the group medians, and the correlation of the deviations between the two devices (near 0 for timing noise
+    of each device's own runs; near 1 if the same networks were off on both, e.g. an op we think is dropped
+    that ran on both)."""
+    from edge_sparse.latency import nb201
+
+    groups: dict[tuple, list[RefRow]] = {}
+    for r in rows:
+        info = nb201.cell_info(r.arch)
+        if not info.degenerate:
+            groups.setdefault(info.executed, []).append(r)
+    dev, at, other = [], [], []
+    cols = [c for c, _ in TARGETS.values()]
+    for members in groups.values():
+        if len(members) < min_group:
+            continue
+        v = np.array([getattr(r, column) for r in members])
+        dev += list(v / np.median(v) - 1.0)
+        at += [float(np.median(v))] * len(v)
+        w = np.array([getattr(r, next(c for c in cols if c != column)) for r in members])
+        other += list(w / np.median(w) - 1.0)
+    if len(dev) < 2:
+        return {"n": len(dev)}
+    d, at_a = np.abs(np.array(dev)), np.array(at)
+    edges = np.quantile(at_a, [0, 0.25, 0.5, 0.75, 1.0])
+    quart = []
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        m = (at_a >= lo) & ((at_a < hi) if k < 3 else (at_a <= hi))
+        if m.any():
+            quart.append({"ms": [float(lo), float(hi)], "n": int(m.sum()), "within_15": float(np.mean(d[m] <= 0.15))})
+    return {"n": int(d.size), "groups": sum(1 for g in groups.values() if len(g) >= min_group), "min_group": min_group,
+            "median_abs_dev": float(np.median(d)), "within_10": float(np.mean(d <= 0.10)),
+            "within_15": float(np.mean(d <= 0.15)), "within_20": float(np.mean(d <= 0.20)),
+            "p90_abs_dev": float(np.percentile(d, 90)), "by_quartile": quart,
+            "cross_device_corr": float(np.corrcoef(dev, other)[0, 1])}
+
+
 # ------------------------------------------------------------------------------------------- features
 
 
@@ -517,6 +564,12 @@ def run_check(target: str, features: Optional[FeatureFn] = None, reference: str 
             f"sanity bound: refused, not usable as a device estimate")
     factors = fit_factors(X, y, best)  # type: ignore[arg-type]
     baseline = _baseline(target, feats, y, folds, seed)
+    repeat = repeatability(rows, column)
+    # misses in runs of neighbouring indices (the order the reference was measured in) point at the device's
+    # state during the measuring campaign, not at the graph
+    miss = (np.abs(pred / y - 1.0) > 0.15)[np.argsort([r.index for r in picked])]
+    runs = {"p_miss": float(miss.mean()),
+            "p_miss_after_miss": float(miss[1:][miss[:-1]].mean()) if miss[:-1].any() else float("nan")}
     rel = pred / y - 1.0
     infos = [nb201.cell_info(r.arch) for r in picked]
     worst = [{"index": picked[i].index, "arch": picked[i].arch, "mix": infos[i].signature,
@@ -549,6 +602,8 @@ def run_check(target: str, features: Optional[FeatureFn] = None, reference: str 
         "factors": {n: float(f) for n, f in zip(names, factors)},
         "in_sample": metrics(X @ factors, y),
         "baseline": baseline,
+        "repeatability": repeat,
+        "miss_runs": runs,
         "subsets": subsets,
         "worst": worst,
         "by_mix": by_mix[:10],
@@ -609,6 +664,16 @@ def format_report(result: dict) -> str:
         out.insert(4, f"  the profile's MAC+layer estimate on the same networks: as is median |err| {_pct(a['median_abs_err'])} "
                       f"(bias {a['median_err']:+.0%}); with one fitted constant Spearman {b['spearman']:.3f} | median |err| "
                       f"{_pct(b['median_abs_err'])} | within +-15 % {_pct(b['within_15'])} | p90 |err| {_pct(b['p90_abs_err'])}")
+    rp = r.get("repeatability") or {}
+    if rp.get("n", 0) >= 2:
+        out.insert(5, f"  the reference against itself ({rp['n']} networks in {rp['groups']} groups that run the identical graph): "
+                      f"within +-15 % of their group's median {_pct(rp['within_15'])} (+-10 % {_pct(rp['within_10'])}, "
+                      f"p90 |dev| {_pct(rp['p90_abs_dev'])}; cross-device correlation of the deviations "
+                      f"{rp['cross_device_corr']:.2f}) - no estimate from the graph can do better on them")
+    mr = r.get("miss_runs")
+    if mr:
+        out.insert(6, f"  held-out misses beyond +-15 % by measuring order: {_pct(mr['p_miss'])} of networks, "
+                      f"{_pct(mr['p_miss_after_miss'])} of those next (in index order) to a miss")
     for w in r["worst"][:8]:
         out.append(f"    {w['err']:+7.1%}  {w['true_ms']:7.2f} ms measured, {w['pred_ms']:7.2f} predicted  "
                    f"#{w['index']} [{w['mix']}]")
