@@ -159,3 +159,31 @@ def test_unsupported_op_names_the_problem(tmp_path):
         eonnx.export_fp32(_Unexportable(), (1, 8, 8), tmp_path / "m.onnx")
     assert "fft" in str(e.value).lower()
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bias_correction_changes_only_biases_and_removes_the_mean_shift(exported, tmp_path):
+    """The shipped int8 model's conv / FC biases are corrected on the calibration images: the same graph, scales
+    and weights as the uncorrected conversion, only int32 bias buffers differ, and the mean int8 - fp32 shift of
+    the logits on those images is smaller."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    d = exported["dir"]
+    sm = etflite.onnx_to_saved_model(d / "model_fp32.onnx", exported["nhwc"], tmp_path / "sm")
+    etflite.convert(sm, tmp_path / "raw.tflite", exported["nhwc"], correct_bias=False)
+    etflite.convert(sm, tmp_path / "fixed.tflite", exported["nhwc"])  # as `export` makes the shipped model.tflite
+    raw, fixed = (fu.read_model(str(tmp_path / f"{k}.tflite")) for k in ("raw", "fixed"))
+    gr, gf = raw.subgraphs[0], fixed.subgraphs[0]
+    assert [o.opcodeIndex for o in gr.operators] == [o.opcodeIndex for o in gf.operators]
+    biases = {int(gf.tensors[o.inputs[2]].buffer) for o in gf.operators
+              if fixed.operatorCodes[o.opcodeIndex].builtinCode in (etflite.CONV_2D, etflite.FULLY_CONNECTED)}
+    changed = {i for i, (a, b) in enumerate(zip(raw.buffers, fixed.buffers))
+               if (a.data is None) != (b.data is None) or (a.data is not None and bytes(a.data) != bytes(b.data))}
+    assert changed and changed <= biases  # nothing but biases differ
+    for tr, tf_ in zip(gr.tensors, gf.tensors):
+        if tr.quantization is not None and tr.quantization.scale is not None:
+            assert np.array_equal(tr.quantization.scale, tf_.quantization.scale)
+    out = gf.tensors[gf.outputs[0]].name.decode()
+    ref = etflite._Runner(etflite._convert_bytes(sm, None))
+    shift = {k: np.abs(etflite._mean_shift((tmp_path / f"{k}.tflite").read_bytes(), ref, exported["nhwc"], out, False)).mean()
+             for k in ("raw", "fixed")}
+    assert shift["fixed"] < shift["raw"]

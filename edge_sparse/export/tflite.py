@@ -2,7 +2,8 @@
 
 In:  `model_fp32.onnx`, normalised calibration images (NHWC float32).
 Out: `model_fp32.tflite` and `model.tflite` (int8 weights and activations, int8 input and output,
-     quantised with a representative dataset drawn from calib_data/).
+     quantised with a representative dataset drawn from calib_data/; then every conv's and fully-connected
+     layer's int32 bias corrected, layer by layer, on the same images: `correct_biases`).
 Run: `edge-sparse export --model-dir runs/x/finetuned --out dist/host`
 
 Offline by construction: onnx2tf downloads `calibration_image_sample_data_20x128x128x3_float32.npy`
@@ -79,8 +80,18 @@ def onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) 
     return out
 
 
-def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None) -> None:
-    """SavedModel -> .tflite: fp32 when `calib_nhwc` is None, else full-integer int8 with int8 I/O."""
+def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None, correct_bias: bool = True) -> None:
+    """SavedModel -> .tflite: fp32 when `calib_nhwc` is None, else full-integer int8 with int8 I/O (and every
+    conv's / FC's bias corrected on the calibration images unless `correct_bias` is False)."""
+    data = _convert_bytes(saved_model, calib_nhwc)
+    if calib_nhwc is not None and correct_bias:
+        data, note = correct_biases(data, _convert_bytes(saved_model, None), calib_nhwc)
+        print(f"  {note}")
+    _io.write_bytes(path, data)
+
+
+def _convert_bytes(saved_model: Path, calib_nhwc: np.ndarray | None) -> bytes:
+    """The TFLite converter on `saved_model`: fp32, or full-integer int8 with int8 I/O calibrated on `calib_nhwc`."""
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -102,7 +113,111 @@ def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None) -> Non
             data = conv.convert()
         except Exception as e:
             raise EdgeSparseError(f"TFLite conversion of {saved_model} failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    _io.write_bytes(path, data)
+    return data
+
+
+# tflite BuiltinOperator codes of the ops whose int32 bias `correct_biases` adjusts
+CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
+_ACT_NONE = 0  # ActivationFunctionType.NONE
+_ACT_RELUS = (1, 2, 3)  # RELU, RELU_N1_TO_1, RELU6: a fused clamp below which the error does not show
+
+
+class _Runner:
+    """A .tflite (bytes) kept for reading its intermediate tensors on normalised NHWC float inputs."""
+
+    def __init__(self, model: bytes):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.it = Interpreter(model_content=model, num_threads=1, experimental_preserve_all_tensors=True)
+        self.it.allocate_tensors()
+        self.inp = self.it.get_input_details()[0]
+        self.det = {d["name"]: d for d in self.it.get_tensor_details()}
+
+    def run(self, x1: np.ndarray) -> None:
+        if self.inp["dtype"] == np.int8:
+            s, z = self.inp["quantization"]
+            x1 = np.clip(np.round(x1 / s + z), -128, 127).astype(np.int8)
+        self.it.set_tensor(self.inp["index"], x1.astype(self.inp["dtype"]))
+        self.it.invoke()
+
+    def get(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values as (positions, channels) float, dequantised if int8; mask of int8 values at -128/127)."""
+        d = self.det[name]
+        t = self.it.get_tensor(d["index"]).reshape(-1, d["shape"][-1])
+        if t.dtype != np.int8:
+            return t.astype(np.float32), np.zeros(t.shape, dtype=bool)
+        s, z = d["quantization"]
+        return (t.astype(np.float32) - z) * s, (t == -128) | (t == 127)
+
+
+def _mean_shift(q_model: bytes, ref: _Runner, x: np.ndarray, name: str, behind_relu: bool) -> np.ndarray:
+    """Per channel of tensor `name`: the mean of int8 - fp32 over the images `x`, counting only values
+    unsaturated in int8 and, behind a fused ReLU, positive in both (where the pre-activation's error shows)."""
+    q = _Runner(q_model)
+    total = count = None
+    for i in range(len(x)):
+        q.run(x[i : i + 1])
+        ref.run(x[i : i + 1])
+        (a, sat), (f, _) = q.get(name), ref.get(name)
+        use = ~sat & (a > 0) & (f > 0) if behind_relu else ~sat
+        d = np.where(use, a.astype(np.float64) - f, 0.0).sum(0)  # float64: sums of ~10^5 small differences
+        total, count = (d, use.sum(0)) if total is None else (total + d, count + use.sum(0))
+    return total / np.maximum(count, 1)
+
+
+def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> tuple[bytes, str]:
+    """Empirical bias correction (Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
+    Correction", ICCV 2019, sec. 4.2, here with the calibration data): quantisation shifts the mean of each
+    output channel of a layer; layer by layer in graph order, with the corrections of the layers before it in
+    place, the per-channel mean of (int8 - fp32) on the calibration images is subtracted from the layer's int32
+    bias, in that bias's own scale. Compared: the fp32 .tflite of the same SavedModel, tensor by tensor name;
+    counted: only values unsaturated in int8 and, behind a fused ReLU, positive in both (the pre-activation's
+    error). CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED with an int32 bias and no fused activation or a
+    fused ReLU; nothing else changes (ops, scales, weights, I/O, latency). The shifts are read with TFLite's
+    builtin kernels (reading intermediate tensors turns the XNNPACK delegate off); its int8 results differ
+    from XNNPACK's by rounding only. Default rpi4 build, all 10k test images: BENCHMARKS.md "Where int8
+    disagrees with fp32".
+
+    Returns the corrected model and one line saying what was done."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    m = fu.convert_bytearray_to_object(bytearray(model))
+    g = m.subgraphs[0]
+    fp32_names = {d.name for d in fu.convert_bytearray_to_object(bytearray(fp32_model)).subgraphs[0].tensors}
+    todo = []  # (op index, output tensor name, fused activation)
+    for k, op in enumerate(g.operators):
+        code = m.operatorCodes[op.opcodeIndex].builtinCode
+        if code not in (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) or len(op.inputs) < 3 or int(op.inputs[2]) < 0:
+            continue
+        bt = g.tensors[int(op.inputs[2])]
+        if bt.type != 2 or m.buffers[bt.buffer].data is None or bt.quantization is None:  # 2: INT32 constant
+            continue
+        name = g.tensors[int(op.outputs[0])].name
+        act = getattr(op.builtinOptions, "fusedActivationFunction", _ACT_NONE)
+        if name in fp32_names and (act == _ACT_NONE or act in _ACT_RELUS):
+            todo.append((k, name.decode(), act))
+    if not todo:
+        return model, "bias correction skipped: no conv or fully-connected output matches the fp32 graph by name"
+    ref = _Runner(fp32_model)
+    shifts = []
+    for k, name, act in todo:
+        shift = _mean_shift(model, ref, calib_nhwc, name, act != _ACT_NONE)
+        m = fu.convert_bytearray_to_object(bytearray(model))
+        bt = m.subgraphs[0].tensors[int(m.subgraphs[0].operators[k].inputs[2])]
+        buf = m.buffers[bt.buffer]
+        bias = np.frombuffer(bytes(bytearray(buf.data)), dtype=np.int32).astype(np.float64)
+        if bias.size != shift.size:
+            continue
+        scale = np.broadcast_to(np.asarray(bt.quantization.scale, dtype=np.float64), bias.shape)
+        info = np.iinfo(np.int32)
+        buf.data = np.frombuffer(np.clip(np.round(bias - shift / scale), info.min, info.max).astype(np.int32).tobytes(),
+                                 dtype=np.uint8)
+        model = bytes(fu.convert_object_to_bytearray(m))
+        shifts.append(float(np.abs(shift).mean()))
+    if not shifts:
+        return model, "bias correction skipped: no layer's bias matches its output channels"
+    return model, (f"bias correction on {len(calib_nhwc)} calibration images: {len(shifts)} layers, mean |shift| "
+                   f"removed {np.mean(shifts):.4f} (largest layer {max(shifts):.4f})")
 
 
 def export(onnx_fp32: Path, calib_nhwc: np.ndarray, fp32_out: Path | None, int8_out: Path) -> None:
