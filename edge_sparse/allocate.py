@@ -57,9 +57,12 @@ class Allocation:
 
 class Allocator:
     def __init__(self, dense: nn.Module, example: torch.Tensor, pricer, round_to: int, max_layer_sparsity: float = 0.9,
-                 taylor_batch=None):
-        """`taylor_batch=(images, labels)`: rank channels by first-order Taylor importance on that batch
-        (|weight x gradient|, data-driven: for weights not trained with the sparsity objective) instead of BN |gamma|."""
+                 taylor_batch=None, criterion: str = "bn_scale"):
+        """Channels are ranked by `criterion`: "bn_scale" (BN |gamma|, what the sparsity objective drives to zero),
+        "l1" / "l2" (the group's weight magnitude, Torch-Pruning's `GroupMagnitudeImportance`), or "taylor"
+        (first-order Taylor importance |weight x gradient| on `taylor_batch=(images, labels)`, data-driven: for
+        weights not trained with the sparsity objective; a given batch means "taylor" whatever `criterion` says).
+        Raw scores, no per-group normaliser: groups compete on one scale."""
         import torch_pruning as tp
 
         self.dense, self.example, self.pricer, self.m = dense.eval(), example[:1], pricer, int(round_to)
@@ -70,8 +73,15 @@ class Allocator:
             dg = tp.DependencyGraph().build_dependency(self.dense, self.example)
             groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
         names = {mod: n for n, mod in self.dense.named_modules()}
+        if criterion not in ("bn_scale", "l1", "l2", "taylor"):
+            raise EdgeSparseError(f"unknown criterion {criterion!r}; valid: bn_scale, l1, l2, taylor")
+        if criterion == "taylor" and taylor_batch is None:
+            raise EdgeSparseError("criterion 'taylor' needs a batch of images and labels (taylor_batch)")
         imp_fn = tp.importance.BNScaleImportance(normalizer=None)  # raw |gamma|: groups compete on one scale
         self.criterion = "bn_scale"
+        if criterion in ("l1", "l2") and taylor_batch is None:
+            imp_fn = tp.importance.GroupMagnitudeImportance(p=int(criterion[1]), normalizer=None)
+            self.criterion = criterion
         if taylor_batch is not None:
             x, y = taylor_batch
             self.dense.zero_grad()

@@ -143,14 +143,16 @@ def stage_search(b: Build, d: Path) -> dict:
             on_device = lambda ms: time_models_on_device(ms, b.splits.input_shape, calib, b.cfg.target_device,  # noqa: E731
                                                          b.target.threads, python=python, log=_log)
         taylor = None
-        if b.cfg.no_train:  # the given weights were not trained for sparsity: rank channels by their effect on the loss
+        # --criterion taylor, or --no-train with the default criterion (the given weights were not trained for
+        # sparsity): rank channels by their effect on the loss
+        if b.cfg.criterion == "taylor" or (b.cfg.no_train and b.cfg.criterion == "bn_scale"):
             from edge_sparse.data import to_tensor
 
             idx = np.arange(min(256, len(b.splits.train)))
             taylor = (to_tensor(b.splits.train.images(idx), b.splits.mean, b.splits.std),
                       torch.as_tensor(b.splits.train.y[idx], dtype=torch.long))
         chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device,
-                                                taylor_batch=taylor)
+                                                taylor_batch=taylor, criterion=b.cfg.criterion)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"
     _log(f"  chosen: {chosen.method} sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.4f} ms {rel} "
          f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget, {chosen.predicted_p90_ms / pr.effective_budget_ms:.0%} of what the margin leaves)")

@@ -143,7 +143,7 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
 
 def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, pricer, log=print,
                        max_layer_sparsity: float = 0.9, time_on_device=None,
-                       taylor_batch=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+                       taylor_batch=None, criterion: str = "bn_scale") -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
     """Per-group widths under the budget (three scorings), ranked by accuracy after BN re-estimation.
 
     `time_on_device(models: dict[name, nn.Module]) -> dict[name, p90 ms]`, when given, times the finalists on
@@ -159,7 +159,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         log("  the dense model already meets the budget: shipping it unpruned")
         return dense_c, None, [dense_c]
     al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity,
-                   taylor_batch=taylor_batch)
+                   taylor_batch=taylor_batch, criterion=criterion)
     tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
     seen: set = set()
 

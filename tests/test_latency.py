@@ -235,6 +235,25 @@ def test_allocation_keeps_the_important_channels():
     assert "conv1" not in a.keep  # 8 wide: not prunable on an 8-grid
 
 
+def test_allocation_ranks_by_the_criterion_asked_for():
+    """--criterion l2 ranks channels by their group's weight magnitude, not BN |gamma|; taylor needs a batch."""
+    from edge_sparse.allocate import Allocator
+
+    m, ex = _tiny()
+    with torch.no_grad():
+        m.layer3[0].bn1.weight.mul_(1e-3)  # tiny |gamma| ...
+        m.layer3[0].conv1.weight.mul_(1e3)  # ... behind the largest filters
+    pr = _pricer(m, ex)
+    bn, l2 = Allocator(m, ex, pr, 8), Allocator(m, ex, pr, 8, criterion="l2")
+    assert (bn.criterion, l2.criterion) == ("bn_scale", "l2")
+    mean = lambda al, name: float(np.mean(next(g for g in al.groups if g.name == name).importance))  # noqa: E731
+    others = [g.name for g in bn.groups if g.name != "layer3.0.conv1"]
+    assert all(mean(bn, "layer3.0.conv1") < mean(bn, o) for o in others)  # BN |gamma|: the least important
+    assert all(mean(l2, "layer3.0.conv1") > mean(l2, o) for o in others)  # L2 magnitude: the most important
+    with pytest.raises(EdgeSparseError, match="taylor.*needs a batch"):
+        Allocator(m, ex, pr, 8, criterion="taylor")
+
+
 def test_search_ships_dense_when_it_fits_and_fails_clearly_when_nothing_does(fmnist_small):
     from edge_sparse.search import search_allocations
 
