@@ -157,6 +157,26 @@ def width_multiplier(al, budget_ms: float, round_to: int):
     return None, None
 
 
+def width_net(b, d: Path):
+    """The width peer of build `b` (its widths found again as `run_point` found them) with the weights saved in
+    `d`/net by an earlier `make compare`; None when there are none."""
+    from safetensors.torch import load_file
+
+    from edge_sparse import models, pipeline
+    from edge_sparse.allocate import Allocator
+
+    f = d / "net" / "model.safetensors"
+    if not f.is_file():
+        return None
+    pr = pipeline.pricer(b)
+    src, _ = models.load(b.dirs["train"] / "dense")
+    al = Allocator(src, b.example(), pr, b.target.channel_multiple)
+    a, _ = width_multiplier(al, pr.effective_budget_ms, b.target.channel_multiple)
+    net = al.apply(a).model
+    net.load_state_dict(load_file(str(f)))
+    return net.eval()
+
+
 def _export(model, splits, calib, d: Path) -> Path:
     from edge_sparse.data import normalize_np
     from edge_sparse.export import onnx as eonnx, tflite as etflite

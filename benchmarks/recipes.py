@@ -42,6 +42,9 @@ RECIPES: dict[str, tuple] = {
     "default-kd0-ftlr1": ("distil-0.8, the fine-tune on labels alone at the dense peak rate (one-cycle lr 0.1)",
                           ["--kd-alpha", "0", "--finetune-lr", "0.1"]),
     "default-l5e4": ("distil-0.8 with the weaker sparsity term (L1 on BN 5e-4)", ["--sparsity-lambda", "5e-4", "--kd-alpha", "0.8", "--finetune-lr", "0.05"]),
+    "noreg-l2": ("the default without the sparsity term in the dense epochs (--sparsity-lambda 0), channels ranked by "
+                 "their group's L2 magnitude (Torch-Pruning's importance) and allocated per group under the budget",
+                 ["--sparsity-lambda", "0", "--criterion", "l2"]),
     "early": ("3 warm-up epochs with L1 on BN -> prune -> 6 fine-tune epochs (lr 0.05, cosine, no KD, crop+flip); "
               "reference: the warm-up model given the 6 epochs too (the default until 2026-12-02)",
               ["--epochs", "3", "--finetune-epochs", "6", "--finetune-lr", "0.05", "--kd-alpha", "0",

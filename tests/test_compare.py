@@ -74,3 +74,24 @@ def test_markdown_states_every_method_and_the_paired_difference():
     for m in compare.METHODS:
         assert f"| rpi4 | {m} | 0 |" in md
     assert "+0.50 (+0.20…+0.80)" in md and "-0.20 (-0.50…+0.10)" in md and "`tp`: tp recipe" in md
+
+
+def test_robustness_at_equal_latency_says_a_difference_only_when_the_interval_excludes_zero():
+    from benchmarks import robust_peers
+
+    st = {"budget": "rpi4", "n": 2000, "eps": [2.0], "steps": 10}
+
+    def row(seed, method, pgd):
+        return {"seed": seed, "method": method, "settings": st, "clean_fp32": 92.0, "clean_int8": 91.9,
+                **{f"{a}_{p}_eps2": pgd for a in robust_peers.ATTACKS for p in ("fp32", "int8")}}
+
+    clear = [row(s, "shipped", 60.0 + s) for s in range(3)] + [row(s, "width", 58.0 + s) for s in range(3)]
+    by = {r["metric"]: r for r in robust_peers.summarize(clear, [2.0])}
+    assert by["pgd_fp32_eps2"]["diff"] == pytest.approx(2.0) and by["pgd_fp32_eps2"]["verdict"] == "shipped more robust"
+    assert by["clean_fp32"]["verdict"] == "no detectable difference"  # identical: a zero-width interval around 0
+    noisy = [row(0, "shipped", 60.0), row(1, "shipped", 55.0), row(2, "shipped", 62.0),
+             row(0, "width", 58.0), row(1, "width", 57.0), row(2, "width", 59.0)]
+    got = {r["metric"]: r for r in robust_peers.summarize(noisy, [2.0])}["apgd-ce_int8_eps2"]
+    assert got["lo"] < 0 < got["hi"] and got["verdict"] == "no detectable difference"
+    md = robust_peers.markdown(noisy, robust_peers.summarize(noisy, [2.0]))
+    assert "| apgd-ce_int8_eps2 |" in md and "robust-peers:begin" in md
