@@ -1,7 +1,8 @@
 """Latency-aware channel allocation: per coupled group, how many channels to keep under a latency budget.
 
 In:  a dense (sparsity-trained) model, an example input, a `Pricer` (edge_sparse.latency.predict) and
-     the channel multiple; importance per channel from the model's BatchNorm scales.
+     the channel multiple; importance per channel by the build's criterion (BatchNorm scales by default;
+     weight magnitude or first-order Taylor on request).
 Out: `Allocation`s (kept width per Torch-Pruning group, predicted p90) and `apply(...)`: a physically
      smaller model with the least important channels of each group removed, as a `PruneResult`
      whose record replays on the dense model (`edge_sparse.pruning.replay`).
@@ -61,8 +62,9 @@ class Allocator:
         """Channels are ranked by `criterion`: "bn_scale" (BN |gamma|, what the sparsity objective drives to zero),
         "l1" / "l2" (the group's weight magnitude, Torch-Pruning's `GroupMagnitudeImportance`), or "taylor"
         (first-order Taylor importance |weight x gradient| on `taylor_batch=(images, labels)`, data-driven: for
-        weights not trained with the sparsity objective; a given batch means "taylor" whatever `criterion` says).
-        Raw scores, no per-group normaliser: groups compete on one scale."""
+        weights not trained with the sparsity objective). Raw scores, no per-group normaliser: groups compete on one
+        scale (for l1 / l2 that scale grows with a group's fan-in and ignores the BN scale behind it; the finalists
+        are ranked by accuracy after BN re-estimation, which is what decides)."""
         import torch_pruning as tp
 
         self.dense, self.example, self.pricer, self.m = dense.eval(), example[:1], pricer, int(round_to)
@@ -75,11 +77,12 @@ class Allocator:
         names = {mod: n for n, mod in self.dense.named_modules()}
         if criterion not in ("bn_scale", "l1", "l2", "taylor"):
             raise EdgeSparseError(f"unknown criterion {criterion!r}; valid: bn_scale, l1, l2, taylor")
-        if criterion == "taylor" and taylor_batch is None:
-            raise EdgeSparseError("criterion 'taylor' needs a batch of images and labels (taylor_batch)")
+        if (criterion == "taylor") != (taylor_batch is not None):
+            raise EdgeSparseError("criterion 'taylor' needs a batch of images and labels (taylor_batch), and only it "
+                                  f"uses one (criterion {criterion!r}, taylor_batch {'given' if taylor_batch else 'none'})")
         imp_fn = tp.importance.BNScaleImportance(normalizer=None)  # raw |gamma|: groups compete on one scale
         self.criterion = "bn_scale"
-        if criterion in ("l1", "l2") and taylor_batch is None:
+        if criterion in ("l1", "l2"):
             imp_fn = tp.importance.GroupMagnitudeImportance(p=int(criterion[1]), normalizer=None)
             self.criterion = criterion
         if taylor_batch is not None:

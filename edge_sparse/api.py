@@ -51,6 +51,8 @@ def build(model: Union[torch.nn.Module, str] = "resnet8", target: str = "rpi4", 
     if no_train and not weights:
         raise EdgeSparseError("no_train=True needs weights=...: there is nothing trained to prune")
     base = BuildConfig.quick() if quick else BuildConfig()
+    if no_train:  # weights not trained for sparsity: rank channels by their effect on the loss unless told otherwise
+        config.setdefault("criterion", "taylor")
     if weights and "train" not in config:
         config["train"] = base.train.replace(epochs=1)
     cfg = dataclasses.replace(base, model=ref, dataset=dataset, data_dir=data_dir, weights=weights, no_train=no_train,

@@ -53,7 +53,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    "weights_only=True (never an arbitrary pickle); the report's dense reference is then this model as is")
     p.add_argument("--no-train", action="store_true", help="with --weights: no training; prune with a data-driven "
                    "criterion, re-estimate BN statistics, export, verify, bundle (minutes)")
-    p.add_argument("--criterion", default="bn_scale", help="bn_scale | l1 | l2 | taylor")
+    p.add_argument("--criterion", default=None,
+                   help="bn_scale | l1 | l2 | taylor (default: bn_scale; taylor with --no-train)")
     p.add_argument("--sparsities", type=_floats, help="candidate sparsities for --search global, e.g. 0.3,0.5,0.7")
     p.add_argument("--search", choices=("allocate", "global"), default="allocate",
                    help="allocate (default): per-group widths under the target's latency table, filled to the budget; "
@@ -99,7 +100,7 @@ def _config(a):
     from edge_sparse.config import BuildConfig
 
     base = BuildConfig.quick() if a.quick else BuildConfig()
-    kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion, "seed": a.seed,
+    kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion or ("taylor" if a.no_train else "bn_scale"), "seed": a.seed,
           "search": a.search, "target_device": a.target_device, "weights": a.weights, "no_train": a.no_train}
     if a.no_train and not a.weights:
         raise EdgeSparseError("--no-train needs --weights: there is nothing trained to prune")
@@ -170,7 +171,7 @@ def _config(a):
         MODELS.get(a.model)
     if a.weights and not Path(a.weights).expanduser().is_file():
         raise EdgeSparseError(f"--weights {a.weights}: no such file")
-    CRITERIA.get(a.criterion)
+    CRITERIA.get(kw["criterion"])
     for s in kw.get("sparsities", ()):
         if not 0 <= s < 1:
             raise EdgeSparseError(f"--sparsities: {s} is outside [0, 1); 1 would remove every channel")

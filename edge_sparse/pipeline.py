@@ -123,6 +123,16 @@ def pricer(b: Build):
     return b._pricer
 
 
+def _taylor_batch(b: Build):
+    """--criterion taylor (the default with --no-train: weights not trained for sparsity): the 256 training images
+    and labels whose loss gradient ranks the channels; None for the other criteria."""
+    if b.cfg.criterion != "taylor":
+        return None
+    idx = np.arange(min(256, len(b.splits.train)))
+    return (data_mod.to_tensor(b.splits.train.images(idx), b.splits.mean, b.splits.std),
+            torch.as_tensor(b.splits.train.y[idx], dtype=torch.long))
+
+
 def stage_search(b: Build, d: Path) -> dict:
     from edge_sparse.search import candidates_table, search, search_allocations
 
@@ -132,7 +142,7 @@ def stage_search(b: Build, d: Path) -> dict:
          + (f", searched under {pr.effective_budget_ms:.4g} ms (estimate margin {pr.margin:.0%})" if pr.margin else ""))
     if b.cfg.fixed_sparsity is not None or b.cfg.search == "global":
         chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
-                                    fixed=b.cfg.fixed_sparsity, pricer=pr)
+                                    fixed=b.cfg.fixed_sparsity, pricer=pr, taylor_batch=_taylor_batch(b))
     else:
         on_device = None
         if b.cfg.target_device:
@@ -142,17 +152,8 @@ def stage_search(b: Build, d: Path) -> dict:
             python = os.environ.get("EDGE_SPARSE_DEVICE_PYTHON", "python3")  # the device's Python
             on_device = lambda ms: time_models_on_device(ms, b.splits.input_shape, calib, b.cfg.target_device,  # noqa: E731
                                                          b.target.threads, python=python, log=_log)
-        taylor = None
-        # --criterion taylor, or --no-train with the default criterion (the given weights were not trained for
-        # sparsity): rank channels by their effect on the loss
-        if b.cfg.criterion == "taylor" or (b.cfg.no_train and b.cfg.criterion == "bn_scale"):
-            from edge_sparse.data import to_tensor
-
-            idx = np.arange(min(256, len(b.splits.train)))
-            taylor = (to_tensor(b.splits.train.images(idx), b.splits.mean, b.splits.std),
-                      torch.as_tensor(b.splits.train.y[idx], dtype=torch.long))
         chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device,
-                                                taylor_batch=taylor, criterion=b.cfg.criterion)
+                                                taylor_batch=_taylor_batch(b), criterion=b.cfg.criterion)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"
     _log(f"  chosen: {chosen.method} sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.4f} ms {rel} "
          f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget, {chosen.predicted_p90_ms / pr.effective_budget_ms:.0%} of what the margin leaves)")
@@ -185,7 +186,7 @@ def stage_finetune(b: Build, d: Path) -> dict:
     if sparsity > 0 and b.cfg.prune_steps > 1:  # iterative: prune the dense model again in steps, 1 fine-tune epoch between them
         step_cfg = cfg.replace(epochs=1)
         res = prune(teacher, b.example(), sparsity=sparsity, criterion=b.cfg.criterion, round_to=b.target.channel_multiple,
-                    iterative_steps=b.cfg.prune_steps,
+                    iterative_steps=b.cfg.prune_steps, taylor_batch=_taylor_batch(b),
                     between_steps=lambda m, i: fit(m, b.splits, step_cfg.replace(seed=cfg.seed + 10 + i), teacher=kd,
                                                    distributed=False))
         student, spec = res.model, {**spec, "record": res.record}

@@ -60,7 +60,7 @@ def estimate_size_kb(params: int, channels: int) -> float:
 
 def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, sparsity: float, criterion: str,
                        example: torch.Tensor, pricer=None, pruned: Optional[PruneResult] = None,
-                       method: str = "global") -> tuple[Candidate, Optional[PruneResult]]:
+                       method: str = "global", taylor_batch=None) -> tuple[Candidate, Optional[PruneResult]]:
     if pricer is None:
         from edge_sparse.latency.predict import resolve
 
@@ -75,7 +75,7 @@ def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, s
         model, res = dense, None
     else:
         res = prune(dense, example, sparsity=sparsity, criterion=criterion, round_to=target.channel_multiple,
-                    check_batch=to_tensor(splits.val.images(range(min(16, len(splits.val)))), splits.mean, splits.std))
+                    taylor_batch=taylor_batch, check_batch=to_tensor(splits.val.images(range(min(16, len(splits.val)))), splits.mean, splits.std))
         layers, params, macs, model = res.layers, res.params, res.macs, res.model
     lat = pricer.predict(model, example)
     pred = round(lat["p90"], 5)
@@ -101,8 +101,10 @@ def describe(c: Candidate) -> str:
 
 
 def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: Sequence[float], criterion: str,
-           log=print, fixed: Optional[float] = None, pricer=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+           log=print, fixed: Optional[float] = None, pricer=None,
+           taylor_batch=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
     """Try every candidate sparsity (plus 0: the dense model); pick the most accurate one that fits.
+    `taylor_batch=(images, labels)`: the batch whose loss gradient ranks channels when `criterion` is "taylor".
 
     With `fixed`, only that sparsity (and the dense reference) is evaluated and it is chosen whether
     or not it fits (the study's sweep points); its fit is still reported.
@@ -121,7 +123,7 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
         pricer = resolve(target, dense, example, log=log)
     tried: list[tuple[Candidate, Optional[PruneResult]]] = []
     for s in sorted({0.0, *map(float, sparsities)}):
-        c, res = evaluate_candidate(dense, splits, target, s, criterion, example, pricer)
+        c, res = evaluate_candidate(dense, splits, target, s, criterion, example, pricer, taylor_batch=taylor_batch)
         mark = "fits" if c.fits else ("over latency" if not c.fits_latency else "over size")
         log(f"  candidate {describe(c)} -> {mark}")
         tried.append((c, res))

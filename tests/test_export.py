@@ -175,7 +175,7 @@ def test_bias_correction_changes_only_biases_and_removes_the_mean_shift(exported
     gr, gf = raw.subgraphs[0], fixed.subgraphs[0]
     assert [o.opcodeIndex for o in gr.operators] == [o.opcodeIndex for o in gf.operators]
     biases = {int(gf.tensors[o.inputs[2]].buffer) for o in gf.operators
-              if fixed.operatorCodes[o.opcodeIndex].builtinCode in (etflite.CONV_2D, etflite.FULLY_CONNECTED)}
+              if fixed.operatorCodes[o.opcodeIndex].builtinCode in (etflite.CONV_2D, etflite.DEPTHWISE_CONV_2D, etflite.FULLY_CONNECTED)}
     changed = {i for i, (a, b) in enumerate(zip(raw.buffers, fixed.buffers))
                if (a.data is None) != (b.data is None) or (a.data is not None and bytes(a.data) != bytes(b.data))}
     assert changed and changed <= biases  # nothing but biases differ

@@ -254,6 +254,36 @@ def test_allocation_ranks_by_the_criterion_asked_for():
         Allocator(m, ex, pr, 8, criterion="taylor")
 
 
+def test_taylor_reaches_every_search_path_and_is_the_no_train_default(fmnist_small, tmp_path):
+    """--criterion taylor ranks by the loss gradient on the one-threshold search too (it used to fail there only
+    after training, for want of a batch); --no-train means taylor unless a criterion is named."""
+    import argparse
+
+    from edge_sparse.cli import _build_args, _config
+    from edge_sparse.data import to_tensor
+    from edge_sparse.search import search
+
+    m, ex = _tiny()
+    pr = _pricer(m, ex)
+    pr.target = dataclasses.replace(pr.target, latency_budget_ms=1e3)
+    idx = np.arange(64)
+    batch = (to_tensor(fmnist_small.train.images(idx), fmnist_small.mean, fmnist_small.std),
+             torch.as_tensor(fmnist_small.train.y[idx], dtype=torch.long))
+    chosen, res, _ = search(m, fmnist_small, pr.target, [0.3], "taylor", log=lambda *_: None, fixed=0.3, pricer=pr,
+                            taylor_batch=batch)
+    assert chosen.sparsity == 0.3 and res.record["criterion"] == "taylor"
+    with pytest.raises(EdgeSparseError, match="taylor"):
+        search(m, fmnist_small, pr.target, [0.3], "taylor", log=lambda *_: None, fixed=0.3, pricer=pr)
+    p = argparse.ArgumentParser()
+    _build_args(p)
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"x")  # only its existence is checked here
+    crit = lambda *a: _config(p.parse_args(["--target", "rpi4", *a])).criterion  # noqa: E731
+    assert crit() == "bn_scale" and crit("--no-train", "--weights", str(w)) == "taylor"
+    assert crit("--no-train", "--weights", str(w), "--criterion", "bn_scale") == "bn_scale"
+    assert crit("--criterion", "l2") == "l2"
+
+
 def test_search_ships_dense_when_it_fits_and_fails_clearly_when_nothing_does(fmnist_small):
     from edge_sparse.search import search_allocations
 

@@ -80,12 +80,14 @@ def onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) 
     return out
 
 
-def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None, correct_bias: bool = True) -> None:
+def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None, correct_bias: bool = True,
+            fp32_model: bytes | None = None) -> None:
     """SavedModel -> .tflite: fp32 when `calib_nhwc` is None, else full-integer int8 with int8 I/O (and every
-    conv's / FC's bias corrected on the calibration images unless `correct_bias` is False)."""
+    conv's / FC's bias corrected on the calibration images against `fp32_model`, the fp32 conversion of the same
+    SavedModel, made here when not given, unless `correct_bias` is False)."""
     data = _convert_bytes(saved_model, calib_nhwc)
     if calib_nhwc is not None and correct_bias:
-        data, note = correct_biases(data, _convert_bytes(saved_model, None), calib_nhwc)
+        data, note = correct_biases(data, fp32_model or _convert_bytes(saved_model, None), calib_nhwc)
         print(f"  {note}")
     _io.write_bytes(path, data)
 
@@ -118,6 +120,10 @@ def _convert_bytes(saved_model: Path, calib_nhwc: np.ndarray | None) -> bytes:
 
 # tflite BuiltinOperator codes of the ops whose int32 bias `correct_biases` adjusts
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
+# the correction costs two single-threaded invokes per (layer, image) with XNNPACK off: a model with many layers
+# is corrected on fewer calibration images (at least 64), so a 50-layer net at 224 px takes minutes, not an hour;
+# the default ResNet-8 (10 layers) uses all 512
+_INVOKE_BUDGET = 8192
 _ACT_NONE = 0  # ActivationFunctionType.NONE
 _ACT_RELUS = (1, 2, 3)  # RELU, RELU_N1_TO_1, RELU6: a fused clamp below which the error does not show
 
@@ -159,6 +165,8 @@ def _mean_shift(q_model: bytes, ref: _Runner, x: np.ndarray, name: str, behind_r
         q.run(x[i : i + 1])
         ref.run(x[i : i + 1])
         (a, sat), (f, _) = q.get(name), ref.get(name)
+        if a.shape != f.shape:  # same name, another tensor: never compare across it
+            raise EdgeSparseError(f"bias correction: tensor {name!r} is {a.shape} in int8 but {f.shape} in fp32")
         use = ~sat & (a > 0) & (f > 0) if behind_relu else ~sat
         d = np.where(use, a.astype(np.float64) - f, 0.0).sum(0)  # float64: sums of ~10^5 small differences
         total, count = (d, use.sum(0)) if total is None else (total + d, count + use.sum(0))
@@ -183,8 +191,14 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
 
     m = fu.convert_bytearray_to_object(bytearray(model))
     g = m.subgraphs[0]
-    fp32_names = {d.name for d in fu.convert_bytearray_to_object(bytearray(fp32_model)).subgraphs[0].tensors}
-    todo = []  # (op index, output tensor name, fused activation)
+    fm = fu.convert_bytearray_to_object(bytearray(fp32_model))
+    fg = fm.subgraphs[0]
+    fp32_out = {}  # output tensor name -> (shape, fused activation of the op that writes it); None if the name repeats
+    for op in fg.operators:
+        t = fg.tensors[int(op.outputs[0])]
+        act = getattr(op.builtinOptions, "fusedActivationFunction", _ACT_NONE)
+        fp32_out[t.name] = None if t.name in fp32_out else (list(t.shape), act)
+    todo, eligible = [], 0  # (op index, output tensor name, fused activation)
     for k, op in enumerate(g.operators):
         code = m.operatorCodes[op.opcodeIndex].builtinCode
         if code not in (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) or len(op.inputs) < 3 or int(op.inputs[2]) < 0:
@@ -192,12 +206,16 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
         bt = g.tensors[int(op.inputs[2])]
         if bt.type != 2 or m.buffers[bt.buffer].data is None or bt.quantization is None:  # 2: INT32 constant
             continue
-        name = g.tensors[int(op.outputs[0])].name
+        eligible += 1
+        t = g.tensors[int(op.outputs[0])]
         act = getattr(op.builtinOptions, "fusedActivationFunction", _ACT_NONE)
-        if name in fp32_names and (act == _ACT_NONE or act in _ACT_RELUS):
-            todo.append((k, name.decode(), act))
+        # the fp32 twin: one tensor of that name, the same shape, written by an op with the same fused activation
+        if fp32_out.get(t.name) == (list(t.shape), act) and (act == _ACT_NONE or act in _ACT_RELUS):
+            todo.append((k, t.name.decode(), act))
     if not todo:
-        return model, "bias correction skipped: no conv or fully-connected output matches the fp32 graph by name"
+        return model, (f"bias correction skipped: none of {eligible} conv / fully-connected outputs has a twin in the "
+                       f"fp32 graph (same name, shape and fused activation)")
+    calib_nhwc = calib_nhwc[: max(64, _INVOKE_BUDGET // len(todo))]
     ref = _Runner(fp32_model)
     shifts = []
     for k, name, act in todo:
@@ -216,8 +234,8 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
         shifts.append(float(np.abs(shift).mean()))
     if not shifts:
         return model, "bias correction skipped: no layer's bias matches its output channels"
-    return model, (f"bias correction on {len(calib_nhwc)} calibration images: {len(shifts)} layers, mean |shift| "
-                   f"removed {np.mean(shifts):.4f} (largest layer {max(shifts):.4f})")
+    return model, (f"bias correction on {len(calib_nhwc)} calibration images: {len(shifts)} of {eligible} conv / "
+                   f"fully-connected layers, mean |shift| removed {np.mean(shifts):.4f} (largest layer {max(shifts):.4f})")
 
 
 def export(onnx_fp32: Path, calib_nhwc: np.ndarray, fp32_out: Path | None, int8_out: Path) -> None:
@@ -225,8 +243,9 @@ def export(onnx_fp32: Path, calib_nhwc: np.ndarray, fp32_out: Path | None, int8_
     tmp = Path(tempfile.mkdtemp(prefix="edge_sparse_onnx2tf_"))
     try:
         sm = onnx_to_saved_model(onnx_fp32, calib_nhwc, tmp)
+        fp32 = _convert_bytes(sm, None)  # shipped as model_fp32.tflite, and the bias correction's reference
         if fp32_out is not None:
-            convert(sm, fp32_out, None)
-        convert(sm, int8_out, calib_nhwc)
+            _io.write_bytes(fp32_out, fp32)
+        convert(sm, int8_out, calib_nhwc, fp32_model=fp32)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
