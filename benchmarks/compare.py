@@ -13,8 +13,8 @@ a 95 % interval, and all of a budget's models timed side by side in one interlea
 - `tp`      — Torch-Pruning's documented recipe: a dense model trained without the sparsity term for the
               build's dense epochs, `MetaPruner` + `GroupMagnitudeImportance(p=2)`, global pruning, the same
               `round_to`, the pruning ratio (a 0.02 grid up to 0.90) whose model fits the same budget closest from
-              below, then fine-tuned for the build's fine-tune epochs (labels only — TP's recipe has no
-              distillation, the shipped model's fine-tune has — at the build's fine-tune learning rate);
+              below, then fine-tuned for the build's fine-tune epochs (labels only, as TP's recipe and the shipped
+              model's fine-tune since 2026-12-02 do, at the build's fine-tune learning rate);
 - `global`  — the default build with `--search global`: one importance threshold over all channels per candidate
               sparsity (0.1 ... 0.8), the largest that fits — the search before the per-group allocation; the
               same training, fine-tune and export, so `shipped − global` is what the allocation itself gains;
