@@ -100,7 +100,8 @@ def _config(a):
     from edge_sparse.config import BuildConfig
 
     base = BuildConfig.quick() if a.quick else BuildConfig()
-    kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": a.criterion or ("taylor" if a.no_train else "bn_scale"), "seed": a.seed,
+    criterion = a.criterion or ("taylor" if a.no_train else "bn_scale")  # --no-train: weights not trained for sparsity
+    kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": criterion, "seed": a.seed,
           "search": a.search, "target_device": a.target_device, "weights": a.weights, "no_train": a.no_train}
     if a.no_train and not a.weights:
         raise EdgeSparseError("--no-train needs --weights: there is nothing trained to prune")
