@@ -157,21 +157,26 @@ def width_multiplier(al, budget_ms: float, round_to: int):
     return None, None
 
 
+def _width_allocation(b):
+    """(the Allocator over build `b`'s dense model, the width-multiplier allocation under its budget, alpha)."""
+    from edge_sparse import models, pipeline
+    from edge_sparse.allocate import Allocator
+
+    pr = pipeline.pricer(b)
+    src, _ = models.load(b.dirs["train"] / "dense")
+    al = Allocator(src, b.example(), pr, b.target.channel_multiple)
+    return (al, *width_multiplier(al, pr.effective_budget_ms, b.target.channel_multiple))
+
+
 def width_net(b, d: Path):
     """The width peer of build `b` (its widths found again as `run_point` found them) with the weights saved in
     `d`/net by an earlier `make compare`; None when there are none."""
     from safetensors.torch import load_file
 
-    from edge_sparse import models, pipeline
-    from edge_sparse.allocate import Allocator
-
     f = d / "net" / "model.safetensors"
     if not f.is_file():
         return None
-    pr = pipeline.pricer(b)
-    src, _ = models.load(b.dirs["train"] / "dense")
-    al = Allocator(src, b.example(), pr, b.target.channel_multiple)
-    a, _ = width_multiplier(al, pr.effective_budget_ms, b.target.channel_multiple)
+    al, a, _ = _width_allocation(b)
     net = al.apply(a).model
     net.load_state_dict(load_file(str(f)))
     return net.eval()
@@ -193,7 +198,6 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     import torch
 
     from edge_sparse import models, pipeline, verify
-    from edge_sparse.allocate import Allocator
     from edge_sparse.config import BuildConfig
     from edge_sparse.pruning import count
 
@@ -247,9 +251,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
                        if k in ("macs", "predicted_p90_ms", "widths", "alpha", "recipe", "train_seconds", "pruning_ratio")}
     if "width" in methods and "width" not in have:
         d = work / "width"
-        src, _ = models.load(b.dirs["train"] / "dense")
-        al = Allocator(src, example, pr, b.target.channel_multiple)
-        a, alpha = width_multiplier(al, budget_ms, b.target.channel_multiple)
+        al, a, alpha = _width_allocation(b)
         if a is None:
             info["width"] = {"error": f"no equal-width network fits {budget_ms:.4g} ms"}
         else:

@@ -39,7 +39,7 @@ def _log(msg: str) -> None:
 def _measure(model, tflite: Path, x, y, mean, std, eps: list[float], steps: int, seed: int) -> dict:
     from edge_sparse import verify
     from edge_sparse.data import ImageSet
-    from edge_sparse.robustness import attack_uint8
+    from edge_sparse.study import attack_correct
     from edge_sparse.train import predict
 
     res = {"clean_fp32": float((predict(model, ImageSet(x, y), mean, std).argmax(1) == y).mean() * 100),
@@ -47,9 +47,8 @@ def _measure(model, tflite: Path, x, y, mean, std, eps: list[float], steps: int,
     for a in ATTACKS:
         for e in eps:
             t0 = time.time()
-            adv = attack_uint8(model, x, y, eps=e, attack=a, steps=steps, mean=mean, std=std, seed=seed)
-            res[f"{a}_fp32_eps{e:g}"] = float((predict(model, ImageSet(adv, y), mean, std).argmax(1) == y).mean() * 100)
-            res[f"{a}_int8_eps{e:g}"] = float((verify.run_tflite(tflite, adv, mean, std).argmax(1) == y).mean() * 100)
+            fp32, int8 = attack_correct(model, tflite, x, y, a, e, steps, mean, std, seed)
+            res[f"{a}_fp32_eps{e:g}"], res[f"{a}_int8_eps{e:g}"] = float(fp32.mean() * 100), float(int8.mean() * 100)
             _log(f"  {a} eps {e:g}: fp32 {res[f'{a}_fp32_eps{e:g}']:.2f} %, int8 {res[f'{a}_int8_eps{e:g}']:.2f} % "
                  f"({time.time() - t0:.0f} s)")
     return res
@@ -92,9 +91,9 @@ def run(budget: str, seeds: list[int], n: int, eps: list[float], steps: int, row
 
 
 def summarize(rows: list[dict], eps: list[float]) -> list[dict]:
-    from edge_sparse.study import interval
+    from edge_sparse.study import interval, metric_names
 
-    keys = ["clean_fp32", "clean_int8"] + [f"{a}_{p}_eps{e:g}" for a in ATTACKS for e in eps for p in ("fp32", "int8")]
+    keys = ["clean_fp32", "clean_int8"] + metric_names(ATTACKS, eps)
     by = {(r["seed"], r["method"]): r for r in rows}
     seeds = sorted({s for s, m in by if (s, "shipped") in by and (s, "width") in by})
     out = []

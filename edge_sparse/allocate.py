@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import extract_ops
-from edge_sparse.pruning import RECORD_FORMAT, PruneResult, _classifier_layers, count, profile
+from edge_sparse.pruning import RECORD_FORMAT, Criterion, PruneResult, _classifier_layers, count, profile
 
 SCORINGS = ("importance", "relative", "uniform")
 
@@ -75,8 +75,8 @@ class Allocator:
             dg = tp.DependencyGraph().build_dependency(self.dense, self.example)
             groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
         names = {mod: n for n, mod in self.dense.named_modules()}
-        if criterion not in ("bn_scale", "l1", "l2", "taylor"):
-            raise EdgeSparseError(f"unknown criterion {criterion!r}; valid: bn_scale, l1, l2, taylor")
+        if criterion not in Criterion.__args__:
+            raise EdgeSparseError(f"unknown criterion {criterion!r}; valid: {', '.join(Criterion.__args__)}")
         if (criterion == "taylor") != (taylor_batch is not None):
             raise EdgeSparseError("criterion 'taylor' needs a batch of images and labels (taylor_batch), and only it "
                                   f"uses one (criterion {criterion!r}, taylor_batch {'given' if taylor_batch else 'none'})")

@@ -74,8 +74,9 @@ def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, s
         params, macs = count(dense, example)
         model, res = dense, None
     else:
+        check = to_tensor(splits.val.images(range(min(16, len(splits.val)))), splits.mean, splits.std)
         res = prune(dense, example, sparsity=sparsity, criterion=criterion, round_to=target.channel_multiple,
-                    taylor_batch=taylor_batch, check_batch=to_tensor(splits.val.images(range(min(16, len(splits.val)))), splits.mean, splits.std))
+                    taylor_batch=taylor_batch, check_batch=check)
         layers, params, macs, model = res.layers, res.params, res.macs, res.model
     lat = pricer.predict(model, example)
     pred = round(lat["p90"], 5)

@@ -95,11 +95,24 @@ def metric_names(attacks: Sequence[str], eps: Sequence[float]) -> list[str]:
     return [f"{a}_{m}_eps{e:g}" for a in attacks for e in eps for m in ("fp32", "int8")]
 
 
+def attack_correct(model, tflite: Path, x: np.ndarray, y: np.ndarray, attack: str, eps: float, steps: int, mean, std,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One attack at one radius (of 255) on uint8 images `x`, crafted white-box on the fp32 `model` and replayed on its
+    int8 `tflite`: per image, whether each of the two still classifies it correctly (fp32, int8)."""
+    from edge_sparse import verify
+    from edge_sparse.data import ImageSet
+    from edge_sparse.robustness import attack_uint8
+    from edge_sparse.train import predict
+
+    adv = attack_uint8(model, x, y, eps=eps, attack=attack, steps=steps, mean=mean, std=std, seed=seed)
+    return (predict(model, ImageSet(adv, y), mean, std).argmax(1) == y,
+            verify.run_tflite(tflite, adv, mean, std).argmax(1) == y)
+
+
 def _point(target: str, cfg: BuildConfig, s: float, seed: int, settings: dict, out: Path, cache_dir) -> dict:
-    from edge_sparse import models, pipeline, verify
+    from edge_sparse import models, pipeline
     from edge_sparse.data import ImageSet
     from edge_sparse.latency import measure_tflite
-    from edge_sparse.robustness import attack_uint8
     from edge_sparse.train import predict
 
     # reference "retrain": the sparsity-0 point is fine-tuned like every other point (with "teacher" it would stop at
@@ -120,9 +133,8 @@ def _point(target: str, cfg: BuildConfig, s: float, seed: int, settings: dict, o
     for a in settings["attacks"]:
         for e in settings["eps"]:
             print(f"study: sparsity {s:g} seed {seed}: {a} eps {e:g} on {n} images", file=sys.stderr, flush=True)
-            adv = attack_uint8(model, x, y, eps=e, attack=a, steps=settings["steps"], mean=mean, std=std, seed=seed)
-            correct[f"{a}_fp32_eps{e:g}"] = predict(model, ImageSet(adv, y), mean, std).argmax(1) == y
-            correct[f"{a}_int8_eps{e:g}"] = verify.run_tflite(tfl, adv, mean, std).argmax(1) == y
+            correct[f"{a}_fp32_eps{e:g}"], correct[f"{a}_int8_eps{e:g}"] = attack_correct(
+                model, tfl, x, y, a, e, settings["steps"], mean, std, seed)
     test = r["verify"]["accuracy"]["test"]
     return {"sparsity": s, "seed": seed, "settings": settings, "params": ch["params"], "macs": ch["macs"],
             "size_kb": round(tfl.stat().st_size / 1024, 2), "predicted_p90_ms": ch["predicted_p90_ms"],

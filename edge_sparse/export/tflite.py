@@ -209,31 +209,28 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
         eligible += 1
         t = g.tensors[int(op.outputs[0])]
         act = getattr(op.builtinOptions, "fusedActivationFunction", _ACT_NONE)
-        # the fp32 twin: one tensor of that name, the same shape, written by an op with the same fused activation
-        if fp32_out.get(t.name) == (list(t.shape), act) and (act == _ACT_NONE or act in _ACT_RELUS):
+        # the fp32 twin: one tensor of that name, the same shape, written by an op with the same fused activation;
+        # and one bias per output channel
+        if (fp32_out.get(t.name) == (list(t.shape), act) and (act == _ACT_NONE or act in _ACT_RELUS)
+                and len(m.buffers[bt.buffer].data) // 4 == int(t.shape[-1])):
             todo.append((k, t.name.decode(), act))
     if not todo:
         return model, (f"bias correction skipped: none of {eligible} conv / fully-connected outputs has a twin in the "
-                       f"fp32 graph (same name, shape and fused activation)")
+                       f"fp32 graph (same name, shape and fused activation) and a bias per output channel")
     calib_nhwc = calib_nhwc[: max(64, _INVOKE_BUDGET // len(todo))]
     ref = _Runner(fp32_model)
     shifts = []
-    for k, name, act in todo:
+    info = np.iinfo(np.int32)
+    for k, name, act in todo:  # `m` holds the corrections so far; `model`, its bytes, is what the next layer runs
         shift = _mean_shift(model, ref, calib_nhwc, name, act != _ACT_NONE)
-        m = fu.convert_bytearray_to_object(bytearray(model))
-        bt = m.subgraphs[0].tensors[int(m.subgraphs[0].operators[k].inputs[2])]
+        bt = g.tensors[int(g.operators[k].inputs[2])]
         buf = m.buffers[bt.buffer]
         bias = np.frombuffer(bytes(bytearray(buf.data)), dtype=np.int32).astype(np.float64)
-        if bias.size != shift.size:
-            continue
         scale = np.broadcast_to(np.asarray(bt.quantization.scale, dtype=np.float64), bias.shape)
-        info = np.iinfo(np.int32)
         buf.data = np.frombuffer(np.clip(np.round(bias - shift / scale), info.min, info.max).astype(np.int32).tobytes(),
                                  dtype=np.uint8)
         model = bytes(fu.convert_object_to_bytearray(m))
         shifts.append(float(np.abs(shift).mean()))
-    if not shifts:
-        return model, "bias correction skipped: no layer's bias matches its output channels"
     return model, (f"bias correction on {len(calib_nhwc)} calibration images: {len(shifts)} of {eligible} conv / "
                    f"fully-connected layers, mean |shift| removed {np.mean(shifts):.4f} (largest layer {max(shifts):.4f})")
 
