@@ -139,7 +139,7 @@ def stage_search(b: Build, d: Path) -> dict:
     dense, _ = models.load(b.dirs["train"] / "dense")
     pr = pricer(b)
     _log(f"  latency: {pr.describe()}; budget p90 <= {pr.budget_ms:.4g} ms ({b.target.describe_budget()})"
-         + (f", searched under {pr.effective_budget_ms:.4g} ms (estimate margin {pr.margin:.0%})" if pr.margin else ""))
+         + (f", searched under {pr.effective_budget_ms:.4g} ms (a {pr.margin:.0%} margin for the prediction's error)" if pr.margin else ""))
     if b.cfg.fixed_sparsity is not None or b.cfg.search == "global":
         chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
                                     fixed=b.cfg.fixed_sparsity, pricer=pr, taylor_batch=_taylor_batch(b))
@@ -448,10 +448,11 @@ def _keys(b: Build) -> dict:
 
 def _latency_identity(t: Target) -> Optional[str]:
     """What the target's latency numbers come from: this host's CPU + runtime + threads, or its table file."""
-    if t.latency_table == "host":
+    if t.latency_table == "host":  # the table's contents: a re-probed table (the machine drifted) re-runs the search
         from edge_sparse.latency.host import cache_path
 
-        return cache_path(t.threads).name
+        p = cache_path(t.threads)
+        return p.name + (":" + hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "")
     if t.latency_table:
         return hashlib.sha256((Path(t.path).parent / t.latency_table).read_bytes()).hexdigest()[:16]
     from edge_sparse.latency import estimate
@@ -528,6 +529,10 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
                              limit_eval=cfg.limit_eval, image_size=cfg.image_size)
     b.times["data"] = time.time() - t
     _preflight(b)
+    if target.latency_table == "host":  # probe (or re-probe, if this machine drifted) before keying the search on it
+        from edge_sparse.latency.predict import resolve
+
+        resolve(target, models.create(cfg.model, **b.arch_kwargs).eval(), b.example(), log=_log)
     b.keys = _keys(b)
     from edge_sparse.train import _dist_env
 

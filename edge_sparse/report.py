@@ -151,7 +151,7 @@ def write(b, meta: dict, d: Path) -> None:
         L.append(f"| {c.get('method', 'global')} | {c['sparsity']:.2f} | {c['macs']:,} | {c['params']:,} | {c['predicted_p90_ms']:.4f} | "
                  f"{c['est_size_kb']:.1f} | {c['val_acc_pruned']:.2f} | {mark} |")
     L.append(f"\nLatency source: {label}, {lat['latency_model']}. Budget {lat['budget']:.4g} ms ({lat['budget_spec']})"
-             + (f", searched under {lat['effective_budget']:.4g} ms: a {lat['margin']:.0%} margin for the estimate's error" if lat.get("margin") else "")
+             + (f", searched under {lat['effective_budget']:.4g} ms: a {lat['margin']:.0%} margin for the prediction's error" if lat.get("margin") else "")
              + ".\n")
     prov = r["search"]["latency"]["provenance"]
     if lat["source"] == "estimate" and prov.get("held_out"):

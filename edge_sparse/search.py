@@ -217,7 +217,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
                if measured else "")
         raise BudgetError(
             f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "
-            f"({target.describe_budget()}{f', less a {pricer.margin:.0%} estimate margin' if pricer.margin else ''}); "
+            f"({target.describe_budget()}{f', less a {pricer.margin:.0%} margin for prediction error' if pricer.margin else ''}); "
             f"{why}the narrowest allowed widths predict {floor['p90']:.4g} ms and the dense model "
             f"{dense_c.predicted_p90_ms:.4g} ms; relax the budget in {target.path} or use a smaller --model")
     chosen, res = max(feasible, key=lambda t: (t[0].val_acc_pruned, -t[0].predicted_p90_ms))

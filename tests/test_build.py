@@ -203,7 +203,7 @@ def test_unreachable_budget_fails_listing_candidates(quick, tmp_path, monkeypatc
     with pytest.raises(BudgetError) as e:
         pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
     msg = str(e.value)
-    assert "no width allocation meets target 'rpi4'" in msg and "(0.01 ms, less a 23% estimate margin)" in msg
+    assert "no width allocation meets target 'rpi4'" in msg and "(0.01 ms, less a 23% margin for prediction error)" in msg
     assert "narrowest allowed widths predict" in msg and "rpi4.toml" in msg
     assert not (tmp_path / "dist").exists()
     from edge_sparse.cli import main

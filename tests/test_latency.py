@@ -152,6 +152,46 @@ def test_table_roundtrip_and_bad_files(tmp_path):
         back.check_runtime("2.1.0", 4, "target rpi4")
 
 
+def test_jitter_follows_the_length_of_the_invoke():
+    """p90/p50 is read off probes of similar length: long invokes get the long probes' (larger) ratio."""
+    ov = {"p50": 0.002, "p90": 0.0022}
+    entries = {f"short{i}": {"p50": 0.01, "p90": 0.01 + 0.012 * 0.03} for i in range(6)}  # 12 us probes: 1.03
+    entries.update({f"long{i}": {"p50": 0.5, "p90": 0.502 * 1.12 - 0.002} for i in range(6)})  # 0.5 ms probes: 1.12
+    entries.update({f"odd{i}": {"p50": 0.05, "p90": 0.1} for i in range(3)})  # too few in their octave: ignored
+    t = LatencyTable({"threads": 1}, ov, entries)
+    assert t.jitter(0.012) == pytest.approx(1.03, abs=0.005) and t.jitter(1e-4) == pytest.approx(1.03, abs=0.005)
+    assert t.jitter(0.8) == pytest.approx(1.12, abs=0.005) and t.jitter(5.0) == pytest.approx(1.12, abs=0.005)
+    assert 1.03 < t.jitter(0.08) < 1.12  # in between: interpolated in log time, never the odd octave's 2x
+    p = t.predict([])
+    assert p["p90"] == pytest.approx(p["p50"] * t.jitter(p["p50"]))
+
+
+@pytest.mark.slow
+def test_a_cached_host_table_is_reprobed_when_the_machine_drifts(tmp_path):
+    """A cached table whose times are 3x today's is detected by re-timing a sample, and re-probed."""
+    from edge_sparse.latency import host
+
+    m, ex = _tiny()
+    ops = extract_ops(m, ex)
+    first = host.host_table(ops, 1, cache_dir=tmp_path, runs=100)
+    path = host.cache_path(1, tmp_path)
+    d = json.loads(path.read_text())
+    for v in [d["overhead"], *d["entries"].values()]:
+        v["p50"], v["p90"] = v["p50"] * 3, v["p90"] * 3
+    d["provenance"]["date"] = "2020-01-01T00:00:00Z"
+    path.write_text(json.dumps(d))
+    host._CHECKED.clear()
+    said = []
+    again = host.host_table(ops, 1, cache_dir=tmp_path, runs=100, log=said.append)
+    assert any("re-probing" in s and "2020-01-01" in s for s in said), said
+    assert again.provenance["date"] != "2020-01-01T00:00:00Z"
+    assert again.predict(ops)["p50"] == pytest.approx(first.predict(ops)["p50"], rel=0.5)  # not the 3x one
+    said.clear()
+    host._CHECKED.clear()
+    host.host_table(ops, 1, cache_dir=tmp_path, runs=100, log=said.append)  # fresh now: checked, kept
+    assert not any("probing" in s for s in said), said
+
+
 def test_percentiles():
     p = percentiles(list(range(1, 101)))
     assert p["min"] == 1 and p["max"] == 100 and p["p50"] == pytest.approx(50.5) and p["p90"] == pytest.approx(90.1)

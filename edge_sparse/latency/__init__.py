@@ -11,10 +11,12 @@ the one-number rescale of the MAC + layer estimate it did before is gone.
 
 Reproducibility: a build prices widths with a table, never with a timing taken during the search, so
 the same seed and the same table choose the same widths; the host table is measured once per CPU,
-runtime and thread count and then reused from build/latency/.
+runtime and thread count, reused from build/latency/, and re-probed when this machine's speed has
+drifted by more than 10 % since (a re-probed table re-runs the host build's search).
 """
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Sequence
@@ -56,7 +58,9 @@ def measure_tflite(path: Path, threads: int = 1, runs: int = 200, warmup: int = 
 
 def measure_many(paths: Sequence[Path], threads: int = 1, runs: int = 200, rounds: int = 10, warmup: int = 10) -> list[dict]:
     """Percentiles of several .tflite models timed side by side: `rounds` interleaved passes, so the
-    machine's drift and load land on every model alike (ratios between them stay meaningful)."""
+    machine's drift and load land on every model alike (ratios between them stay meaningful). The more
+    rounds, the finer the interleaving: on a VM whose speed switches within seconds, a round should
+    take well under a second."""
     from edge_sparse.verify import tflite_interpreter
 
     its = []
@@ -73,8 +77,13 @@ def measure_many(paths: Sequence[Path], threads: int = 1, runs: int = 200, round
         its.append(it)
     samples: list[list[float]] = [[] for _ in its]
     per = max(1, runs // rounds)
-    for _ in range(rounds):
-        for i, it in enumerate(its):
+    order = list(range(len(its)))
+    for r in range(rounds):
+        random.Random(r).shuffle(order)  # a fresh order each round: no model always follows the same one
+        for i in order:
+            it = its[i]
+            it.invoke()  # untimed: the first invoke after switching models runs from a cold cache (~1.5x slower
+            # here), an artefact of interleaving that a device running one model never sees (as bench.py --probes)
             for _ in range(per):
                 t0 = time.perf_counter()
                 it.invoke()

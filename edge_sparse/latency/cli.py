@@ -1,6 +1,6 @@
 """The latency commands of `edge-sparse`: `profile` (alias `calibrate`) and `latency check`.
 
-    edge-sparse profile --target host                                  # this machine, cached
+    edge-sparse profile --target host [--refresh]                      # this machine, cached
     edge-sparse profile --target rpi4 --device pi@raspberrypi.local    # = make profile TARGET=rpi4 DEVICE=...
     edge-sparse latency check --target host                            # predicted vs measured, random variants
     edge-sparse latency check --target rpi4 --reference nb201          # the estimate vs real Pi 4 timings
@@ -37,6 +37,9 @@ def add_parsers(sub) -> None:
         p.add_argument("--python", default="python3", help="the device's Python")
         p.add_argument("--timings", help="bench.py --probes JSON from a run done by hand (with --suite)")
         p.add_argument("--suite", help="the probe suite directory those timings are of")
+        p.add_argument("--refresh", action="store_true",
+                       help="host: probe every op shape again (a cached table is otherwise re-probed only when this "
+                            "machine's speed has drifted by more than 10 %% since)")
     lat = sub.add_parser("latency", help="latency tools: `latency check`")
     ls = lat.add_subparsers(dest="latency_command", required=True)
     c = ls.add_parser("check", help="the target's latency model against measurements")
@@ -70,7 +73,7 @@ def _profile(a) -> int:
     c, h, _ = a.input_shape
     model = models.create(a.model, in_channels=c, num_classes=a.num_classes, input_size=h).eval()
     r = profile(target, model, torch.zeros(1, *a.input_shape), device=a.device, python=a.python,
-                timings_file=a.timings, suite_dir=a.suite)
+                timings_file=a.timings, suite_dir=a.suite, refresh=a.refresh)
     print(f"{r['target']}: latency table {r['table']} ({r['entries']} op shapes, {r['source']})")
     return 0
 

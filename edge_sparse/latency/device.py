@@ -182,7 +182,7 @@ def install_table(target: Target, table: LatencyTable) -> Path:
 
 def profile(target_name: str, model: torch.nn.Module, example: torch.Tensor, device: Optional[str] = None,
             python: str = "python3", log=print, timings_file: Optional[Path] = None,
-            suite_dir: Optional[Path] = None) -> dict:
+            suite_dir: Optional[Path] = None, refresh: bool = False) -> dict:
     from edge_sparse.latency import probes
 
     t = load_target(target_name)
@@ -190,7 +190,7 @@ def profile(target_name: str, model: torch.nn.Module, example: torch.Tensor, dev
     if t.latency_table == "host" and not device and not timings_file:
         from edge_sparse.latency.host import host_table
 
-        table = host_table(ops, t.threads, log=log)
+        table = host_table(ops, t.threads, log=log, refresh=refresh)
         return {"target": t.name, "table": table.path, "entries": len(table.entries), "source": "measured (host)"}
     if timings_file:
         if not suite_dir:

@@ -55,10 +55,15 @@ def cache_path(threads: int, cache_dir: Path | str = "build/latency") -> Path:
 
 
 def host_table(ops: Sequence[Op], threads: int, *, cache_dir: Path | str = "build/latency", log=None,
-               runs: int = 100, rounds: int = 5) -> LatencyTable:
-    """A host table whose entries include every op of `ops` exactly (probing those the cache lacks)."""
-    from edge_sparse.latency import probes
+               runs: int = 100, rounds: int = 20, refresh: bool = False, drift_tolerance: float = 0.10,
+               sample: int = 24) -> LatencyTable:
+    """A host table whose entries include every op of `ops` exactly (probing those the cache lacks).
 
+    A cached table is re-checked first: `sample` of its probes (and the overhead probe) are timed again
+    now, and when their median time differs by more than `drift_tolerance` from the table's, the table
+    is dropped and every op of `ops` probed again (a shared VM's speed drifts by up to ~20 % over hours;
+    ~3 s for the check, ~20 s to re-probe the default ResNet-8). `refresh` re-probes without asking.
+    """
     path = cache_path(threads, cache_dir)
     table = None
     if path.is_file():
@@ -67,24 +72,54 @@ def host_table(ops: Sequence[Op], threads: int, *, cache_dir: Path | str = "buil
         except EdgeSparseError as e:
             if log:
                 log(f"  latency: ignoring a damaged host table ({e}); re-profiling")
-    missing = {o.replace(name="").key: o.replace(name="") for o in ops}
-    if table is not None:
-        missing = {k: o for k, o in missing.items() if k not in table.entries}
+    want = {o.replace(name="").key: o.replace(name="") for o in ops}
+    if table is not None and refresh:
+        table = None
+    if table is not None and sample > 0 and str(path) not in _CHECKED and any(k in table.entries for k in want):
+        drift = _drift(table, [o for k, o in want.items() if k in table.entries], threads, sample, runs, rounds)
+        _CHECKED.add(str(path))
+        if abs(drift - 1) > drift_tolerance:
+            if log:
+                log(f"  latency: this host now runs the cached table's probes at {drift:.2f}x the time they took on "
+                    f"{table.provenance.get('date', '?')} (tolerance ±{drift_tolerance:.0%}); re-probing")
+            table = None  # the whole table is stale, not only these ops: other shapes are probed when next needed
+    missing = want if table is None else {k: o for k, o in want.items() if k not in table.entries}
     if not missing and table is not None:
         return table
     facts = cpu_facts()
     if log:
         log(f"  latency: probing {len(missing)} int8 op shapes on this host ({facts['cpu']}, {threads} threads)")
-    with tempfile.TemporaryDirectory(prefix="edge_sparse_probes_") as tmp:
-        suite_dir = probes.write_suite(missing.values(), Path(tmp))
-        suite = json.loads((suite_dir / "probes.json").read_text())
-        timings = probes.time_suite(suite_dir, threads, runs=runs, rounds=rounds)
-    prov = {"source": "measured", "device": "this host", **facts, "runtime": "tflite",
-            "runtime_version": runtime_version(), "threads": int(threads), "date": now_iso(),
-            "how": f"bench.py --probes: one int8 op per .tflite, {runs} invokes in {rounds} interleaved rounds; "
-                   f"op cost = probe p50 - overhead probe p50"}
-    new = LatencyTable.from_timings(suite, timings, prov)
+    new = _probe(list(missing.values()), threads, runs, rounds)
     table = new if table is None else table.merged(new)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.save(path)
+    _CHECKED.add(str(path))
     return table
+
+
+_CHECKED: set = set()  # host tables this process has checked for drift (or probed): once per process is enough
+
+
+def _probe(ops: list[Op], threads: int, runs: int, rounds: int) -> LatencyTable:
+    from edge_sparse.latency import probes
+
+    with tempfile.TemporaryDirectory(prefix="edge_sparse_probes_") as tmp:
+        suite_dir = probes.write_suite(ops, Path(tmp))
+        suite = json.loads((suite_dir / "probes.json").read_text())
+        timings = probes.time_suite(suite_dir, threads, runs=runs, rounds=rounds)
+    prov = {"source": "measured", "device": "this host", **cpu_facts(), "runtime": "tflite",
+            "runtime_version": runtime_version(), "threads": int(threads), "date": now_iso(),
+            "how": f"bench.py --probes: one int8 op per .tflite, {runs} invokes in {rounds} interleaved rounds; "
+                   f"op cost = probe p50 - overhead probe p50"}
+    return LatencyTable.from_timings(suite, timings, prov)
+
+
+def _drift(table: LatencyTable, ops: list[Op], threads: int, sample: int, runs: int, rounds: int) -> float:
+    """Median (now / then) of whole-probe p50 times over `sample` of `ops` spread across their cost range."""
+    ranked = sorted(ops, key=lambda o: (table.entries[o.key]["p50"], o.key))
+    picked = [ranked[round(i * (len(ranked) - 1) / max(1, sample - 1))] for i in range(min(sample, len(ranked)))]
+    now = _probe(list({o.key: o for o in picked}.values()), threads, runs, rounds)
+    ov_then, ov_now = table.overhead["p50"], now.overhead["p50"]
+    ratios = [ov_now / ov_then] + [(now.entries[k]["p50"] + ov_now) / (table.entries[k]["p50"] + ov_then)
+                                   for k in now.entries]
+    return float(sorted(ratios)[len(ratios) // 2])

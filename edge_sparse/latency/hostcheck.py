@@ -3,15 +3,17 @@
 In:  three architectures (the default ResNet-8 at 1x28x28, the MobileNetV2-style net at 3x96x96, a
      VGG-style net at 1x28x28), `per_arch` pruned variants of each with random per-group widths on the
      channel grid (plus the dense model).
-Out: per variant predicted p50/p90 (from the grid table the search uses, interpolated) and measured
-     p50/p90 of its real int8 `.tflite` (the build's exporter: ONNX -> onnx2tf -> full-int8), all timed
-     side by side in one interleaved run; the share within ±10 %, median |error|, the misses. Two more
-     figures say what the absolute numbers can mean on a shared machine: the *relative* error (a variant's
-     predicted speedup over its dense model vs the measured one, both measured in the same run: what a
-     relative budget such as "2x" depends on, immune to the machine's speed drifting since the table was
-     probed) and the *noise floor* (every model timed a second time right after: how often the machine
-     agrees with itself within ±10 %).
-Run: cached in build/latency/check/ (exports per variant; the result JSON), so a re-run only re-times.
+Out: per variant predicted p50/p90 and measured p50/p90 of its real int8 `.tflite` (the build's exporter:
+     ONNX -> onnx2tf -> full-int8). The prediction is the search's own (grid table, interpolation, sum of
+     ops + fixed cost, p90/p50 read off probes of similar length) from a table whose probes are timed in the same
+     interleaved run as the variants: this shared machine's speed drifts by up to ~20 % over hours, and
+     a table probed yesterday against models timed today measures that drift, not the predictor. Beside
+     it: the share within ±10 %, median |error|, the misses; the *relative* error (predicted speedup over
+     the dense model vs measured, what a relative budget such as "2x" depends on); the *noise floor* (the
+     whole run repeated right after: how often the machine agrees with itself within ±10 %); and the
+     error of the *cached* table in build/latency/ that builds price with (how far the machine has
+     drifted since it was probed; `edge-sparse profile --target host --refresh` re-probes it).
+Run: cached in build/latency/check/ (exports per variant, the probe suite), so a re-run only re-times (~3 min).
 """
 from __future__ import annotations
 
@@ -59,17 +61,22 @@ def _export(model: torch.nn.Module, shape, out: Path) -> Path:
 
 
 def run(target: str = "host", per_arch: int = 10, seed: int = 0, cache: Path | str = "build/latency/check",
-        log=print, archs=ARCHS, runs: int = 300) -> dict:
-    from edge_sparse.latency import measure_many
+        log=print, archs=ARCHS, runs: int = 1000, table_dir: Path | str = "build/latency") -> dict:
+    from edge_sparse.latency import measure_many, probes
+    from edge_sparse.latency.host import cpu_facts, runtime_version
+    from edge_sparse.latency.table import LatencyTable, grid_ops, now_iso
 
     t = load_target(target)
     cache = Path(cache)
     rng = random.Random(seed)
-    rows, paths = [], []
+    rows, paths, row_ops, need = [], [], [], {}
     for name, shape in archs:
         dense = _model(name, shape)
         ex = torch.zeros(1, *shape)
-        pr = resolve(t, dense, ex, log=log)
+        pr = resolve(t, dense, ex, log=log, cache_dir=table_dir)  # the cached table a build would price with
+        dense_ops = extract_ops(dense, ex)
+        for o in grid_ops(dense_ops, t.channel_multiple, fixed_in=shape[0], fixed_out=dense_ops[-1].cout):
+            need.setdefault(o.key, o)
         al = Allocator(dense, ex, pr, t.channel_multiple)
         variants = [{g.name: g.size for g in al.groups}]
         for _ in range(per_arch):
@@ -81,25 +88,48 @@ def run(target: str = "host", per_arch: int = 10, seed: int = 0, cache: Path | s
             log(f"  {name} variant {i}: exporting ({tag}) ..." if not (cache / tag / "model.tflite").is_file() else
                 f"  {name} variant {i}: cached export {tag}")
             paths.append(_export(model, shape, cache / tag))
-            p = pr.predict(model, ex)
+            ops = extract_ops(model, ex)
+            row_ops.append(ops)
+            p = pr.predict_ops(ops)
             rows.append({"arch": name, "input": list(shape), "variant": i, "keep": keep, "tag": tag,
-                         "macs": sum(int(o.macs) for o in extract_ops(model, ex)),
-                         "pred_p50": p["p50"], "pred_p90": p["p90"]})
-    log(f"  timing {len(paths)} models side by side ({runs} invokes each, {t.threads} thread(s)) ...")
-    meas = measure_many(paths, threads=t.threads, runs=runs, rounds=10)
-    again = measure_many(paths, threads=t.threads, runs=runs, rounds=10)  # the noise floor: the same models again
-    for r, m, m2 in zip(rows, meas, again):
+                         "macs": sum(int(o.macs) for o in ops), "cached_p50": p["p50"], "cached_p90": p["p90"]})
+    # The table under test is probed in the same interleaved run as the models it predicts: on a shared
+    # machine whose speed drifts by tens of percent over hours, a table probed yesterday and models timed
+    # today would measure the drift, not the predictor (the cached table's error is reported beside it).
+    suite_dir = cache / ("probes-" + hashlib.sha256(json.dumps(sorted(need)).encode()).hexdigest()[:12])
+    if not (suite_dir / "probes.json").is_file():
+        log(f"  building {len(need)} probes (one int8 op each) ...")
+        with _io.atomic_dir(suite_dir) as tmp:
+            probes.write_suite(need.values(), tmp)
+    suite = json.loads((suite_dir / "probes.json").read_text())
+    probe_paths = [suite_dir / p["file"] for p in suite["probes"]]
+    log(f"  timing {len(probe_paths)} probes and {len(paths)} models side by side ({runs} invokes each, "
+        f"{t.threads} thread(s)), twice ...")
+    timed = [measure_many(probe_paths + paths, threads=t.threads, runs=runs, rounds=100) for _ in range(2)]
+    prov = {"source": "measured", "device": "this host", **cpu_facts(), "runtime": "tflite",
+            "runtime_version": runtime_version(), "threads": t.threads, "date": now_iso(),
+            "how": "latency check: probes timed in the same interleaved run as the models"}
+    n = len(probe_paths)
+    table = LatencyTable.from_timings(suite, {"timings": {p["name"]: m for p, m in zip(suite["probes"], timed[0])}}, prov)
+    for r, ops, m, m2 in zip(rows, row_ops, timed[0][n:], timed[1][n:]):
+        p = table.predict(ops)
+        r["pred_p50"], r["pred_p90"] = round(p["p50"], 5), round(p["p90"], 5)
         r["meas_p50"], r["meas_p90"] = m["p50"], m["p90"]
         r["again_p50"], r["again_p90"] = m2["p50"], m2["p90"]
-        r["err_p90"] = r["pred_p90"] / r["meas_p90"] - 1
-        r["err_p50"] = r["pred_p50"] / r["meas_p50"] - 1
+        for q in ("p50", "p90"):
+            r[f"err_{q}"] = r[f"pred_{q}"] / r[f"meas_{q}"] - 1
+            r[f"cached_err_{q}"] = r[f"cached_{q}"] / r[f"meas_{q}"] - 1
     dense = {r["arch"]: r for r in rows if r["variant"] == 0}
     for r in rows:
         if r["variant"] > 0:  # predicted speedup over the dense model vs measured, side by side
             d = dense[r["arch"]]
             for q in ("p50", "p90"):
                 r[f"rel_err_{q}"] = (r[f"pred_{q}"] / d[f"pred_{q}"]) / (r[f"meas_{q}"] / d[f"meas_{q}"]) - 1
-    return summarize(rows, t)
+                r[f"cached_rel_err_{q}"] = (r[f"cached_{q}"] / d[f"cached_{q}"]) / (r[f"meas_{q}"] / d[f"meas_{q}"]) - 1
+    res = summarize(rows, t)
+    res["table_probed"] = {"in_run": len(probe_paths), "cached": str(table_dir),
+                           "cached_date": pr.provenance.get("date")}
+    return res
 
 
 def summarize(rows: list[dict], t) -> dict:
@@ -110,6 +140,9 @@ def summarize(rows: list[dict], t) -> dict:
             "relative": {q: _stats([r[f"rel_err_{q}"] for r in rows if f"rel_err_{q}" in r]) for q in ("p50", "p90")},
             "noise_floor": {q: _stats([r[f"again_{q}"] / r[f"meas_{q}"] - 1 for r in rows if f"again_{q}" in r])
                             for q in ("p50", "p90")},
+            "cached": {q: _stats([r[f"cached_err_{q}"] for r in rows if f"cached_err_{q}" in r]) for q in ("p50", "p90")},
+            "cached_relative": {q: _stats([r[f"cached_rel_err_{q}"] for r in rows if f"cached_rel_err_{q}" in r])
+                                for q in ("p50", "p90")},
             "misses": [r for r in rows if abs(r["err_p90"]) > 0.10], "rows": rows}
 
 
@@ -129,7 +162,10 @@ def format_report(res: dict) -> str:
         L.append(f"  {q}: {s['within_10pct']:.0%} within ±10 %, median |error| {s['median_abs_err']:.1%}, "
                  f"worst {s['max_abs_err']:.1%}")
     for name, what in (("relative", "predicted vs measured speedup over the dense model (same run)"),
-                       ("noise_floor", "the same models timed twice in a row (how far the machine moves)")):
+                       ("noise_floor", "the same models timed twice in a row (how far the machine moves)"),
+                       ("cached", f"with the cached table a build prices with (probed "
+                                  f"{res.get('table_probed', {}).get('cached_date', '?')})"),
+                       ("cached_relative", "speedup over the dense model, cached table")):
         for q, st in res.get(name, {}).items():
             if st.get("n"):
                 L.append(f"  {q} {what}: {st['within_10pct']:.0%} within ±10 %, median |diff| "

@@ -216,18 +216,32 @@ class LatencyTable:
         """p50/p90 of one invoke of a model made of `ops`, and each op's p50 (ms)."""
         per = [self.op_ms(o) for o in ops]
         p50 = float(self.overhead["p50"] + sum(per))
-        return {"p50": p50, "p90": p50 * self.jitter, "per_op": per}
+        return {"p50": p50, "p90": p50 * self.jitter(p50), "per_op": per}
 
-    @property
-    def jitter(self) -> float:
-        """p90 / p50 of one invoke: the median ratio over this table's probes that take >= 2 us.
+    def jitter(self, p50_ms: float) -> float:
+        """p90 / p50 of one invoke that takes `p50_ms`, read off this table's probes of similar length.
 
-        A model's p90 is not the sum of its ops' p90s (their slow runs rarely coincide), and on a
-        loaded machine the tail is mostly preemption, which scales with the invoke's length.
+        A model's p90 is not the sum of its ops' p90s (their slow runs rarely coincide). Its tail is
+        mostly preemption and cache misses, whose share grows with the invoke's length (on the 2-core
+        EPYC host: 1.04 for 10-100 us probes, 1.09 at 0.2-0.5 ms, 1.11 at 0.5-1 ms): the median ratio
+        of the probes (>= 2 us) in each octave of invoke time, interpolated in log time, held flat
+        beyond the longest and shortest octaves.
         """
-        r = [(v["p90"] + self.overhead["p50"]) / (v["p50"] + self.overhead["p50"])
-             for v in self.entries.values() if v["p50"] >= 0.002]
-        return float(np.median(r)) if r else 1.0
+        ov = self.overhead["p50"]
+        pts = sorted((v["p50"] + ov, (v["p90"] + ov) / (v["p50"] + ov)) for v in self.entries.values() if v["p50"] >= 0.002)
+        if not pts:
+            return 1.0
+        octaves: dict[int, list[float]] = {}
+        for t, r in pts:
+            octaves.setdefault(int(np.floor(np.log2(t))), []).append(r)
+        xs, ys = [], []
+        for o in sorted(octaves):
+            if len(octaves[o]) >= 5:  # an octave of fewer probes says more about noise than about length
+                xs.append(o + 0.5)
+                ys.append(float(np.median(octaves[o])))
+        if not xs:
+            return float(np.median([r for _, r in pts]))
+        return float(np.interp(np.log2(max(p50_ms, 1e-9)), xs, ys))
 
 
 def _bracket(xs: list[int], x: int, op: Op) -> tuple[int, int]:
