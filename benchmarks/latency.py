@@ -47,6 +47,7 @@ def predictor_accuracy(per_arch: int, log) -> dict:
 
 def budget_fill(log) -> dict:
     from edge_sparse.latency import measure_many
+    from edge_sparse.targets import load_target
 
     out = {}
     cache = ROOT / "build" / "cache"
@@ -69,7 +70,7 @@ def budget_fill(log) -> dict:
             row.update(measured_p90_ms=m[0]["p90"], measured_p50_ms=m[0]["p50"],
                        measured_fill=m[0]["p90"] / lat["budget"])
             if e:
-                k = float(str(lat.get("budget_spec", "")).split("x")[0]) if "x faster" in str(lat.get("budget_spec")) else None
+                k = load_target(target).speedup
                 row.update(dense_measured_p90_ms=m[1]["p90"], measured_speedup_p90=m[1]["p90"] / m[0]["p90"],
                            measured_speedups_p90=[r[1]["p90"] / r[0]["p90"] for r in reps],
                            measured_speedups_p50=[r[1]["p50"] / r[0]["p50"] for r in reps])

@@ -529,10 +529,10 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
                              limit_eval=cfg.limit_eval, image_size=cfg.image_size)
     b.times["data"] = time.time() - t
     _preflight(b)
-    if target.latency_table == "host":  # probe (or re-probe, if this machine drifted) before keying the search on it
-        from edge_sparse.latency.predict import resolve
+    if target.latency_table == "host":  # probe (or re-probe, if this machine drifted) before keying the search on it;
+        from edge_sparse.latency.predict import resolve  # the pricer needs the architecture only, so the search reuses it
 
-        resolve(target, models.create(cfg.model, **b.arch_kwargs).eval(), b.example(), log=_log)
+        b._pricer = resolve(target, models.create(cfg.model, **b.arch_kwargs).eval(), b.example(), log=_log)
     b.keys = _keys(b)
     from edge_sparse.train import _dist_env
 
