@@ -133,6 +133,37 @@ def _taylor_batch(b: Build):
             torch.as_tensor(b.splits.train.y[idx], dtype=torch.long))
 
 
+DENSE_KEY = "dense (timed beside the finalists)"
+
+
+def _finalist_timer(b: Build, dense: torch.nn.Module, pr):
+    """`time_on_device` for the search: the finalists' p90 on the target's device (DEVICE=..., or this host).
+
+    A relative budget ("2x") is judged against the dense model timed in the same run: each finalist's p90
+    is returned as measured / measured dense x the table's dense p90, the units the budget is stated in.
+    """
+    from edge_sparse.latency.device import time_models_on_device
+
+    calib = data_mod.normalize_np(_calibration(b)[:64], b.splits.mean, b.splits.std, "NHWC")
+    python = os.environ.get("EDGE_SPARSE_DEVICE_PYTHON", "python3")  # the device's Python
+    device, speedup = b.cfg.target_device, b.target.speedup
+    where = f"on {device}" if device else "here"
+
+    def timer(models_by_name: dict) -> dict:
+        named = {**models_by_name, **({DENSE_KEY: dense} if speedup else {})}
+        got = time_models_on_device(named, b.splits.input_shape, calib, device, b.target.threads, python=python,
+                                    log=_log, runs=200 if device else 2000)
+        if not speedup:
+            return got
+        d = got.pop(DENSE_KEY)
+        for n, m in got.items():
+            _log(f"  {n}: p90 {m:.4f} ms {where} vs the dense model's {d:.4f} ms = {d / m:.2f}x faster "
+                 f"(the budget: {speedup:g}x)")
+        return {n: m / d * pr.dense_p90_ms for n, m in got.items()}
+
+    return timer
+
+
 def stage_search(b: Build, d: Path) -> dict:
     from edge_sparse.search import candidates_table, search, search_allocations
 
@@ -145,13 +176,8 @@ def stage_search(b: Build, d: Path) -> dict:
                                     fixed=b.cfg.fixed_sparsity, pricer=pr, taylor_batch=_taylor_batch(b))
     else:
         on_device = None
-        if b.cfg.target_device:
-            from edge_sparse.latency.device import time_models_on_device
-
-            calib = data_mod.normalize_np(_calibration(b)[:64], b.splits.mean, b.splits.std, "NHWC")
-            python = os.environ.get("EDGE_SPARSE_DEVICE_PYTHON", "python3")  # the device's Python
-            on_device = lambda ms: time_models_on_device(ms, b.splits.input_shape, calib, b.cfg.target_device,  # noqa: E731
-                                                         b.target.threads, python=python, log=_log)
+        if b.cfg.target_device or b.target.latency_table == "host":  # the host target's device is this machine
+            on_device = _finalist_timer(b, dense, pr)
         chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device,
                                                 taylor_batch=_taylor_batch(b), criterion=b.cfg.criterion)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"

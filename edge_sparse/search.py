@@ -149,7 +149,8 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
                        taylor_batch=None, criterion: str = "bn_scale") -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
     """Per-group widths under the budget (three scorings), ranked by accuracy after BN re-estimation.
 
-    `time_on_device(models: dict[name, nn.Module]) -> dict[name, p90 ms]`, when given, times the finalists on
+    `time_on_device(models: dict[name, nn.Module]) -> dict[name, p90 ms]` (for a relative budget, scaled to the
+    table's dense p90 by the dense model timed beside them), when given, times the finalists on
     the device itself: one that measures over the budget there does not fit, whatever the table said.
     """
     from edge_sparse.allocate import SCORINGS, Allocator
@@ -185,6 +186,8 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
             new.append(len(tried) - 1)
         return new
 
+    scaled = ", scaled by the dense model's predicted / measured p90" if target.speedup else ""
+
     def time_round(idx: list[int]) -> None:
         log(f"  timing {len(idx)} finalists on the device ...")
         got = time_on_device({tried[i][0].method: tried[i][1].model for i in idx})
@@ -193,7 +196,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
             m = round(float(got[c.method]), 5)
             c = replace(c, measured_p90_ms=m, fits_latency=c.fits_latency and m <= pricer.budget_ms)
             tried[i] = (c, r)
-            log(f"  {c.method}: measured p90 {m:.4f} ms on the device (predicted {c.predicted_p90_ms:.4f}) -> "
+            log(f"  {c.method}: measured p90 {m:.4f} ms on the device{scaled} (predicted {c.predicted_p90_ms:.4f}) -> "
                 f"{'fits' if c.fits_latency else 'over budget'}")
 
     first = allocate_round(budget, "")
@@ -203,9 +206,13 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         if not any(c.fits for c in timed):
             # the table misjudges this device: scale the budget by how far it was off, allocate and time once more
             ratio = float(sorted(c.measured_p90_ms / c.predicted_p90_ms for c in timed)[len(timed) // 2])
+            # never below the narrowest widths: if the scaled budget is out of the table's reach, the narrowest
+            # network is still worth timing (the scaling is a median guess; the device has the last word)
+            again = max(budget / ratio, al.price({g.name: g.min_keep for g in al.groups})["p90"])
             log(f"  every finalist measured over budget on the device (measured / predicted = {ratio:.2f}); "
-                f"allocating again under {budget / ratio:.4g} ms predicted")
-            second = allocate_round(budget / ratio, "@device")
+                f"allocating again under {again:.4g} ms predicted"
+                + ("" if again == budget / ratio else " (the narrowest allowed widths)"))
+            second = allocate_round(again, "@device")
             if second:
                 time_round(second)
     feasible = [t for t in tried if t[0].fits]

@@ -225,9 +225,10 @@ def _load_json(p: Path, what: str) -> dict:
         raise EdgeSparseError(f"{p}: the {what} is not valid JSON ({e})") from None
 
 
-def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device: str, threads: int,
+def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device: Optional[str], threads: int,
                           python: str = "python3", log=print, runs: int = 200) -> dict:
-    """p90 (ms) of each model, exported to full-int8 `.tflite` as the build ships it, timed on `device`.
+    """p90 (ms) of each model, exported to full-int8 `.tflite` as the build ships it, timed on `device`
+    (None: this host, whose device is the machine that builds).
 
     The finalists travel as a probe suite (one `.tflite` each) and run under `bench.py --probes`: the
     same harness, runtime and threads as the bundle, interleaved so the device's drift hits all alike.
@@ -235,9 +236,12 @@ def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device:
     import hashlib
 
     from edge_sparse.export import onnx as eonnx, tflite as etflite
+    from edge_sparse.latency import probes
 
-    remote = Remote(device)
-    remote.shell("true", "connecting", 30)
+    where = f"DEVICE={device}" if device else "this host"
+    remote = Remote(device) if device else None
+    if remote is not None:
+        remote.shell("true", "connecting", 30)
     with tempfile.TemporaryDirectory(prefix="edge_sparse_finalists_") as tmp:
         d = Path(tmp) / "finalists"
         d.mkdir()
@@ -249,12 +253,15 @@ def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device:
             data = (d / f"{f}.tflite").read_bytes()
             entries.append({"name": name, "file": f"{f}.tflite", "sha256": hashlib.sha256(data).hexdigest()})
         _io.write_json(d / "probes.json", {"format": "edge_sparse.probes/1", "probes": entries})
-        timings = run_suite_on_device(d, remote, threads, python=python, runs=runs)
+        if remote is not None:
+            timings = run_suite_on_device(d, remote, threads, python=python, runs=runs)
+        else:  # short shuffled rounds: this VM's speed switches within seconds
+            timings = probes.time_suite(d, threads, runs=runs, rounds=max(1, runs // 10))
     if timings.get("emulated"):
-        raise EdgeSparseError(f"DEVICE={device}: the finalists were timed under emulation; that says nothing about the device")
+        raise EdgeSparseError(f"{where}: the finalists were timed under emulation; that says nothing about the device")
     t = timings.get("timings", {})
     missing = [n for n in models_by_name if n not in t]
     if missing:
-        raise EdgeSparseError(f"DEVICE={device}: no timing came back for finalist {missing[0]} "
+        raise EdgeSparseError(f"{where}: no timing came back for finalist {missing[0]} "
                               f"({timings.get('failed', {}).get(missing[0], 'unknown reason')})")
     return {n: float(t[n]["p90"]) for n in models_by_name}
