@@ -21,11 +21,15 @@ a 95 % interval, and all of a budget's models timed side by side in one interlea
 - `dense`   — the build's dense reference, int8: the anchor on the accuracy axis.
 
 Budgets: `rpi4` (its profile: the fitted estimate less its margin), `host:2x`, `host:4x` (relative to the dense
-int8 model measured on this host by the host latency table). Each finished (budget, seed, method) point is
+int8 model measured on this host by the host latency table); any `<target>:<k>x` is that target with the relative
+budget "<k>x" in place of its own (`rpi4:3x`: 3x faster than the dense model by the rpi4 estimate). `--model`
+compares another registered architecture (the default build with `--model`; the profiles' size budgets, stated for
+ResNet-8, are raised to 4 MiB for it). Each finished (budget, seed, method) point is
 written to benchmarks/compare.json at once and never re-run (resumable); trainings checkpoint.
 QUICK=1: one budget (rpi4), one seed, the QUICK build's slices and epochs (minutes, not a claim).
 
     python -m benchmarks.compare --budgets rpi4,host:2x,host:4x --seeds 0,1,2
+    python -m benchmarks.compare --model resnet20 --budgets rpi4:3x --seeds 0
     python -m benchmarks.compare --quick
 """
 from __future__ import annotations
@@ -44,52 +48,59 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "compare"
 METHODS = ("shipped", "global", "width", "tp", "dense")
+DEFAULT_MODEL = "resnet8"  # BuildConfig's
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _targets_dir(budgets: list[str]) -> Path:
-    """A targets directory with one profile per budget: rpi4 as committed; host-<k>x = host with that budget."""
-    d = ROOT / "build" / "compare-targets"
+def _targets_dir(budgets: list[str], model: str = DEFAULT_MODEL, d: Path = ROOT / "build" / "compare-targets") -> Path:
+    """A targets directory with one profile per budget: a target as committed; `<target>-<k>x` = that target with
+    the relative budget "<k>x" (k times faster than the dense model on it) in place of its own. For a model other
+    than the default, every profile's size budget is raised to 4 MiB: the profiles state theirs for the default
+    ResNet-8, and this comparison is at equal latency."""
+    import re
+
     d.mkdir(parents=True, exist_ok=True)
     src = ROOT / "targets"
+    for f in d.glob("*.toml"):
+        f.unlink()
     for f in src.glob("*"):
         if f.is_file():
-            (d / f.name).write_bytes(f.read_bytes())
+            text = f.read_text()
+            if model != DEFAULT_MODEL and f.suffix == ".toml":
+                text = re.sub(r"(?m)^model_size_budget_kb = [0-9.]+", "model_size_budget_kb = 4096", text)
+            (d / f.name).write_text(text)
     for b in budgets:
-        if b.startswith("host:"):
-            k = b.split(":", 1)[1]
-            text = (src / "host.toml").read_text()
-            text = text.replace('name = "host"', f'name = "host-{k}"')
-            import re
-
-            text = re.sub(r'latency_budget = "[^"]*"', f'latency_budget = "{k}"', text)
-            (d / f"host-{k}.toml").write_text(text)
+        if ":" in b:
+            t, k = b.split(":", 1)
+            text = (d / f"{t}.toml").read_text()
+            text = re.sub(rf'(?m)^name = "{t}"', f'name = "{t}-{k}"', text)
+            text = re.sub(r'(?m)^latency_budget(_ms)? = [^#\n]*', f'latency_budget = "{k}"', text)
+            (d / f"{t}-{k}.toml").write_text(text)
     return d
 
 
 def _target_name(budget: str) -> str:
-    return f"host-{budget.split(':', 1)[1]}" if budget.startswith("host:") else budget
+    return budget.replace(":", "-")
 
 
 def _parse_budget(b: str) -> str:
     from edge_sparse.errors import EdgeSparseError
+    from edge_sparse.targets import list_targets
 
-    if b.startswith("host:"):
-        k = b.split(":", 1)[1]
+    t, _, k = b.partition(":")
+    if t not in list_targets():
+        raise EdgeSparseError(f"--budgets {b!r}: not a target; valid: {', '.join(list_targets())}, "
+                              f"or <target>:<k>x (k times faster than the dense model there)")
+    if k:
         try:
             ok = k.endswith("x") and float(k[:-1]) > 1
         except ValueError:
             ok = False
         if not ok:
-            raise EdgeSparseError(f"--budgets {b!r}: a host budget is host:<k>x with k > 1, e.g. host:2x")
-        return b
-    from edge_sparse.targets import list_targets
-
-    if b not in list_targets():
-        raise EdgeSparseError(f"--budgets {b!r}: not a target; valid: {', '.join(list_targets())}, or host:<k>x")
+            raise EdgeSparseError(f"--budgets {b!r}: a relative budget is <target>:<k>x with k > 1, e.g. host:2x")
     return b
 
 
@@ -194,7 +205,8 @@ def _export(model, splits, calib, d: Path) -> Path:
     return d / "model.tflite"
 
 
-def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: list[dict], save) -> None:
+def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: list[dict], save,
+              model: str = DEFAULT_MODEL) -> None:
     import torch
 
     from edge_sparse import models, pipeline, verify
@@ -203,9 +215,9 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
 
     # gates measured, not enforced: a budget whose shipped model misses a gate is still a row of the comparison
     cfg = dataclasses.replace(BuildConfig.quick(seed=seed) if quick else BuildConfig(seed=seed), enforce_parity=False,
-                              enforce_accuracy_floor=False)
+                              enforce_accuracy_floor=False, model=model)
     tname = _target_name(budget)
-    tag = f"{budget}/seed{seed}{'/quick' if quick else ''}"
+    tag = _tag(budget, seed, quick, model)
     work = OUT / tag.replace(":", "-")
     have = {p["method"] for p in points if p["key"] == tag and "error" not in p}
     if all(m in have for m in methods):
@@ -297,7 +309,8 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     # this run re-times every model of the budget; an earlier run's error rows for it are superseded
     points[:] = [p for p in points if not (p["key"] == tag and (p["method"] in names or "error" in p))]
     for m in names:
-        row = {"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "budget_ms": round(budget_ms, 5),
+        row = {"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "model": model,
+               "budget_ms": round(budget_ms, 5),
                "latency_source": pr.source, **info.get(m, {})}
         row.update({"top1": verify.top1(logits[m], test.y), "host_p50_ms": round(timing[m]["p50"], 5),
                     "host_p90_ms": round(timing[m]["p90"], 5)})
@@ -306,19 +319,30 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
         points.append(row)
     for m in methods:  # a method that produced no model (no width / ratio fits the budget): its row says why
         if m not in names and "error" in info.get(m, {}):
-            points.append({"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, **info[m]})
+            points.append({"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "model": model,
+                           **info[m]})
     save()
+
+
+def _tag(budget: str, seed: int, quick: bool, model: str) -> str:
+    """A point's key in compare.json (and its work folder): the default model's keys predate --model."""
+    return f"{budget}/seed{seed}{'/quick' if quick else ''}{'' if model == DEFAULT_MODEL else '/' + model}"
+
+
+def _label(p: dict) -> str:
+    m = p.get("model", DEFAULT_MODEL)
+    return p["budget"] + ("" if m == DEFAULT_MODEL else f" ({m})") + (" (QUICK)" if p["quick"] else "")
 
 
 def markdown(points: list[dict]) -> str:
     L = ["<!-- compare:begin -->", "## The shipped model against the alternatives at equal latency (`make compare`)\n"]
-    keys = list(dict.fromkeys(p["budget"] + (" (QUICK)" if p["quick"] else "") for p in points))
+    keys = list(dict.fromkeys(_label(p) for p in points))
     L.append("| budget | method | seeds | int8 top-1, whole test split (%) | shipped − this (pt, mean; paired 95 % per seed) | "
              "MACs | predicted p90 (ms) | host p90, 1 thread (ms) |")
     L.append("|---|---|---|---|---|---|---|---|")
     for k in keys:
         for m in METHODS:
-            rs = [p for p in points if p["budget"] + (" (QUICK)" if p["quick"] else "") == k and p["method"] == m]
+            rs = [p for p in points if _label(p) == k and p["method"] == m]
             if not rs:
                 continue
             ok = [p for p in rs if "top1" in p]
@@ -374,6 +398,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare")
     p.add_argument("--budgets", default="rpi4,host:2x,host:4x")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a registered architecture (default: the build's, resnet8)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--quick", action="store_true", help="one budget (rpi4), one seed, the QUICK build's slices")
     p.add_argument("--write", action="store_true", help="splice the table into BENCHMARKS.md and draw the plot")
@@ -390,13 +415,17 @@ def main(argv=None) -> int:
         except ValueError:
             raise EdgeSparseError(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
         budgets = [_parse_budget(x) for x in a.budgets.split(",") if x]
+        from edge_sparse.models import MODELS
+
+        if a.model not in MODELS:
+            raise EdgeSparseError(f"--model {a.model!r}: not a registered architecture; valid: {', '.join(MODELS.names())}")
         if a.quick:
             budgets, seeds = budgets[:1], seeds[:1]
     except EdgeSparseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     saved_env = os.environ.get("EDGE_SPARSE_TARGETS")
-    os.environ["EDGE_SPARSE_TARGETS"] = str(_targets_dir(budgets))
+    os.environ["EDGE_SPARSE_TARGETS"] = str(_targets_dir(budgets, a.model))
     store = ROOT / "benchmarks" / "compare.json"  # committed: BENCHMARKS.md's table and plot are made from it
     points = json.loads(store.read_text()) if store.is_file() else []
     save = lambda: _io.write_json(store, points)  # noqa: E731
@@ -404,11 +433,11 @@ def main(argv=None) -> int:
     for bgt in budgets:
         for s in seeds:
             try:
-                run_point(bgt, s, a.quick, methods, points, save)
+                run_point(bgt, s, a.quick, methods, points, save, a.model)
             except EdgeSparseError as e:  # a budget a method cannot meet: that row says so, the run goes on
                 _log(f"compare {bgt}/seed{s}: {e}")
-                points.append({"key": f"{bgt}/seed{s}{'/quick' if a.quick else ''}", "budget": bgt, "seed": s,
-                               "quick": a.quick, "method": "shipped", "error": str(e)})
+                points.append({"key": _tag(bgt, s, a.quick, a.model), "budget": bgt, "seed": s, "quick": a.quick,
+                               "method": "shipped", "model": a.model, "error": str(e)})
                 save()
     if saved_env is None:
         os.environ.pop("EDGE_SPARSE_TARGETS", None)

@@ -54,14 +54,27 @@ def test_width_multiplier_starts_from_fresh_weights():
 
 @pytest.mark.parametrize("argv, msg", [
     (["--methods", "shipped,magic"], "--methods: unknown magic; valid: shipped, global, width, tp, dense"),
-    (["--budgets", "host:1x"], "a host budget is host:<k>x with k > 1"),
+    (["--budgets", "host:1x"], "a relative budget is <target>:<k>x with k > 1"),
     (["--budgets", "pi9"], "--budgets 'pi9': not a target; valid:"),
     (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
+    (["--model", "resnet9"], "--model 'resnet9': not a registered architecture; valid:"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys):
     assert compare.main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
+
+
+def test_a_relative_budget_on_any_target_is_a_profile_the_build_loads(tmp_path):
+    from edge_sparse.targets import load_target
+
+    d = compare._targets_dir(["rpi4:3x", "host:4x"], "resnet20", d=tmp_path)
+    t = load_target(d / "rpi4-3x.toml")
+    assert (t.name, t.latency_budget_ms, t.speedup, t.model_size_budget_kb) == ("rpi4-3x", None, 3.0, 4096)
+    assert t.latency_model == load_target("rpi4").latency_model  # the same estimate, only the budget differs
+    assert load_target(d / "host-4x.toml").speedup == 4.0
+    d8 = compare._targets_dir(["rpi4"], d=tmp_path / "r8")  # the default model keeps the profiles' size budgets
+    assert load_target(d8 / "rpi4.toml").model_size_budget_kb == load_target("rpi4").model_size_budget_kb
 
 
 def test_markdown_states_every_method_and_the_paired_difference():
