@@ -10,6 +10,9 @@ a 95 % interval, and all of a budget's models timed side by side in one interlea
               target's channel multiple; the largest alpha, in steps of 0.01, that the same latency model fits
               under the same budget), trained from scratch for the build's total epochs (dense + fine-tune) with
               the build's dense recipe, no sparsity term, no distillation;
+- `width-time` — the width peer given the build's wall-clock instead of its epoch count: the time the build spends
+              on its dense epochs, converted to epochs of the narrow net by their training-step times measured side
+              by side here (`train_step_ratio`), plus the fine-tune's epochs;
 - `tp`      — Torch-Pruning's documented recipe: a dense model trained without the sparsity term for the
               build's dense epochs, `MetaPruner` + `GroupMagnitudeImportance(p=2)`, global pruning, the same
               `round_to`, the pruning ratio (a 0.02 grid up to 0.90) whose model fits the same budget closest from
@@ -47,7 +50,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "compare"
-METHODS = ("shipped", "global", "width", "tp", "dense")
+METHODS = ("shipped", "global", "width", "width-time", "tp", "dense")
 DEFAULT_MODEL = "resnet8"  # BuildConfig's
 
 
@@ -193,6 +196,36 @@ def width_net(b, d: Path):
     return net.eval()
 
 
+def train_step_ratio(big, small, example, batch_size: int, rounds: int = 5, steps: int = 4) -> float:
+    """How many training steps (forward, backward, SGD update on one batch) of `small` fit in the time of one of
+    `big`: the median over `rounds` of interleaved timings, `steps` each, after one untimed warm-up step each.
+    A ratio measured in one run, so the shared machine's drift cancels."""
+    import copy as _copy
+
+    import torch
+
+    nets = {"big": _copy.deepcopy(big).train(), "small": _copy.deepcopy(small).train()}
+    x = torch.randn(batch_size, *example.shape[1:])
+    y = torch.randint(0, 2, (batch_size,))
+    opts = {k: torch.optim.SGD(n.parameters(), lr=1e-3, momentum=0.9) for k, n in nets.items()}
+
+    def step(k):
+        opts[k].zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(nets[k](x), y).backward()
+        opts[k].step()
+
+    for k in nets:
+        step(k)
+    times = {k: [] for k in nets}
+    for _ in range(rounds):
+        for k in nets:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(k)
+            times[k].append(time.perf_counter() - t0)
+    return statistics.median(times["big"]) / statistics.median(times["small"])
+
+
 def _export(model, splits, calib, d: Path) -> Path:
     from edge_sparse.data import normalize_np
     from edge_sparse.export import onnx as eonnx, tflite as etflite
@@ -256,29 +289,45 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
         paths["global"] = g.dirs["export"] / "model.tflite"
         info["global"] = {k: v for k, v in next(p for p in points if p["key"] == tag and p["method"] == "global").items()
                           if k in ("macs", "predicted_p90_ms", "sparsity", "recipe", "train_seconds")}
-    for m in ("width", "tp"):  # finished in an earlier run: timed again beside the others
+    for m in ("width", "width-time", "tp"):  # finished in an earlier run: timed again beside the others
         if m in have and (work / m / "model.tflite").is_file():
             paths[m] = work / m / "model.tflite"
             info[m] = {k: v for k, v in next(p for p in points if p["key"] == tag and p["method"] == m).items()
-                       if k in ("macs", "predicted_p90_ms", "widths", "alpha", "recipe", "train_seconds", "pruning_ratio")}
-    if "width" in methods and "width" not in have:
-        d = work / "width"
+                       if k in ("macs", "predicted_p90_ms", "widths", "alpha", "recipe", "train_seconds", "pruning_ratio",
+                                "epochs", "train_step_ratio")}
+    for wm in ("width", "width-time"):
+        if wm not in methods or wm in have:
+            continue
+        d = work / wm
         al, a, alpha = _width_allocation(b)
         if a is None:
-            info["width"] = {"error": f"no equal-width network fits {budget_ms:.4g} ms"}
-        else:
-            torch.manual_seed(seed)
-            net = _reinit(al.apply(a).model)
-            rec = cfg.train.replace(epochs=epochs_total, sparsity_reg="none", seed=seed)
-            t0 = time.time()
-            _trained(net, splits, rec, d / "net",
-                     f"compare {tag}: width multiplier {a.describe()}, {epochs_total} epochs from scratch ...")
-            paths["width"] = _export(net, splits, calib, d)
-            info["width"] = {"macs": count(net, example)[1], "predicted_p90_ms": round(pr.predict(net, example)["p90"], 5),
-                             "widths": a.keep, "alpha": alpha,
-                             "recipe": f"one width factor for every layer, {epochs_total} epochs from scratch "
-                                       f"({rec.schedule} lr {rec.lr:g}, augment {rec.augment}, no sparsity term, no KD)",
-                             "train_seconds": round(time.time() - t0, 1)}
+            info[wm] = {"error": f"no equal-width network fits {budget_ms:.4g} ms"}
+            continue
+        torch.manual_seed(seed)
+        net = _reinit(al.apply(a).model)
+        epochs, ratio, why = epochs_total, None, f"{epochs_total} epochs from scratch"
+        if wm == "width-time":
+            rf = d / "train_step_ratio.json"  # measured once: a resumed training keeps its epoch count
+            if rf.is_file():
+                ratio = json.loads(rf.read_text())["ratio"]
+            else:
+                ratio = train_step_ratio(models.load(b.dirs["train"] / "dense")[0], net, example, cfg.train.batch_size)
+                d.mkdir(parents=True, exist_ok=True)
+                rf.write_text(json.dumps({"ratio": ratio}))
+            epochs = round(cfg.train.epochs * ratio) + cfg.finetune.epochs
+            why = (f"{epochs} epochs from scratch (the build's {cfg.train.epochs} dense epochs x {ratio:.2f}, the "
+                   f"narrow net's training-step speedup measured here, + its {cfg.finetune.epochs} fine-tune epochs)")
+        rec = cfg.train.replace(epochs=epochs, sparsity_reg="none", seed=seed)
+        t0 = time.time()
+        _trained(net, splits, rec, d / "net", f"compare {tag}: {wm}: width multiplier {a.describe()}, {why} ...")
+        paths[wm] = _export(net, splits, calib, d)
+        info[wm] = {"macs": count(net, example)[1], "predicted_p90_ms": round(pr.predict(net, example)["p90"], 5),
+                    "widths": a.keep, "alpha": alpha, "epochs": epochs,
+                    "recipe": f"one width factor for every layer, {why} ({rec.schedule} lr {rec.lr:g}, augment "
+                              f"{rec.augment}, no sparsity term, no KD)",
+                    "train_seconds": round(time.time() - t0, 1)}
+        if ratio is not None:
+            info[wm]["train_step_ratio"] = round(ratio, 3)
     if "tp" in methods and "tp" not in have:
         d = work / "tp"
         t0 = time.time()
@@ -374,7 +423,7 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    marks = {"shipped": "o", "global": "v", "width": "s", "tp": "^", "dense": "D"}
+    marks = {"shipped": "o", "global": "v", "width": "s", "width-time": "P", "tp": "^", "dense": "D"}
     for m in METHODS:
         ok = [p for p in points if p["method"] == m and "top1" in p]
         if ok:

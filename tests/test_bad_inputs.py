@@ -392,7 +392,7 @@ CASES = [
                                                              "{tmp}/suite"], "emulat", make=_timings),
     Case("bundle", "verify a missing bundle", ["verify", "--bundle", "{tmp}/none"], "{tmp}/none"),
     Case("bundle", "bench without a bundle", ["bench", "--target", "rpi4", "--out", "{tmp}"], "no bundle at"),
-    Case("compare flag", "--methods shipped,magic", ["--methods", "shipped,magic"], "valid: shipped, global, width, tp, dense", tool="compare"),
+    Case("compare flag", "--methods shipped,magic", ["--methods", "shipped,magic"], "valid: shipped, global, width, width-time, tp, dense", tool="compare"),
     Case("compare flag", "--budgets host:1x", ["--budgets", "host:1x"], "<target>:<k>x with k > 1", tool="compare"),
     Case("compare flag", "--budgets pi9", ["--budgets", "pi9"], "not a target; valid:", tool="compare"),
     Case("compare flag", "--seeds 0,x", ["--seeds", "0,x"], "expected comma-separated integers", tool="compare"),

@@ -52,8 +52,19 @@ def test_width_multiplier_starts_from_fresh_weights():
     assert not torch.equal(before, net.conv1.weight) and pr.predict(net, ex)["p90"] <= pr.dense_p90_ms / 2
 
 
+def test_train_step_ratio_says_how_much_faster_a_narrow_net_trains():
+    from edge_sparse import models
+
+    big = models.create("resnet8", in_channels=1, num_classes=10, input_size=28)
+    small = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28)
+    ex = torch.zeros(1, 1, 28, 28)
+    assert compare.train_step_ratio(big, small, ex, batch_size=32, rounds=3, steps=2) > 1.2
+    same = compare.train_step_ratio(big, big, ex, batch_size=32, rounds=3, steps=2)
+    assert 0.5 < same < 2  # the same net against itself: about 1 (loose: the machine is shared)
+
+
 @pytest.mark.parametrize("argv, msg", [
-    (["--methods", "shipped,magic"], "--methods: unknown magic; valid: shipped, global, width, tp, dense"),
+    (["--methods", "shipped,magic"], "--methods: unknown magic; valid: shipped, global, width, width-time, tp, dense"),
     (["--budgets", "host:1x"], "a relative budget is <target>:<k>x with k > 1"),
     (["--budgets", "pi9"], "--budgets 'pi9': not a target; valid:"),
     (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
@@ -82,7 +93,7 @@ def test_markdown_states_every_method_and_the_paired_difference():
                                  "predicted_p90_ms": 0.7, "host_p90_ms": 0.05, "recipe": f"{m} recipe",
                                  "top1": {"acc": acc, "ci95": [acc - 0.6, acc + 0.5], "n": 10000},
                                  **({"shipped_minus_this": {"diff_pt": d, "ci95_pt": [d - 0.3, d + 0.3]}} if d is not None else {})}
-    md = compare.markdown([pt("shipped", 91.0), pt("global", 90.8, 0.2), pt("width", 90.5, 0.5), pt("tp", 91.2, -0.2),
+    md = compare.markdown([pt("shipped", 91.0), pt("global", 90.8, 0.2), pt("width", 90.5, 0.5), pt("width-time", 90.7, 0.3), pt("tp", 91.2, -0.2),
                            pt("dense", 91.6, -0.6)])
     for m in compare.METHODS:
         assert f"| rpi4 | {m} | 0 |" in md
