@@ -80,7 +80,7 @@ def _targets_dir(budgets: list[str], model: str = DEFAULT_MODEL, d: Path = ROOT 
             t, k = b.split(":", 1)
             text = (d / f"{t}.toml").read_text()
             text = re.sub(rf'(?m)^name = "{t}"', f'name = "{t}-{k}"', text)
-            text = re.sub(r'(?m)^latency_budget(_ms)? = [^#\n]*', f'latency_budget = "{k}"', text)
+            text = re.sub(r"(?m)^latency_budget(_ms)? = .*$", f'latency_budget = "{k}"  # set by make compare', text)
             (d / f"{t}-{k}.toml").write_text(text)
     return d
 

@@ -483,8 +483,7 @@ def _latency_identity(t: Target) -> Optional[str]:
         return hashlib.sha256((Path(t.path).parent / t.latency_table).read_bytes()).hexdigest()[:16]
     from edge_sparse.latency import estimate
 
-    ref = estimate.TARGET_FIT.get(t.name)  # a fitted estimate: a refit (--write-fit) must re-run the search
-    fit = estimate.fit_path(ref) if ref else None
+    fit = estimate.fit_path(t.latency_fit) if t.latency_fit else None  # a refit (--write-fit) re-runs the search
     return hashlib.sha256(fit.read_bytes()).hexdigest()[:16] if fit and fit.is_file() else None
 
 

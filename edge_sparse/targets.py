@@ -62,6 +62,8 @@ class Target:
     latency_model: Optional[LatencyModel] = None  # the published-figure estimate (targets without a measured table)
     latency_budget: Optional[str] = None  # relative budget, "<k>x": k times faster than the dense model on this target
     latency_table: Optional[str] = None  # "host" (measured on the building machine, cached) or a table file in targets/
+    latency_fit: Optional[str] = None  # the real-device fit whose per-op shape the estimate uses (edge_sparse/latency/
+    # reference/fit-<name>.json), scaled to [latency_model]'s published figure; without it, the plain formula
     robust_accuracy_floor_pct: float = 0.0  # optional: minimum PGD robust accuracy at robust_eps
     robust_eps: float = 0.0  # optional: epsilon (in /255 pixel units) of that floor; 0 = not checked
     path: Optional[str] = field(default=None, compare=False)  # file it came from (not a TOML key)
@@ -90,7 +92,7 @@ class Target:
 
 
 _OPTIONAL = {"robust_accuracy_floor_pct", "robust_eps", "latency_model", "latency_budget", "latency_table",
-             "latency_budget_ms"}
+             "latency_budget_ms", "latency_fit"}
 _POSITIVE = {
     "cores", "threads", "latency_budget_ms", "model_size_budget_kb", "channel_multiple",
     "ms_per_mmac",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ def test_estimate_targets_use_the_fit_and_keep_its_error_free(name):
     t = load_target(name)
     est = estimate.load(t)
     assert est is not None, "the shipped fit files are missing"
-    fit = json.loads(estimate.fit_path(estimate.TARGET_FIT[name]).read_text())
+    fit = json.loads(estimate.fit_path(t.latency_fit).read_text())
     assert est.margin == pytest.approx(fit["held_out"]["p90_abs_err"]) and 0 < est.margin <= estimate.MAX_MARGIN
     anchor = mobilenet_v2_224()
     assert est.predict_ops(anchor) == pytest.approx(t.latency_model.ms_per_mmac * sum(o.macs for o in anchor) / 1e6)
@@ -198,3 +199,22 @@ def test_a_fit_beyond_the_sanity_bound_is_refused(tmp_path):
     with pytest.raises(EdgeSparseError, match="refusing to store"):
         estimate.write_fit(bad, tmp_path / "fit.json")
     assert not (tmp_path / "fit.json").exists()
+
+
+def test_a_copied_profile_keeps_its_fit_and_an_unknown_fit_is_refused(tmp_path):
+    """A user's `my-pi.toml` (rpi4.toml under another name, another budget) prices a model exactly as rpi4 does:
+    the fit is named in the profile, not looked up by the profile's name."""
+    from edge_sparse import models
+    from edge_sparse.latency.predict import resolve
+    from edge_sparse.targets import load_target
+
+    text = (Path(load_target("rpi4").path)).read_text().replace('name = "rpi4"', 'name = "my-pi"')
+    (tmp_path / "my-pi.toml").write_text(text.replace("latency_budget_ms = 1.00", 'latency_budget = "3x"  #'))
+    m, ex = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28).eval(), torch.zeros(1, 1, 28, 28)
+    mine, theirs = resolve(load_target(tmp_path / "my-pi.toml"), m, ex), resolve("rpi4", m, ex)
+    assert mine.fitted is not None and mine.predict(m, ex)["p90"] == pytest.approx(theirs.predict(m, ex)["p90"])
+    assert mine.budget_ms == pytest.approx(theirs.dense_p90_ms / 3)
+    (tmp_path / "my-pi.toml").write_text(text.replace('latency_fit = "rpi4"', 'latency_fit = "pi9"'))
+    with pytest.raises(EdgeSparseError, match=r"my-pi.toml: key 'latency_fit' is 'pi9', but there is no .*fit-pi9.json; "
+                                              r"valid: android-arm64, rpi4"):
+        resolve(load_target(tmp_path / "my-pi.toml"), m, ex)

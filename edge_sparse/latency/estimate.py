@@ -34,7 +34,6 @@ from edge_sparse.latency.ops import Op
 FIT_DIR = Path(__file__).resolve().parent / "reference"
 FIT_FORMAT = "edge_sparse.device_fit/1"
 # target -> (the reference fit it uses, what the shape comes from)
-TARGET_FIT = {"rpi4": "rpi4", "rpi5": "rpi4", "android-arm64": "android-arm64"}
 FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3"}  # classes the reference lacks -> the class priced instead
 MAX_MARGIN = 0.35  # a fit whose held-out p90 |error| exceeds this is not usable as an estimate
 
@@ -127,14 +126,19 @@ def write_fit(result: dict, path: Optional[Path] = None) -> Path:
 
 def load(target) -> Optional[FittedEstimate]:
     """The fitted estimate of `target` (a Target), or None when it has no reference fit."""
-    ref = TARGET_FIT.get(target.name)
-    if ref is None or target.latency_model is None:
+    ref = target.latency_fit
+    if ref is None:
         return None
+    if target.latency_model is None:
+        raise EdgeSparseError(f"{target.path}: key 'latency_fit' needs a [latency_model]: the fit's shape is scaled to "
+                              f"its published figure")
     p = fit_path(ref)
     try:
         d = json.loads(p.read_text())
     except FileNotFoundError:
-        return None
+        have = sorted(f.stem[len("fit-"):] for f in FIT_DIR.glob("fit-*.json"))
+        raise EdgeSparseError(f"{target.path}: key 'latency_fit' is {ref!r}, but there is no {p}; "
+                              f"valid: {', '.join(have) or '(none)'}") from None
     except ValueError as e:
         raise EdgeSparseError(f"{p}: not valid JSON ({e}); restore it or re-run "
                               f"`edge-sparse latency check --target {ref} --reference nb201 --write-fit`") from None
