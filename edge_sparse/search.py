@@ -220,7 +220,8 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         floor = al.price({g.name: g.min_keep for g in al.groups})
         measured = [c for c, _ in tried if c.measured_p90_ms is not None]
         why = (f"the finalists measured {min(c.measured_p90_ms for c in measured):.4g}-"
-               f"{max(c.measured_p90_ms for c in measured):.4g} ms on the device, over the budget, and "
+               f"{max(c.measured_p90_ms for c in measured):.4g} ms on the device, over the full "
+               f"{pricer.budget_ms:.4g} ms, and "
                if measured else "")
         raise BudgetError(
             f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "
