@@ -283,7 +283,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
                           "recipe": "default build, --search global (one threshold per candidate sparsity)",
                           "train_seconds": round(sum(g.results[s].get("_seconds", 0) for s in
                                                      ("train", "search", "finetune", "reference")), 1)}
-    elif "global" in have:  # cached: its build is in the stage cache, re-timed beside the others
+    elif "global" in have and "global" in methods:  # cached: in the stage cache, re-timed beside the others
         g = pipeline.run(tname, dataclasses.replace(cfg, search="global"), out_dir=work / "dist-global",
                          cache_dir=ROOT / "build" / "cache", until_stage="verify")
         paths["global"] = g.dirs["export"] / "model.tflite"
