@@ -396,7 +396,7 @@ def markdown(points: list[dict]) -> str:
     L.append("|---|---|---|---|---|---|---|---|")
     for k in keys:
         for m in METHODS:
-            rs = [p for p in points if _label(p) == k and p["method"] == m]
+            rs = sorted((p for p in points if _label(p) == k and p["method"] == m), key=lambda p: p["seed"])
             if not rs:
                 continue
             ok = [p for p in rs if "top1" in p]

@@ -396,6 +396,7 @@ CASES = [
     Case("compare flag", "--budgets host:1x", ["--budgets", "host:1x"], "<target>:<k>x with k > 1", tool="compare"),
     Case("compare flag", "--budgets pi9", ["--budgets", "pi9"], "not a target; valid:", tool="compare"),
     Case("compare flag", "--seeds 0,x", ["--seeds", "0,x"], "expected comma-separated integers", tool="compare"),
+    Case("compare flag", "--model resnet9", ["--model", "resnet9"], "not a registered architecture; valid:", tool="compare"),
     # the bundle's harness, run as on the device: a damaged bundle or a bad flag
     *[Case("harness", n, a, w, make=m, tool="bench.py") for n, a, w, m in [
         ("labels of shape (N, 1)", [], "y must be one integer label per image", _eval_edit(lambda b: _npz(_eval(b)[0], _eval(b)[1][:, None]))),
