@@ -33,7 +33,6 @@ from edge_sparse.latency.ops import Op
 
 FIT_DIR = Path(__file__).resolve().parent / "reference"
 FIT_FORMAT = "edge_sparse.device_fit/1"
-# target -> (the reference fit it uses, what the shape comes from)
 FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3"}  # classes the reference lacks -> the class priced instead
 MAX_MARGIN = 0.35  # a fit whose held-out p90 |error| exceeds this is not usable as an estimate
 
