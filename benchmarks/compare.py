@@ -245,7 +245,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
               model: str = DEFAULT_MODEL) -> None:
     import torch
 
-    from edge_sparse import models, pipeline, verify
+    from edge_sparse import _io, models, pipeline, verify
     from edge_sparse.config import BuildConfig
     from edge_sparse.pruning import count
 
@@ -298,11 +298,10 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
             info[m] = {k: v for k, v in next(p for p in points if p["key"] == tag and p["method"] == m).items()
                        if k in ("macs", "predicted_p90_ms", "widths", "alpha", "recipe", "train_seconds", "pruning_ratio",
                                 "epochs", "train_step_ratio")}
-    for wm in ("width", "width-time"):
-        if wm not in methods or wm in have:
-            continue
+    todo = [wm for wm in ("width", "width-time") if wm in methods and wm not in have]
+    al, a, alpha = _width_allocation(b) if todo else (None, None, None)  # one network for both width peers
+    for wm in todo:
         d = work / wm
-        al, a, alpha = _width_allocation(b)
         if a is None:
             info[wm] = {"error": f"no equal-width network fits {budget_ms:.4g} ms"}
             continue
@@ -314,9 +313,8 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
             if rf.is_file():
                 ratio = json.loads(rf.read_text())["ratio"]
             else:
-                ratio = train_step_ratio(models.load(b.dirs["train"] / "dense")[0], net, example, cfg.train.batch_size)
-                d.mkdir(parents=True, exist_ok=True)
-                rf.write_text(json.dumps({"ratio": ratio}))
+                ratio = train_step_ratio(al.dense, net, example, cfg.train.batch_size)
+                _io.write_json(rf, {"ratio": ratio})
             epochs = round(cfg.train.epochs * ratio) + cfg.finetune.epochs
             why = (f"{epochs} epochs from scratch (the build's {cfg.train.epochs} dense epochs x {ratio:.2f}, the "
                    f"narrow net's training-step speedup measured here, + its {cfg.finetune.epochs} fine-tune epochs)")

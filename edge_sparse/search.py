@@ -164,6 +164,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         return dense_c, None, [dense_c]
     al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity,
                    taylor_batch=taylor_batch, criterion=criterion)
+    narrowest = al.price({g.name: g.min_keep for g in al.groups})  # the fastest network the allocator can make
     tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
     seen: set = set()
 
@@ -208,7 +209,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
             ratio = float(sorted(c.measured_p90_ms / c.predicted_p90_ms for c in timed)[len(timed) // 2])
             # never below the narrowest widths: if the scaled budget is out of the table's reach, the narrowest
             # network is still worth timing (the scaling is a median guess; the device has the last word)
-            again = max(budget / ratio, al.price({g.name: g.min_keep for g in al.groups})["p90"])
+            again = max(budget / ratio, narrowest["p90"])
             log(f"  every finalist measured over budget on the device (measured / predicted = {ratio:.2f}); "
                 f"allocating again under {again:.4g} ms predicted"
                 + ("" if again == budget / ratio else " (the narrowest allowed widths)"))
@@ -217,7 +218,6 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
                 time_round(second)
     feasible = [t for t in tried if t[0].fits]
     if not feasible:
-        floor = al.price({g.name: g.min_keep for g in al.groups})
         measured = [c for c, _ in tried if c.measured_p90_ms is not None]
         why = (f"the finalists measured {min(c.measured_p90_ms for c in measured):.4g}-"
                f"{max(c.measured_p90_ms for c in measured):.4g} ms on the device, over the full "
@@ -226,7 +226,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         raise BudgetError(
             f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "
             f"({target.describe_budget()}{f', less a {pricer.margin:.0%} margin for prediction error' if pricer.margin else ''}); "
-            f"{why}the narrowest allowed widths predict {floor['p90']:.4g} ms and the dense model "
+            f"{why}the narrowest allowed widths predict {narrowest['p90']:.4g} ms and the dense model "
             f"{dense_c.predicted_p90_ms:.4g} ms; relax the budget in {target.path} or use a smaller --model")
     chosen, res = max(feasible, key=lambda t: (t[0].val_acc_pruned, -t[0].predicted_p90_ms))
     return chosen, res, [c for c, _ in tried]

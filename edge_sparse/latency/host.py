@@ -107,11 +107,15 @@ def _probe(ops: list[Op], threads: int, runs: int, rounds: int) -> LatencyTable:
         suite_dir = probes.write_suite(ops, Path(tmp))
         suite = json.loads((suite_dir / "probes.json").read_text())
         timings = probes.time_suite(suite_dir, threads, runs=runs, rounds=rounds)
-    prov = {"source": "measured", "device": "this host", **cpu_facts(), "runtime": "tflite",
-            "runtime_version": runtime_version(), "threads": int(threads), "date": now_iso(),
-            "how": f"bench.py --probes: one int8 op per .tflite, {runs} invokes in {rounds} interleaved rounds; "
-                   f"op cost = probe p50 - overhead probe p50"}
-    return LatencyTable.from_timings(suite, timings, prov)
+    return LatencyTable.from_timings(suite, timings, provenance(
+        threads, f"bench.py --probes: one int8 op per .tflite, {runs} invokes in {rounds} interleaved rounds; "
+                 f"op cost = probe p50 - overhead probe p50"))
+
+
+def provenance(threads: int, how: str) -> dict:
+    """Where a table measured on this host comes from: its CPU, runtime and version, threads, date, and `how`."""
+    return {"source": "measured", "device": "this host", **cpu_facts(), "runtime": "tflite",
+            "runtime_version": runtime_version(), "threads": int(threads), "date": now_iso(), "how": how}
 
 
 def _drift(table: LatencyTable, ops: list[Op], threads: int, sample: int, runs: int, rounds: int) -> float:

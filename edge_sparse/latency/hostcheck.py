@@ -63,8 +63,8 @@ def _export(model: torch.nn.Module, shape, out: Path) -> Path:
 def run(target: str = "host", per_arch: int = 10, seed: int = 0, cache: Path | str = "build/latency/check",
         log=print, archs=ARCHS, runs: int = 1000, table_dir: Path | str = "build/latency") -> dict:
     from edge_sparse.latency import measure_many, probes
-    from edge_sparse.latency.host import cpu_facts, runtime_version
-    from edge_sparse.latency.table import LatencyTable, grid_ops, now_iso
+    from edge_sparse.latency.host import provenance
+    from edge_sparse.latency.table import LatencyTable, grid_ops
 
     t = load_target(target)
     cache = Path(cache)
@@ -106,9 +106,7 @@ def run(target: str = "host", per_arch: int = 10, seed: int = 0, cache: Path | s
     log(f"  timing {len(probe_paths)} probes and {len(paths)} models side by side ({runs} invokes each, "
         f"{t.threads} thread(s)), twice ...")
     timed = [measure_many(probe_paths + paths, threads=t.threads, runs=runs, rounds=100) for _ in range(2)]
-    prov = {"source": "measured", "device": "this host", **cpu_facts(), "runtime": "tflite",
-            "runtime_version": runtime_version(), "threads": t.threads, "date": now_iso(),
-            "how": "latency check: probes timed in the same interleaved run as the models"}
+    prov = provenance(t.threads, "latency check: probes timed in the same interleaved run as the models")
     n = len(probe_paths)
     table = LatencyTable.from_timings(suite, {"timings": {p["name"]: m for p, m in zip(suite["probes"], timed[0])}}, prov)
     for r, ops, m, m2 in zip(rows, row_ops, timed[0][n:], timed[1][n:]):
