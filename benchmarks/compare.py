@@ -23,15 +23,17 @@ a 95 % interval, and all of a budget's models timed side by side in one interlea
               same training, fine-tune and export, so `shipped − global` is what the allocation itself gains;
 - `dense`   — the build's dense reference, int8: the anchor on the accuracy axis.
 
-Budgets: `rpi4` (its profile: the fitted estimate less its margin), `host:2x`, `host:4x` (relative to the dense
-int8 model measured on this host by the host latency table); any `<target>:<k>x` is that target with the relative
+Budgets: `rpi4` (its profile: the fitted estimate less its margin), `host:1.3x`, `host:1.6x` (relative to the dense
+int8 model measured on this host by the host latency table; the host build also times its finalists here and ships
+only one that measured within the budget — on the 2-core EPYC host, ResNet-8's narrowest widths reach ~1.9x at p90,
+so 2x and 4x cannot be met there); any `<target>:<k>x` is that target with the relative
 budget "<k>x" in place of its own (`rpi4:3x`: 3x faster than the dense model by the rpi4 estimate). `--model`
 compares another registered architecture (the default build with `--model`; the profiles' size budgets, stated for
 ResNet-8, are raised to 4 MiB for it). Each finished (budget, seed, method) point is
 written to benchmarks/compare.json at once and never re-run (resumable); trainings checkpoint.
 QUICK=1: one budget (rpi4), one seed, the QUICK build's slices and epochs (minutes, not a claim).
 
-    python -m benchmarks.compare --budgets rpi4,host:2x,host:4x --seeds 0,1,2
+    python -m benchmarks.compare --budgets rpi4,host:1.3x,host:1.6x --seeds 0,1,2
     python -m benchmarks.compare --model resnet20 --budgets rpi4:3x --seeds 0
     python -m benchmarks.compare --quick
 """
@@ -448,7 +450,7 @@ def main(argv=None) -> int:
     from edge_sparse.errors import EdgeSparseError
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare")
-    p.add_argument("--budgets", default="rpi4,host:2x,host:4x")
+    p.add_argument("--budgets", default="rpi4,host:1.3x,host:1.6x")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a registered architecture (default: the build's, resnet8)")
     p.add_argument("--methods", default=",".join(METHODS))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from benchmarks import splice
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
 BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
+PARTS = ("predictor", "fill", "speedup")
 
 
 def _bundle_cache(bundle: Path, cache: Path) -> dict:
@@ -165,6 +167,8 @@ def markdown(res: dict) -> str:
     L.append("\n```\n" + format_report(pa) + "\n```\n")
     bf = res["fill"]
     L.append("### Budget fill (goal: rpi4 predicted 90–100 % of the budget; host measured 85–100 %)\n")
+    if res.get("dates", {}).get("fill", res["date"]) != res["date"]:
+        L.append(f"Measured {res['dates']['fill']} (`--parts fill`).\n")
     L.append("| target | latency source | budget (ms) | predicted p90 (ms) | fill (predicted) | measured p90 here (ms) | fill (measured) |")
     L.append("|---|---|---|---|---|---|---|")
     for t, r in bf.items():
@@ -187,6 +191,8 @@ def markdown(res: dict) -> str:
                      f"budget the build resolved from its table, probed at another moment of this machine's drifting speed.")
     sp = res["speedup"]
     L.append("\n### Speedup at 1 thread, same runtime (ai-edge-litert + XNNPACK), p50 of interleaved runs\n")
+    if res.get("dates", {}).get("speedup", res["date"]) != res["date"]:
+        L.append(f"Measured {res['dates']['speedup']} (`--parts speedup`).\n")
     r = sp.get("resnet8_default")
     if r:
         p = r["p50_ms"]
@@ -214,12 +220,32 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
     p.add_argument("--per-arch", type=int, default=10)
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"which sections to measure again ({', '.join(PARTS)}); the others are kept from "
+                        "benchmarks/out/latency.json")
     a = p.parse_args(argv)
+    parts = [x for x in a.parts.split(",") if x]
+    bad = [x for x in parts if x not in PARTS]
+    if bad or not parts:
+        print(f"error: --parts: unknown {', '.join(bad) or '(none given)'}; valid: {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    old = json.loads((OUT / "latency.json").read_text()) if (OUT / "latency.json").is_file() else {}
+    missing = [x for x in PARTS if x not in parts and x not in old]
+    if missing:
+        print(f"error: --parts {a.parts}: benchmarks/out/latency.json has no {missing[0]} section to keep; "
+              f"measure it too", file=sys.stderr)
+        return 2
     log = print
     OUT.mkdir(parents=True, exist_ok=True)
-    res = {"date": time.strftime("%Y-%m-%d"), "predictor": predictor_accuracy(a.per_arch, log)}
-    res["fill"] = budget_fill(log)
-    res["speedup"] = speedups(log)
+    today = time.strftime("%Y-%m-%d")
+    res = {"date": old.get("date", today), "dates": {x: old.get("dates", {}).get(x, old.get("date")) for x in PARTS}}
+    run = {"predictor": lambda: predictor_accuracy(a.per_arch, log), "fill": lambda: budget_fill(log),
+           "speedup": lambda: speedups(log)}
+    for x in PARTS:
+        res[x] = run[x]() if x in parts else old[x]
+        if x in parts:
+            res["dates"][x] = today
+    res["date"] = res["dates"]["predictor"]
     _io.write_json(OUT / "latency.json", res)
     (ROOT / "benchmarks" / "latency.md").write_text(markdown(res))
     splice(markdown(res), "latency")
