@@ -23,11 +23,13 @@ def test_tp_recipe_fits_the_budget_and_uses_it():
     grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     net, ratio, _ = compare._tp_prune(dense, ex, pr, budget, round_to=8, ratios=grid)
     p90 = pr.predict(net, ex)["p90"]
-    assert p90 <= budget and 0 < ratio <= 0.9
-    # the fit closest to the budget: a larger budget gets a larger model, still within it (not necessarily a
-    # smaller ratio: upstream's round-down can empty a layer at a high ratio, and TP then leaves it whole)
-    less, _, _ = compare._tp_prune(dense, ex, pr, p90 * 1.3, round_to=8, ratios=grid)
-    assert p90 < pr.predict(less, ex)["p90"] <= p90 * 1.3
+    assert p90 <= budget and grid[0] < ratio <= 0.9  # (above the first ratio: the check below has some to refuse)
+    # the smallest ratio that fits, as a user raising the ratio would find it: every smaller one is over the budget
+    # (not the model closest to the budget: upstream's round-down can empty a layer at a high ratio, TP then
+    # leaves it whole, and a far harder-pruned model can land just under the budget)
+    assert compare._tp_prune(dense, ex, pr, budget, round_to=8, ratios=grid[:grid.index(ratio)])[0] is None
+    less, r_less, _ = compare._tp_prune(dense, ex, pr, p90 * 1.3, round_to=8, ratios=grid)
+    assert r_less <= ratio and pr.predict(less, ex)["p90"] <= p90 * 1.3
     assert count(net, ex)[1] < count(dense, ex)[1]
     assert all(m.out_channels % 8 == 0 for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     # the dense model is not modified; an unreachable budget is (None, None), not an exception
