@@ -19,7 +19,7 @@ def _dense():
 def test_tp_recipe_fits_the_budget_and_uses_it():
     dense, ex = _dense(), torch.zeros(1, 1, 28, 28)
     pr = resolve("rpi4", dense, ex)
-    budget = pr.dense_p90_ms / 2
+    budget = pr.dense_p90_ms / 2.5
     grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     net, ratio, _ = compare._tp_prune(dense, ex, pr, budget, round_to=8, ratios=grid)
     p90 = pr.predict(net, ex)["p90"]
