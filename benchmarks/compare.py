@@ -143,7 +143,7 @@ def _tp_prune(dense, example, pricer, budget_ms: float, round_to: int,
     ratio until the model fits. A grid, not a bisection: upstream round_to rounds kept channels *down*, so a high
     ratio can empty a layer and TP then skips it (at 0.95 the ResNet-8 comes back dense) — predicted latency is not
     monotonic in the ratio, and the model "closest to the budget from below" can be a far harder-pruned one past
-    such a jump (host 1.3x: ratio 0.72 where 0.30 fits a tighter budget). Returns (model, ratio, (ratio, p90) of
+    such a jump (host 1.3x: ratio 0.72 where 0.16 fits). Returns (model, ratio, (ratio, p90) of
     the fastest model tried); (None, None, fastest) when none fits."""
     import torch_pruning as tp
 
