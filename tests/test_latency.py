@@ -187,11 +187,18 @@ def test_a_cached_host_table_is_reprobed_when_the_machine_drifts(tmp_path):
     assert any("re-probing" in s and "2020-01-01" in s for s in said), said
     assert again.provenance["date"] != "2020-01-01T00:00:00Z"
     assert again.predict(ops)["p50"] == pytest.approx(first.predict(ops)["p50"], rel=0.5)  # not the 3x one
-    said.clear()
-    host._CHECKED.clear()
-    # fresh now: checked and kept (a wide tolerance: a shared CI machine may move by 10 % between two probings)
-    host.host_table(ops, 1, cache_dir=tmp_path, runs=100, log=said.append, drift_tolerance=0.5)
-    assert not any("probing" in s for s in said), said
+    # fresh now: checked and kept. A shared CI machine has moved by 1.86x between two probings seconds apart
+    # (another job landing on its cores), so a fresh table is allowed three checks, each against the table the
+    # one before it left (a re-probe writes a fresh one); a check that always re-probes fails all three.
+    tries = []
+    for _ in range(3):
+        said = []
+        host._CHECKED.clear()
+        host.host_table(ops, 1, cache_dir=tmp_path, runs=100, log=said.append, drift_tolerance=0.5)
+        tries.append(said)
+        if not any("probing" in s for s in said):
+            break
+    assert not any("probing" in s for s in tries[-1]), tries
 
 
 @pytest.mark.slow
