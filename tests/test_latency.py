@@ -186,7 +186,8 @@ def test_a_cached_host_table_is_reprobed_when_the_machine_drifts(tmp_path):
     again = host.host_table(ops, 1, cache_dir=tmp_path, runs=100, log=said.append)
     assert any("re-probing" in s and "2020-01-01" in s for s in said), said
     assert again.provenance["date"] != "2020-01-01T00:00:00Z"
-    assert again.predict(ops)["p50"] == pytest.approx(first.predict(ops)["p50"], rel=0.5)  # not the 3x one
+    # not the 3x table: measured again (within 2.2x of the first probing, which a machine moving by 1.86x allows)
+    assert again.predict(ops)["p50"] < 2.2 * first.predict(ops)["p50"]
     # fresh now: checked and kept. A shared CI machine has moved by 1.86x between two probings seconds apart
     # (another job landing on its cores), so a fresh table is allowed three checks, each against the table the
     # one before it left (a re-probe writes a fresh one); a check that always re-probes fails all three.
