@@ -38,7 +38,7 @@ class Case:
     words: str  # what the one error line must contain
     code: int = 2
     make: Optional[Callable[[Path], None]] = None  # writes the bad input under {tmp} (or edits {tmp}/bundle)
-    tool: str = "edge-sparse"  # edge-sparse | compare | bench.py
+    tool: str = "edge-sparse"  # edge-sparse | compare | latency | bench.py
     env: dict = field(default_factory=dict)  # values may hold {tmp}
 
 
@@ -397,6 +397,8 @@ CASES = [
     Case("compare flag", "--budgets pi9", ["--budgets", "pi9"], "not a target; valid:", tool="compare"),
     Case("compare flag", "--seeds 0,x", ["--seeds", "0,x"], "expected comma-separated integers", tool="compare"),
     Case("compare flag", "--model resnet9", ["--model", "resnet9"], "not a registered architecture; valid:", tool="compare"),
+    Case("latency benchmark flag", "--parts fil", ["--parts", "fil"], "unknown fil; valid: predictor, fill, speedup", tool="latency"),
+    Case("latency benchmark flag", "--parts ,", ["--parts", ","], "unknown (none given)", tool="latency"),
     # the bundle's harness, run as on the device: a damaged bundle or a bad flag
     *[Case("harness", n, a, w, make=m, tool="bench.py") for n, a, w, m in [
         ("labels of shape (N, 1)", [], "y must be one integer label per image", _eval_edit(lambda b: _npz(_eval(b)[0], _eval(b)[1][:, None]))),
@@ -474,6 +476,10 @@ def test_bad_input(case: Case, tmp_path, monkeypatch, capsys, request):
             from benchmarks import compare
 
             code = compare.main(argv)
+        elif case.tool == "latency":
+            from benchmarks import latency
+
+            code = latency.main(argv)
         else:
             code = main(argv)
         cap = capsys.readouterr()
@@ -503,7 +509,8 @@ def render() -> str:
             "--cache DIR/cache`.\n\n")
     rows = ["| area | case | command | exit | the error line contains |", "|---|---|---|---:|---|"]
     for c in CASES:
-        cmd = {"edge-sparse": "edge-sparse", "compare": "python -m benchmarks.compare", "bench.py": "python bench.py"}[c.tool]
+        cmd = {"edge-sparse": "edge-sparse", "compare": "python -m benchmarks.compare", "bench.py": "python bench.py",
+               "latency": "python -m benchmarks.latency"}[c.tool]
         shown = c.argv[len(BUILD):] if c.argv[:len(BUILD)] == BUILD else c.argv
         shown = (["build", "--target", "rpi4"] if shown is not c.argv else []) + shown
         text = f"{cmd} {' '.join(shown)}".replace("|", "\\|").replace("{tmp}", "DIR")
