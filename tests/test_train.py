@@ -177,7 +177,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                         str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     w0, h0 = (tmp_path / "rank0.txt").read_text().split()
@@ -191,7 +191,7 @@ def test_ddp_two_processes_gloo(tmp_path):
 def test_torchrun_runs_the_pipeline_train_stage(tmp_path):
     """`torchrun -m edge_sparse.cli train`: the build's own train stage under DDP (gloo, 2 processes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                         "-m", "edge_sparse.cli", "train", "--target", "rpi4", "--quick", "--epochs", "1",
                         "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "dist")],
                        capture_output=True, text=True, timeout=600, env=env)
