@@ -54,7 +54,7 @@ def sshd(tmp_path_factory):
     os.environ["EDGE_SPARSE_SSH_OPTS"] = opts
     device = f"{getpass.getuser()}@127.0.0.1"
     try:
-        for _ in range(50):  # bounded: 10 s for sshd to accept logins
+        for _ in range(300):  # bounded: 60 s for sshd to accept logins (a loaded CI machine is slow to fork it)
             r = subprocess.run(["ssh", "-o", "BatchMode=yes", *opts.split(), device, "true"], capture_output=True)
             if r.returncode == 0:
                 break
@@ -62,7 +62,7 @@ def sshd(tmp_path_factory):
                 pytest.skip(f"sshd did not start: {proc.stdout.read().decode(errors='replace')[-300:]}")
             time.sleep(0.2)
         else:
-            pytest.skip("sshd did not accept a login within 10 s")
+            pytest.skip("sshd did not accept a login within 60 s")
         yield {"device": device, "opts": opts, "port": port}
     finally:
         if env_before is None:
