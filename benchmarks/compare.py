@@ -205,8 +205,8 @@ def width_net(b, d: Path):
 
 def train_step_ratio(big, small, example, batch_size: int, rounds: int = 5, steps: int = 4) -> float:
     """How many training steps (forward, backward, SGD update on one batch) of `small` fit in the time of one of
-    `big`: the median over `rounds` of interleaved timings, `steps` each, after one untimed warm-up step each.
-    A ratio measured in one run, so the shared machine's drift cancels."""
+    `big`: the median over `rounds` of the ratio within each round (the two nets timed back to back, `steps` each,
+    after one untimed warm-up step each), so a burst of the shared machine's load moves one round, not the result."""
     import copy as _copy
 
     import torch
@@ -230,7 +230,7 @@ def train_step_ratio(big, small, example, batch_size: int, rounds: int = 5, step
             for _ in range(steps):
                 step(k)
             times[k].append(time.perf_counter() - t0)
-    return statistics.median(times["big"]) / statistics.median(times["small"])
+    return statistics.median(b / s for b, s in zip(times["big"], times["small"]))
 
 
 def _export(model, splits, calib, d: Path) -> Path:

@@ -61,8 +61,8 @@ def test_train_step_ratio_says_how_much_faster_a_narrow_net_trains():
     big = models.create("resnet8", in_channels=1, num_classes=10, input_size=28)
     small = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=28)
     ex = torch.zeros(1, 1, 28, 28)
-    assert compare.train_step_ratio(big, small, ex, batch_size=32, rounds=3, steps=2) > 1.2
-    same = compare.train_step_ratio(big, big, ex, batch_size=32, rounds=3, steps=2)
+    assert compare.train_step_ratio(big, small, ex, batch_size=32, rounds=5, steps=2) > 1.2  # about 3-5x
+    same = compare.train_step_ratio(big, big, ex, batch_size=32, rounds=5, steps=2)
     assert 0.5 < same < 2  # the same net against itself: about 1 (loose: the machine is shared)
 
 
