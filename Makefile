@@ -77,7 +77,7 @@ build: check-target data $(STAMP)
 	$(VENV)/bin/edge-sparse build $(BUILD_FLAGS)
 
 test: data $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 test-fast: data $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
