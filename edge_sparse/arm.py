@@ -1,6 +1,6 @@
 """`make verify-arm`: run a bundle's bench.py on a real aarch64 userland under qemu-user emulation and
 check that it computes what this host computes: int8 outputs within 1 LSB (ONNX Runtime's float logits
-within 8 output steps), the same top-1 for every image except near-ties (images whose two best logits
+within 8 output steps, 16 on an x86 host without VNNI), the same top-1 for every image except near-ties (images whose two best logits
 are so close that the allowed error can swap them; counted and printed), and the count of values that
 differ (often 0, but not a promise).
 
@@ -8,7 +8,8 @@ Why not bit-identity: XNNPACK picks its int8 kernels per ISA (NEON dot-product o
 AVX-512 VNNI on x86), and their requantisation may round an output differently by one step. On an
 AVX-512 VNNI host the emulated ARM outputs of ai-edge-litert matched bit for bit; on an AVX2-only host
 tflite-runtime differed in 70 of 1000 values by 1 LSB (one top-1 flip, on a near-tie) and ONNX Runtime
-by up to 7 output steps in 3 of 1000 values.
+by up to 7 output steps in 3 of 1000 values (10 steps in 9 of 1000 on another, 2026-12-03: without VNNI
+ORT's u8s8 kernels saturate, so on such a host its tolerance is 16 steps).
 
     python -m edge_sparse.arm --bundle dist/rpi4 --target rpi4
 
@@ -127,6 +128,17 @@ def run_arm(root: Path, core: str, bundle: Path, args: list[str]) -> subprocess.
                            "--emulated", *args], cwd=bundle, env=env, capture_output=True, text=True, timeout=1800)
 
 
+def _onnx_steps() -> int:
+    """How many output steps ONNX Runtime's float logits may differ by between this host and the ARM run: 8, or 16
+    on an x86 host without VNNI, where ORT's u8s8 GEMM (AVX2 pmaddubsw) saturates its int16 pair sums, so the host
+    side is the inexact one (measured on AVX2-only hosts: 7 steps, and 10 steps on 2026-12-03)."""
+    from edge_sparse.latency.host import cpu_facts
+
+    f = cpu_facts()
+    x86 = f["machine"] in ("x86_64", "AMD64")
+    return 16 if x86 and not {"avx512_vnni", "avx_vnni"} & set(f["isa"]) else 8
+
+
 def _onnx_output_step(path: Path) -> float:
     """Scale of the DequantizeLinear that produces the QDQ model's output (one int8 step of the logits)."""
     import onnx
@@ -185,8 +197,8 @@ def main(argv=None) -> int:
                 if rt in ("ai_edge_litert", "tflite_runtime"):  # per-ISA int8 kernels may round 1 LSB apart
                     tol, unit = 1.0, "int8 within 1 LSB"
                 else:  # onnxruntime: dequantised float logits; x86 int8 GEMMs (u8s8 without VNNI) round differently
-                    step = _onnx_output_step(bundle / "model.onnx")
-                    tol, unit = 8 * step * 1.001, f"within 8 output steps ({8 * step:.4g})"
+                    step, k = _onnx_output_step(bundle / "model.onnx"), _onnx_steps()
+                    tol, unit = k * step * 1.001, f"within {k} output steps ({k * step:.4g})"
                 # a top-1 may flip only on a near-tie: both logits moving by the allowed error can swap them
                 near_tie = margin <= 2 * tol
                 bad_flips = int((flips & ~near_tie).sum())
