@@ -1,7 +1,7 @@
 """`make verify-arm`: run a bundle's bench.py on a real aarch64 userland under qemu-user emulation and
 check that it computes what this host computes: int8 outputs within 1 LSB (ONNX Runtime's float logits
-within 8 output steps, 16 on an x86 host without VNNI), the same top-1 for every image except near-ties (images whose two best logits
-are so close that the allowed error can swap them; counted and printed), and the count of values that
+within 8 output steps, 16 on an x86 host without VNNI), the same top-1 for every image except near-ties
+(images whose two best logits are so close that the allowed error can swap them; counted and printed), and the count of values that
 differ (often 0, but not a promise).
 
 Why not bit-identity: XNNPACK picks its int8 kernels per ISA (NEON dot-product on ARM; AVX2, AVX-512 or
