@@ -19,3 +19,11 @@ def splice(md: str, tag: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
     else:
         text = text.rstrip() + "\n\n" + md
     _io.write_text(path, text)
+
+
+def publish(md: str, tag: str, write: bool) -> int:
+    """A benchmark's last step: print its markdown section and, with --write, splice it into BENCHMARKS.md."""
+    print(md)
+    if write:
+        splice(md, tag)
+    return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import splice
+from benchmarks import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "byom"
@@ -244,11 +244,7 @@ def main(argv=None) -> int:
             _io.write_json(f, res["no_train"][-1])
             res["date"] = time.strftime("%Y-%m-%d")
     _io.write_json(ROOT / "benchmarks" / "byom.json", res)
-    md = markdown(res)
-    print(md)
-    if a.write:
-        splice(md, TAG)
-    return 0
+    return publish(markdown(res), TAG, a.write)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ budget "<k>x" in place of its own (`rpi4:3x`: 3x faster than the dense model by 
 compares another registered architecture (the default build with `--model`; the profiles' size budgets, stated for
 ResNet-8, are raised to 4 MiB for it). Each finished (budget, seed, method) point is
 written to benchmarks/compare.json at once and never re-run (resumable); trainings checkpoint.
-QUICK=1: one budget (rpi4), one seed, the QUICK build's slices and epochs (minutes, not a claim).
+QUICK=1: one budget (rpi4), one seed, the QUICK build's slices and epochs (minutes, not a claim): its points, table
+and plot go to benchmarks/out/compare-quick.{json,md,png}, never into compare.json or BENCHMARKS.md.
 
     python -m benchmarks.compare --budgets rpi4,host:1.3x,host:1.6x --seeds 0,1,2
     python -m benchmarks.compare --model resnet20 --budgets rpi4:3x --seeds 0
@@ -276,6 +277,14 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
                                          "recipe": f"default build ({cfg.train.epochs} dense + {cfg.finetune.epochs} fine-tune epochs)",
                                          "train_seconds": round(sum(b.results[s].get("_seconds", 0) for s in
                                                                     ("train", "search", "finetune", "reference")), 1)}}
+    # rows kept from an earlier run were paired image by image against the shipped model of that run: if this run's
+    # shipped model is another one (a code change, another CPU's float kernels) and a peer's model is not on this
+    # machine to be paired again, the peer is trained again rather than left paired against a model no longer shown
+    shipped_logits = verify.run_tflite(paths["shipped"], test.x, splits.mean, splits.std)
+    shipped_id = {"sha": _sha(paths["shipped"]), "acc": verify.top1(shipped_logits, test.y)["acc"]}
+    for m in stale_peers(points, tag, shipped_id, {m for m in PEERS if (work / m / "model.tflite").is_file()}):
+        _log(f"compare {tag}: {m} was paired against another shipped model and its model is not here: trained again")
+        have.discard(m)
     dense_model, _ = models.load(b.dirs["reference"] / "dense")
     info["dense"] = {"macs": count(dense_model, example)[1], "predicted_p90_ms": round(pr.dense_p90_ms, 5),
                      "recipe": "the build's dense reference"}
@@ -368,12 +377,13 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     names = [m for m in METHODS if m in paths]
     _log(f"compare {tag}: timing {', '.join(names)} side by side (1 thread) ...")
     timing = dict(zip(names, measure_many([paths[m] for m in names], threads=1, runs=600, rounds=20)))
-    logits = {m: verify.run_tflite(paths[m], test.x, splits.mean, splits.std) for m in names}
+    logits = {m: shipped_logits if m == "shipped" else verify.run_tflite(paths[m], test.x, splits.mean, splits.std)
+              for m in names}
     # this run re-times every model of the budget; an earlier run's error rows for it are superseded
     points[:] = [p for p in points if not (p["key"] == tag and (p["method"] in names or "error" in p))]
     for m in names:
         row = {"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "model": model,
-               "budget_ms": round(budget_ms, 5),
+               "budget_ms": round(budget_ms, 5), "shipped_sha": shipped_id["sha"],
                "latency_source": pr.source, **info.get(m, {})}
         row.update({"top1": verify.top1(logits[m], test.y), "host_p50_ms": round(timing[m]["p50"], 5),
                     "host_p90_ms": round(timing[m]["p90"], 5)})
@@ -385,6 +395,30 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
             points.append({"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "model": model,
                            **info[m]})
     save()
+
+
+PEERS = ("width", "width-time", "tp")  # trained by this benchmark, kept in its work folder (the others: build cache)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def stale_peers(points: list[dict], tag: str, shipped: dict, on_disk: set[str]) -> list[str]:
+    """The peers of point `tag` whose stored rows were paired against another shipped model than `shipped`
+    ({"sha", "acc"}: this run's) and whose models are not in `on_disk` to be paired again. The stored shipped row
+    identifies the model the rows were paired against: by its `shipped_sha`, or, for rows written before it was
+    recorded, by its top-1."""
+    old = next((p for p in points if p["key"] == tag and p["method"] == "shipped" and "top1" in p), None)
+    if old is None:
+        return []
+    same = old["shipped_sha"] == shipped["sha"] if "shipped_sha" in old else old["top1"]["acc"] == shipped["acc"]
+    if same:
+        return []
+    return [p["method"] for p in points
+            if p["key"] == tag and p["method"] in PEERS and "top1" in p and p["method"] not in on_disk]
 
 
 def _tag(budget: str, seed: int, quick: bool, model: str) -> str:
@@ -425,9 +459,29 @@ def markdown(points: list[dict]) -> str:
     L.append("\nmean ± sd over seeds (one seed: its 95 % Wilson interval in brackets). Recipes: "
              + "; ".join(f"`{m}`: {next((p['recipe'] for p in points if p['method'] == m and 'recipe' in p), '–')}"
                          for m in METHODS) + ".")
-    L.append("\n![top-1 vs measured p90](benchmarks/compare.png)")
+    quick = any(p["quick"] for p in points)
+    if not quick:
+        L.append(wall_time_note(points))
+    L.append(f"\n![top-1 vs measured p90]({'compare-quick.png' if quick else 'benchmarks/compare.png'})")
     L.append("<!-- compare:end -->")
     return "\n".join(L) + "\n"
+
+
+def wall_time_note(points: list[dict]) -> str:
+    """The run's cost, from the training time each row recorded (`train_seconds`): per (budget, seed) and in all.
+    The table was not run in one piece, so this is what a cold `make compare` would spend training."""
+    per: dict[str, float] = {}
+    for p in points:
+        if p.get("train_seconds"):
+            per[p["key"]] = per.get(p["key"], 0.0) + p["train_seconds"]
+    if not per:
+        return ""
+    mins = sorted(v / 60 for v in per.values())
+    return (f"\nWall time: the rows' recorded training times (`train_seconds` in benchmarks/compare.json) sum to "
+            f"**{sum(per.values()) / 3600:.1f} h** over {len(per)} (budget, seed) points, {mins[0]:.0f}–{mins[-1]:.0f} min "
+            f"each — an upper bound for a cold run's training: a seed's dense stage, which the build cache shares between "
+            f"`shipped` and `global` and across budgets, counts in each of those rows. Export and the side-by-side timing add about a minute per point. The points ran in "
+            f"pieces over several sessions (resumable per point), on two kinds of 2-core host.")
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -448,7 +502,8 @@ def plot(points: list[dict], path: Path) -> None:
     ax.set_xlabel("measured p90 on this host, 1 thread (ms)")
     ax.set_ylabel("int8 top-1, whole test split (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run whose every row is an error has nothing to label
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -489,7 +544,9 @@ def main(argv=None) -> int:
         return 2
     saved_env = os.environ.get("EDGE_SPARSE_TARGETS")
     os.environ["EDGE_SPARSE_TARGETS"] = str(_targets_dir(budgets, a.model))
-    store = ROOT / "benchmarks" / "compare.json"  # committed: BENCHMARKS.md's table and plot are made from it
+    # committed: BENCHMARKS.md's table and plot are made from it; a QUICK run (a smoke test, not a claim) keeps its
+    # points, table and plot under benchmarks/out/ and never touches BENCHMARKS.md
+    store = ROOT / "benchmarks" / "compare.json" if not a.quick else OUT.parent / "compare-quick.json"
     points = json.loads(store.read_text()) if store.is_file() else []
     save = lambda: _io.write_json(store, points)  # noqa: E731
     t0 = time.time()
@@ -506,10 +563,15 @@ def main(argv=None) -> int:
         os.environ.pop("EDGE_SPARSE_TARGETS", None)
     else:
         os.environ["EDGE_SPARSE_TARGETS"] = saved_env
-    _log(f"compare: {time.time() - t0:.0f} s")
+    _log(f"compare: this run took {time.time() - t0:.0f} s ({len(budgets)} budget(s) x {len(seeds)} seed(s); points "
+         f"finished in an earlier run are only re-timed)")
     sel = [p for p in points if p["quick"] == a.quick]
     print(markdown(sel))
-    if a.write:
+    if a.quick:
+        _io.write_text(OUT.parent / "compare-quick.md", markdown(sel))
+        plot(sel, OUT.parent / "compare-quick.png")
+        _log(f"compare: QUICK table and plot in {OUT.parent}/compare-quick.{{md,png}} (BENCHMARKS.md is left as it is)")
+    elif a.write:
         from benchmarks import splice
 
         plot(sel, ROOT / "benchmarks" / "compare.png")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import splice
+from benchmarks import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "int8_agreement.json"  # committed: the section's numbers
@@ -121,11 +121,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows = [one_seed(int(s)) for s in a.seeds.split(",") if s.strip()]
     _io.write_json(OUT, rows)
-    md = markdown(rows)
-    print(md)
-    if a.write:
-        splice(md, TAG)
-    return 0
+    return publish(markdown(rows), TAG, a.write)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import splice
+from benchmarks import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "robust_peers.json"
@@ -150,11 +150,7 @@ def main(argv=None) -> int:
     settings = {"budget": a.budget, "n": a.n, "eps": eps, "steps": a.steps}
     mine = [r for r in rows if r["settings"] == settings]
     summary = summarize(mine, eps)
-    md = markdown(mine, summary)
-    print(md)
-    if a.write:
-        splice(md, TAG)
-    return 0
+    return publish(markdown(mine, summary), TAG, a.write)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,38 @@ def test_markdown_states_every_method_and_the_paired_difference():
     assert "+0.50 (+0.20…+0.80)" in md and "-0.20 (-0.50…+0.10)" in md and "`tp`: tp recipe" in md
 
 
+def test_a_resumed_point_trains_again_the_peers_paired_against_another_shipped_model():
+    row = lambda m, acc, **kw: {"key": "rpi4/seed0", "method": m, "top1": {"acc": acc}, **kw}  # noqa: E731
+    old = [row("shipped", 92.45), row("width", 92.44), row("tp", 92.67), row("dense", 92.24),
+           {"key": "rpi4/seed0", "method": "width-time", "error": "no width fits"},
+           row("width", 91.0, key="rpi4/seed1")]
+    same, other = {"sha": "a" * 16, "acc": 92.45}, {"sha": "b" * 16, "acc": 92.53}
+    # rows from before the sha was recorded: the shipped row's top-1 identifies the model they were paired against
+    assert compare.stale_peers(old, "rpi4/seed0", same, set()) == []
+    assert compare.stale_peers(old, "rpi4/seed0", other, set()) == ["width", "tp"]  # not dense (the build's), not an error row
+    assert compare.stale_peers(old, "rpi4/seed0", other, {"width"}) == ["tp"]  # on disk: paired again in this run
+    assert compare.stale_peers(old, "rpi4/seed2", other, set()) == []  # no shipped row yet: nothing was paired
+    # rows that record the sha: a model with the same top-1 but other bytes is another model
+    new = [dict(p, shipped_sha="a" * 16) for p in old]
+    assert compare.stale_peers(new, "rpi4/seed0", same, set()) == []
+    assert compare.stale_peers(new, "rpi4/seed0", {"sha": "c" * 16, "acc": 92.45}, set()) == ["width", "tp"]
+
+
+def test_a_quick_comparison_never_touches_the_committed_table(tmp_path, monkeypatch):
+    """QUICK is a smoke run: its points and table go under benchmarks/out/, not into compare.json / BENCHMARKS.md."""
+    seen = []
+    monkeypatch.setattr(compare, "OUT", tmp_path / "compare")
+    monkeypatch.setattr(compare, "run_point", lambda budget, seed, quick, methods, points, save, model: seen.append(
+        (budget, seed, quick)) or points.append({"key": "rpi4/seed0/quick", "budget": budget, "seed": seed, "quick": True,
+                                                 "method": "shipped", "model": model, "error": "stopped"}) or save())
+    committed = {f: f.read_bytes() for f in (compare.ROOT / "BENCHMARKS.md", compare.ROOT / "benchmarks" / "compare.json")}
+    assert compare.main(["--quick", "--write", "--seeds", "3,4"]) == 0
+    assert seen == [("rpi4", 3, True)]  # one budget, one seed
+    assert (tmp_path / "compare-quick.json").is_file() and (tmp_path / "compare-quick.md").is_file()
+    assert "(QUICK)" in (tmp_path / "compare-quick.md").read_text()
+    assert all(f.read_bytes() == b for f, b in committed.items())
+
+
 def test_robustness_at_equal_latency_says_a_difference_only_when_the_interval_excludes_zero():
     from benchmarks import robust_peers
 
