@@ -282,9 +282,11 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     # machine to be paired again, the peer is trained again rather than left paired against a model no longer shown
     shipped_logits = verify.run_tflite(paths["shipped"], test.x, splits.mean, splits.std)
     shipped_id = {"sha": _sha(paths["shipped"]), "acc": verify.top1(shipped_logits, test.y)["acc"]}
-    for m in stale_peers(points, tag, shipped_id, {m for m in PEERS if (work / m / "model.tflite").is_file()}):
-        _log(f"compare {tag}: {m} was paired against another shipped model and its model is not here: trained again")
-        have.discard(m)
+    stale = stale_rows(points, tag, shipped_id)
+    for m in sorted(stale):
+        if m in methods and m in PEERS and not (work / m / "model.tflite").is_file():
+            _log(f"compare {tag}: {m} was paired against another shipped model and its model is not here: trained again")
+            have.discard(m)
     dense_model, _ = models.load(b.dirs["reference"] / "dense")
     info["dense"] = {"macs": count(dense_model, example)[1], "predicted_p90_ms": round(pr.dense_p90_ms, 5),
                      "recipe": "the build's dense reference"}
@@ -380,7 +382,12 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     logits = {m: shipped_logits if m == "shipped" else verify.run_tflite(paths[m], test.x, splits.mean, splits.std)
               for m in names}
     # this run re-times every model of the budget; an earlier run's error rows for it are superseded
-    points[:] = [p for p in points if not (p["key"] == tag and (p["method"] in names or "error" in p))]
+    # a method that failed this run (its new error row below) and a stale row nothing re-paired are dropped too
+    redo = set(names) | {m for m in methods if "error" in info.get(m, {})}
+    for m in sorted(stale - redo):
+        _log(f"compare {tag}: {m}'s row was paired against another shipped model and was not re-run: dropped "
+             f"(--methods {m} runs it again)")
+    points[:] = [p for p in points if not (p["key"] == tag and (p["method"] in redo | stale or "error" in p))]
     for m in names:
         row = {"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "model": model,
                "budget_ms": round(budget_ms, 5), "shipped_sha": shipped_id["sha"],
@@ -406,19 +413,17 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def stale_peers(points: list[dict], tag: str, shipped: dict, on_disk: set[str]) -> list[str]:
-    """The peers of point `tag` whose stored rows were paired against another shipped model than `shipped`
-    ({"sha", "acc"}: this run's) and whose models are not in `on_disk` to be paired again. The stored shipped row
-    identifies the model the rows were paired against: by its `shipped_sha`, or, for rows written before it was
-    recorded, by its top-1."""
+def stale_rows(points: list[dict], tag: str, shipped: dict) -> set[str]:
+    """The methods of point `tag` whose stored rows were paired image by image against another shipped model than
+    `shipped` ({"sha", "acc"}: this run's). A row names the model it was paired against by its `shipped_sha`; a
+    row written before that was recorded was paired against the stored shipped row (known by its sha, or else by
+    its top-1). The shipped and dense rows are re-made by every run of the point."""
     old = next((p for p in points if p["key"] == tag and p["method"] == "shipped" and "top1" in p), None)
-    if old is None:
-        return []
-    same = old["shipped_sha"] == shipped["sha"] if "shipped_sha" in old else old["top1"]["acc"] == shipped["acc"]
-    if same:
-        return []
-    return [p["method"] for p in points
-            if p["key"] == tag and p["method"] in PEERS and "top1" in p and p["method"] not in on_disk]
+    before = (old["shipped_sha"] == shipped["sha"] if "shipped_sha" in old else old["top1"]["acc"] == shipped["acc"]) \
+        if old is not None else True
+    return {p["method"] for p in points
+            if p["key"] == tag and p["method"] not in ("shipped", "dense") and "top1" in p
+            and not (p["shipped_sha"] == shipped["sha"] if "shipped_sha" in p else before)}
 
 
 def _tag(budget: str, seed: int, quick: bool, model: str) -> str:
@@ -434,7 +439,7 @@ def _label(p: dict) -> str:
 def markdown(points: list[dict]) -> str:
     L = ["<!-- compare:begin -->", "## The shipped model against the alternatives at equal latency (`make compare`)\n"]
     keys = list(dict.fromkeys(_label(p) for p in points))
-    L.append("| budget | method | seeds | int8 top-1, whole test split (%) | shipped − this (pt, mean; paired 95 % per seed) | "
+    L.append("| budget | method | seeds | int8 top-1, whole test split (%) | shipped − this (pt): mean [95 % over seeds] (paired 95 % per seed) | "
              "MACs | predicted p90 (ms) | host p90, 1 thread (ms) |")
     L.append("|---|---|---|---|---|---|---|---|")
     for k in keys:
@@ -451,8 +456,9 @@ def markdown(points: list[dict]) -> str:
             ci = ok[0]["top1"]["ci95"] if len(ok) == 1 else None
             accs = f"{statistics.fmean(acc):.2f} ± {sd:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
             diffs = [p["shipped_minus_this"] for p in ok if "shipped_minus_this" in p]
-            ds = "–" if not diffs else (f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f} (" + "; ".join(
-                f"{d['ci95_pt'][0]:+.2f}…{d['ci95_pt'][1]:+.2f}" for d in diffs) + ")")
+            ds = "–" if not diffs else " ".join(x for x in (
+                f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f}", seed_interval([d["diff_pt"] for d in diffs]),
+                "(" + "; ".join(f"{d['ci95_pt'][0]:+.2f}…{d['ci95_pt'][1]:+.2f}" for d in diffs) + ")") if x)
             L.append(f"| {k} | {m} | {','.join(str(p['seed']) for p in ok)} | {accs} | {ds} | "
                      f"{statistics.fmean(p['macs'] for p in ok) / 1e6:.2f} M | "
                      f"{statistics.fmean(p['predicted_p90_ms'] for p in ok):.4f} | {statistics.fmean(p['host_p90_ms'] for p in ok):.4f} |")
@@ -467,9 +473,25 @@ def markdown(points: list[dict]) -> str:
     return "\n".join(L) + "\n"
 
 
+# Student t's 97.5th percentile by degrees of freedom (1-30); beyond 30 the normal 1.96 is within 2 %
+T975 = dict(enumerate((12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+                       2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+                       2.045, 2.042), start=1))
+
+
+def seed_interval(diffs: list[float]) -> str:
+    """The 95 % interval of the mean difference over seeds (Student t on the per-seed differences: the training's
+    seed-to-seed spread; the test images are the same for every seed, so their sampling is in the per-seed
+    intervals instead), "[lo…hi]"; "" for one seed."""
+    k = len(diffs)
+    if k < 2:
+        return ""
+    m, h = statistics.fmean(diffs), T975.get(k - 1, 1.96) * statistics.stdev(diffs) / k ** 0.5
+    return f"[{m - h:+.2f}…{m + h:+.2f}]"
+
+
 def wall_time_note(points: list[dict]) -> str:
-    """The run's cost, from the training time each row recorded (`train_seconds`): per (budget, seed) and in all.
-    The table was not run in one piece, so this is what a cold `make compare` would spend training."""
+    """What the rows' trainings cost, from the time each recorded (`train_seconds`), per (budget, seed) and in all."""
     per: dict[str, float] = {}
     for p in points:
         if p.get("train_seconds"):
@@ -477,11 +499,10 @@ def wall_time_note(points: list[dict]) -> str:
     if not per:
         return ""
     mins = sorted(v / 60 for v in per.values())
-    return (f"\nWall time: the rows' recorded training times (`train_seconds` in benchmarks/compare.json) sum to "
-            f"**{sum(per.values()) / 3600:.1f} h** over {len(per)} (budget, seed) points, {mins[0]:.0f}–{mins[-1]:.0f} min "
-            f"each — an upper bound for a cold run's training: a seed's dense stage, which the build cache shares between "
-            f"`shipped` and `global` and across budgets, counts in each of those rows. Export and the side-by-side timing add about a minute per point. The points ran in "
-            f"pieces over several sessions (resumable per point), on two kinds of 2-core host.")
+    return (f"\nRecorded training time (`train_seconds` in benchmarks/compare.json): **{sum(per.values()) / 3600:.1f} h** "
+            f"over {len(per)} (budget, seed) points, {mins[0]:.0f}–{mins[-1]:.0f} min each. Not one run's wall time: a "
+            f"training resumed from its checkpoint records only its last part, a peer found trained records seconds, "
+            f"and the build's dense stage, shared through the build cache, counts in both `shipped` and `global`.")
 
 
 def plot(points: list[dict], path: Path) -> None:

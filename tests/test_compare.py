@@ -2,6 +2,8 @@
 multiplier re-initialised, bad budgets and methods refused, the table written from points."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -103,36 +105,64 @@ def test_markdown_states_every_method_and_the_paired_difference():
     assert "+0.50 (+0.20…+0.80)" in md and "-0.20 (-0.50…+0.10)" in md and "`tp`: tp recipe" in md
 
 
-def test_a_resumed_point_trains_again_the_peers_paired_against_another_shipped_model():
+def test_the_mean_difference_carries_its_interval_over_seeds():
+    assert compare.seed_interval([0.5]) == ""  # one seed: its paired interval is the only one
+    # +0.44 / +0.15 / +0.19 (ResNet-20 at rpi4:3x): mean +0.26, sd 0.157, t(2) 4.303 -> +/-0.39
+    assert compare.seed_interval([0.44, 0.15, 0.19]) == "[-0.13…+0.65]"
+    assert compare.seed_interval([0.6, 0.5, 0.7, 0.6, 0.55]) == "[+0.50…+0.68]"  # excludes zero
+
+
+def test_a_resumed_point_knows_which_rows_were_paired_against_another_shipped_model():
     row = lambda m, acc, **kw: {"key": "rpi4/seed0", "method": m, "top1": {"acc": acc}, **kw}  # noqa: E731
-    old = [row("shipped", 92.45), row("width", 92.44), row("tp", 92.67), row("dense", 92.24),
-           {"key": "rpi4/seed0", "method": "width-time", "error": "no width fits"},
-           row("width", 91.0, key="rpi4/seed1")]
+    old = [row("shipped", 92.45), row("global", 92.29), row("width", 92.44), row("tp", 92.67), row("dense", 92.24),
+           {"key": "rpi4/seed0", "method": "width-time", "error": "no width fits"}, row("width", 91.0, key="rpi4/seed1")]
     same, other = {"sha": "a" * 16, "acc": 92.45}, {"sha": "b" * 16, "acc": 92.53}
-    # rows from before the sha was recorded: the shipped row's top-1 identifies the model they were paired against
-    assert compare.stale_peers(old, "rpi4/seed0", same, set()) == []
-    assert compare.stale_peers(old, "rpi4/seed0", other, set()) == ["width", "tp"]  # not dense (the build's), not an error row
-    assert compare.stale_peers(old, "rpi4/seed0", other, {"width"}) == ["tp"]  # on disk: paired again in this run
-    assert compare.stale_peers(old, "rpi4/seed2", other, set()) == []  # no shipped row yet: nothing was paired
+    # rows from before the sha was recorded: the stored shipped row's top-1 names the model they were paired against
+    assert compare.stale_rows(old, "rpi4/seed0", same) == set()
+    assert compare.stale_rows(old, "rpi4/seed0", other) == {"global", "width", "tp"}  # not dense, not an error row
+    assert compare.stale_rows(old, "rpi4/seed2", other) == set()  # no row yet: nothing was paired
     # rows that record the sha: a model with the same top-1 but other bytes is another model
     new = [dict(p, shipped_sha="a" * 16) for p in old]
-    assert compare.stale_peers(new, "rpi4/seed0", same, set()) == []
-    assert compare.stale_peers(new, "rpi4/seed0", {"sha": "c" * 16, "acc": 92.45}, set()) == ["width", "tp"]
+    assert compare.stale_rows(new, "rpi4/seed0", same) == set()
+    assert compare.stale_rows(new, "rpi4/seed0", {"sha": "c" * 16, "acc": 92.45}) == {"global", "width", "tp"}
+    # each row by its own sha: one re-paired in a later run (sha b) is current while an older one (sha a) is not
+    mixed = [dict(p, shipped_sha="b" * 16) if p["method"] in ("shipped", "width") else dict(p, shipped_sha="a" * 16)
+             for p in old]
+    assert compare.stale_rows(mixed, "rpi4/seed0", other) == {"global", "tp"}
+    # a row without a sha kept beside a shipped row that has one was confirmed against that shipped model
+    kept = [dict(p, shipped_sha="b" * 16) if p["method"] == "shipped" else p for p in old]
+    assert compare.stale_rows(kept, "rpi4/seed0", other) == set()
+    assert compare.stale_rows(kept, "rpi4/seed0", same) == {"global", "width", "tp"}
 
 
 def test_a_quick_comparison_never_touches_the_committed_table(tmp_path, monkeypatch):
-    """QUICK is a smoke run: its points and table go under benchmarks/out/, not into compare.json / BENCHMARKS.md."""
-    seen = []
+    """QUICK is a smoke run: its points, table and plot go under benchmarks/out/, never into compare.json,
+    compare.png or BENCHMARKS.md. Every writer is intercepted: nothing outside tmp_path is written even if this fails."""
+    import benchmarks
+    from edge_sparse import _io
+
+    written, seen = [], []
+
+    def only_in_tmp(real):
+        def write(path, *a, **kw):
+            written.append(Path(path))
+            assert tmp_path in Path(path).parents, f"a QUICK comparison wrote {path}"
+            return real(path, *a, **kw)
+        return write
+
     monkeypatch.setattr(compare, "OUT", tmp_path / "compare")
+    monkeypatch.setattr(compare, "_targets_dir", lambda budgets, model: tmp_path / "targets")
+    monkeypatch.setattr(_io, "write_json", only_in_tmp(_io.write_json))
+    monkeypatch.setattr(_io, "write_text", only_in_tmp(_io.write_text))
+    monkeypatch.setattr(compare, "plot", lambda points, path: only_in_tmp(lambda p: None)(path))
+    monkeypatch.setattr(benchmarks, "splice", lambda md, tag, path=None: only_in_tmp(lambda p: None)(path or "BENCHMARKS.md"))
     monkeypatch.setattr(compare, "run_point", lambda budget, seed, quick, methods, points, save, model: seen.append(
         (budget, seed, quick)) or points.append({"key": "rpi4/seed0/quick", "budget": budget, "seed": seed, "quick": True,
                                                  "method": "shipped", "model": model, "error": "stopped"}) or save())
-    committed = {f: f.read_bytes() for f in (compare.ROOT / "BENCHMARKS.md", compare.ROOT / "benchmarks" / "compare.json")}
     assert compare.main(["--quick", "--write", "--seeds", "3,4"]) == 0
     assert seen == [("rpi4", 3, True)]  # one budget, one seed
-    assert (tmp_path / "compare-quick.json").is_file() and (tmp_path / "compare-quick.md").is_file()
+    assert {p.name for p in written} == {"compare-quick.json", "compare-quick.md", "compare-quick.png"}
     assert "(QUICK)" in (tmp_path / "compare-quick.md").read_text()
-    assert all(f.read_bytes() == b for f, b in committed.items())
 
 
 def test_robustness_at_equal_latency_says_a_difference_only_when_the_interval_excludes_zero():
