@@ -439,7 +439,7 @@ def _label(p: dict) -> str:
 def markdown(points: list[dict]) -> str:
     L = ["<!-- compare:begin -->", "## The shipped model against the alternatives at equal latency (`make compare`)\n"]
     keys = list(dict.fromkeys(_label(p) for p in points))
-    L.append("| budget | method | seeds | int8 top-1, whole test split (%) | shipped − this (pt): mean [95 % over seeds] (paired 95 % per seed) | "
+    L.append("| budget | method | seeds | int8 top-1, whole test split (%) | shipped − this (pt): mean [95 %: seeds and images] (paired 95 % per seed) | "
              "MACs | predicted p90 (ms) | host p90, 1 thread (ms) |")
     L.append("|---|---|---|---|---|---|---|---|")
     for k in keys:
@@ -457,12 +457,15 @@ def markdown(points: list[dict]) -> str:
             accs = f"{statistics.fmean(acc):.2f} ± {sd:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
             diffs = [p["shipped_minus_this"] for p in ok if "shipped_minus_this" in p]
             ds = "–" if not diffs else " ".join(x for x in (
-                f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f}", seed_interval([d["diff_pt"] for d in diffs]),
+                f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f}", seed_interval(diffs),
                 "(" + "; ".join(f"{d['ci95_pt'][0]:+.2f}…{d['ci95_pt'][1]:+.2f}" for d in diffs) + ")") if x)
             L.append(f"| {k} | {m} | {','.join(str(p['seed']) for p in ok)} | {accs} | {ds} | "
                      f"{statistics.fmean(p['macs'] for p in ok) / 1e6:.2f} M | "
                      f"{statistics.fmean(p['predicted_p90_ms'] for p in ok):.4f} | {statistics.fmean(p['host_p90_ms'] for p in ok):.4f} |")
-    L.append("\nmean ± sd over seeds (one seed: its 95 % Wilson interval in brackets). Recipes: "
+    L.append("\nmean ± sd over seeds (one seed: its 95 % Wilson interval in brackets). shipped − this: the mean of the "
+             "per-seed paired differences; in square brackets its 95 % interval, the seeds' spread (Student t) and the "
+             "test images' sampling combined — the images are the same for every seed, so their part is taken whole "
+             "(the mean per-seed paired half-width), the conservative end: more seeds narrow only the first part. Recipes: "
              + "; ".join(f"`{m}`: {next((p['recipe'] for p in points if p['method'] == m and 'recipe' in p), '–')}"
                          for m in METHODS) + ".")
     quick = any(p["quick"] for p in points)
@@ -479,14 +482,20 @@ T975 = dict(enumerate((12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 
                        2.045, 2.042), start=1))
 
 
-def seed_interval(diffs: list[float]) -> str:
-    """The 95 % interval of the mean difference over seeds (Student t on the per-seed differences: the training's
-    seed-to-seed spread; the test images are the same for every seed, so their sampling is in the per-seed
-    intervals instead), "[lo…hi]"; "" for one seed."""
+def seed_interval(diffs: list[dict]) -> str:
+    """The 95 % interval of the mean paired difference over seeds, "[lo…hi]" ("" for one seed). Two sources of
+    error, combined as independent: the seeds' spread (Student t on the per-seed differences) and the sampling of
+    the test images, which every seed shares: the per-seed paired intervals' mean half-width, as if the images a
+    shipped model and its peer disagree on were the same for every seed (the conservative end: the seeds' own
+    disagreements shrink it by up to 1/sqrt(seeds), which the rows do not record)."""
     k = len(diffs)
     if k < 2:
         return ""
-    m, h = statistics.fmean(diffs), T975.get(k - 1, 1.96) * statistics.stdev(diffs) / k ** 0.5
+    d = [x["diff_pt"] for x in diffs]
+    m = statistics.fmean(d)
+    seeds = T975.get(k - 1, 1.96) * statistics.stdev(d) / k ** 0.5
+    images = statistics.fmean((x["ci95_pt"][1] - x["ci95_pt"][0]) / 2 for x in diffs)
+    h = (seeds ** 2 + images ** 2) ** 0.5
     return f"[{m - h:+.2f}…{m + h:+.2f}]"
 
 

@@ -105,11 +105,16 @@ def test_markdown_states_every_method_and_the_paired_difference():
     assert "+0.50 (+0.20…+0.80)" in md and "-0.20 (-0.50…+0.10)" in md and "`tp`: tp recipe" in md
 
 
-def test_the_mean_difference_carries_its_interval_over_seeds():
-    assert compare.seed_interval([0.5]) == ""  # one seed: its paired interval is the only one
-    # +0.44 / +0.15 / +0.19 (ResNet-20 at rpi4:3x): mean +0.26, sd 0.157, t(2) 4.303 -> +/-0.39
-    assert compare.seed_interval([0.44, 0.15, 0.19]) == "[-0.13…+0.65]"
-    assert compare.seed_interval([0.6, 0.5, 0.7, 0.6, 0.55]) == "[+0.50…+0.68]"  # excludes zero
+def test_the_mean_difference_carries_its_interval_over_seeds_and_images():
+    d = lambda x, h: {"diff_pt": x, "ci95_pt": [x - h, x + h]}  # noqa: E731
+    assert compare.seed_interval([d(0.5, 0.4)]) == ""  # one seed: its paired interval is the only one
+    # the seeds agree exactly: only the shared test images' sampling is left, however many seeds
+    assert compare.seed_interval([d(0.3, 0.45)] * 5) == "[-0.15…+0.75]"
+    # +0.44 / +0.15 / +0.19 (ResNet-20 at rpi4:3x), paired half-widths 0.44: seeds t(2) 4.303 * 0.157 / sqrt 3 = 0.39
+    # and images 0.44 -> +/-0.59
+    assert compare.seed_interval([d(0.44, 0.44), d(0.15, 0.43), d(0.19, 0.45)]) == "[-0.33…+0.85]"
+    # a gain that is large against both excludes zero
+    assert compare.seed_interval([d(0.9, 0.35), d(0.8, 0.35), d(1.0, 0.35)]) == "[+0.47…+1.33]"
 
 
 def test_a_resumed_point_knows_which_rows_were_paired_against_another_shipped_model():
