@@ -16,6 +16,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def targets_copy(tmp_path, monkeypatch):
+    """A writable copy of targets/ that the code under test loads instead (EDGE_SPARSE_TARGETS)."""
+    d = tmp_path / "targets"
+    shutil.copytree(ROOT / "targets", d)
+    monkeypatch.setenv("EDGE_SPARSE_TARGETS", str(d))
+    return d
+
+
 @pytest.fixture(scope="session")
 def fmnist_small():
     from edge_sparse import data

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,16 +17,6 @@ from edge_sparse.latency.ops import Op, extract_ops, tflite_ops
 from edge_sparse.latency.predict import Pricer
 from edge_sparse.latency.table import LatencyTable, grid, grid_ops
 from edge_sparse.targets import load_target
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def targets_copy(tmp_path, monkeypatch):
-    d = tmp_path / "targets"
-    shutil.copytree(ROOT / "targets", d)
-    monkeypatch.setenv("EDGE_SPARSE_TARGETS", str(d))
-    return d
 
 
 def _tiny(name="tiny_resnet", shape=(1, 28, 28)):

@@ -76,14 +76,6 @@ def sshd(tmp_path_factory):
             proc.kill()
 
 
-@pytest.fixture
-def targets_copy(tmp_path, monkeypatch):
-    d = tmp_path / "targets"
-    shutil.copytree(ROOT / "targets", d)
-    monkeypatch.setenv("EDGE_SPARSE_TARGETS", str(d))
-    return d
-
-
 @pytest.mark.slow
 def test_make_profile_over_ssh_writes_a_measured_table(sshd, targets_copy):
     from edge_sparse.latency.device import profile
