@@ -50,6 +50,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "compare"
@@ -393,7 +394,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
                "budget_ms": round(budget_ms, 5), "shipped_sha": shipped_id["sha"],
                "latency_source": pr.source, **info.get(m, {})}
         row.update({"top1": verify.top1(logits[m], test.y), "host_p50_ms": round(timing[m]["p50"], 5),
-                    "host_p90_ms": round(timing[m]["p90"], 5)})
+                    "host_p90_ms": round(timing[m]["p90"], 5), "correct": pack_correct(logits[m], test.y)})
         if m != "shipped":
             row["shipped_minus_this"] = verify.paired_diff(logits["shipped"], logits[m], test.y)
         points.append(row)
@@ -444,6 +445,7 @@ def markdown(points: list[dict]) -> str:
     L.append("|---|---|---|---|---|---|---|---|")
     for k in keys:
         for m in METHODS:
+            ships = {p["seed"]: p for p in points if _label(p) == k and p["method"] == "shipped" and "top1" in p}
             rs = sorted((p for p in points if _label(p) == k and p["method"] == m), key=lambda p: p["seed"])
             if not rs:
                 continue
@@ -456,16 +458,19 @@ def markdown(points: list[dict]) -> str:
             ci = ok[0]["top1"]["ci95"] if len(ok) == 1 else None
             accs = f"{statistics.fmean(acc):.2f} ± {sd:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
             diffs = [p["shipped_minus_this"] for p in ok if "shipped_minus_this" in p]
+            pairs = [(ships.get(p["seed"]), p) for p in ok if "shipped_minus_this" in p]
             ds = "–" if not diffs else " ".join(x for x in (
-                f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f}", seed_interval(diffs),
+                f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f}", seed_interval(diffs, pairs),
                 "(" + "; ".join(f"{d['ci95_pt'][0]:+.2f}…{d['ci95_pt'][1]:+.2f}" for d in diffs) + ")") if x)
             L.append(f"| {k} | {m} | {','.join(str(p['seed']) for p in ok)} | {accs} | {ds} | "
                      f"{statistics.fmean(p['macs'] for p in ok) / 1e6:.2f} M | "
                      f"{statistics.fmean(p['predicted_p90_ms'] for p in ok):.4f} | {statistics.fmean(p['host_p90_ms'] for p in ok):.4f} |")
     L.append("\nmean ± sd over seeds (one seed: its 95 % Wilson interval in brackets). shipped − this: the mean of the "
              "per-seed paired differences; in square brackets its 95 % interval, the seeds' spread (Student t) and the "
-             "test images' sampling combined — the images are the same for every seed, so their part is taken whole "
-             "(the mean per-seed paired half-width), the conservative end: more seeds narrow only the first part. Recipes: "
+             "test images' sampling combined. The images are the same for every seed: where the rows record which images "
+             "each model gets right, their part is the paired interval of the per-image difference averaged over seeds; "
+             "for rows from before that was recorded, it is the mean per-seed paired half-width (the conservative end, "
+             "which more seeds do not narrow). Recipes: "
              + "; ".join(f"`{m}`: {next((p['recipe'] for p in points if p['method'] == m and 'recipe' in p), '–')}"
                          for m in METHODS) + ".")
     quick = any(p["quick"] for p in points)
@@ -482,19 +487,48 @@ T975 = dict(enumerate((12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 
                        2.045, 2.042), start=1))
 
 
-def seed_interval(diffs: list[dict]) -> str:
+def pack_correct(logits, labels) -> str:
+    """Which test images a model gets right, as base64 of one bit per image (1.7 KB for 10,000 images): what
+    a later rendering needs to pair it with the shipped model of every seed at once."""
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.packbits(logits.argmax(1) == labels).tobytes()).decode("ascii")
+
+
+def _unpack_correct(p: dict):
+    import base64
+
+    import numpy as np
+
+    if "correct" not in p:
+        return None
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(p["correct"]), np.uint8))[: p["top1"]["n"]]
+    return bits.astype(np.float64)
+
+
+def seed_interval(diffs: list[dict], pairs: Optional[list] = None) -> str:
     """The 95 % interval of the mean paired difference over seeds, "[lo…hi]" ("" for one seed). Two sources of
     error, combined as independent: the seeds' spread (Student t on the per-seed differences) and the sampling of
-    the test images, which every seed shares: the per-seed paired intervals' mean half-width, as if the images a
-    shipped model and its peer disagree on were the same for every seed (the conservative end: the seeds' own
-    disagreements shrink it by up to 1/sqrt(seeds), which the rows do not record)."""
+    the test images, which every seed shares. With every seed's (shipped row, row) pair recording which images it
+    gets right (`pairs`, `correct`), the images' part is the paired interval of the per-image difference averaged
+    over seeds; without, it is the per-seed paired intervals' mean half-width, as if the images the two models
+    disagree on were the same for every seed (the conservative end)."""
+    import numpy as np
+
     k = len(diffs)
     if k < 2:
         return ""
     d = [x["diff_pt"] for x in diffs]
     m = statistics.fmean(d)
     seeds = T975.get(k - 1, 1.96) * statistics.stdev(d) / k ** 0.5
-    images = statistics.fmean((x["ci95_pt"][1] - x["ci95_pt"][0]) / 2 for x in diffs)
+    bits = [(_unpack_correct(a), _unpack_correct(b)) for a, b in pairs or [] if a is not None]
+    if len(bits) == k and all(a is not None and b is not None and len(a) == len(b) == len(bits[0][0]) for a, b in bits):
+        per_image = np.mean([a - b for a, b in bits], axis=0)
+        images = 100 * 1.96 * float(per_image.std(ddof=1)) / len(per_image) ** 0.5
+    else:
+        images = statistics.fmean((x["ci95_pt"][1] - x["ci95_pt"][0]) / 2 for x in diffs)
     h = (seeds ** 2 + images ** 2) ** 0.5
     return f"[{m - h:+.2f}…{m + h:+.2f}]"
 

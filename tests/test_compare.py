@@ -140,6 +140,37 @@ def test_a_resumed_point_knows_which_rows_were_paired_against_another_shipped_mo
     assert compare.stale_rows(kept, "rpi4/seed0", same) == {"global", "width", "tp"}
 
 
+def test_rows_that_record_their_correct_images_pair_every_seed_at_once():
+    import numpy as np
+
+    from edge_sparse import verify
+
+    n, y = 1000, np.zeros(1000, dtype=np.int64)
+    right = np.tile([[5.0, 0.0]], (n, 1))
+
+    def rows(wrong_sets):
+        ships, peers, diffs = [], [], []
+        for seed, wrong in enumerate(wrong_sets):
+            peer = right.copy()
+            peer[wrong] = [0.0, 5.0]
+            ship = {"seed": seed, "top1": verify.top1(right, y), "correct": compare.pack_correct(right, y)}
+            row = {"seed": seed, "top1": verify.top1(peer, y), "correct": compare.pack_correct(peer, y),
+                   "shipped_minus_this": verify.paired_diff(right, peer, y)}
+            ships.append(ship), peers.append(row), diffs.append(row["shipped_minus_this"])
+        return diffs, list(zip(ships, peers))
+
+    def half(interval):
+        lo, hi = (float(v) for v in interval.strip("[]").split("…"))
+        return (hi - lo) / 2
+
+    same_diffs, same_pairs = rows([np.arange(50)] * 3)  # the peer misses the same 50 images on every seed
+    apart_diffs, apart_pairs = rows([np.arange(50), np.arange(50, 100), np.arange(100, 150)])  # different ones
+    assert compare.seed_interval(same_diffs, same_pairs) == compare.seed_interval(same_diffs)  # = the conservative end
+    assert half(compare.seed_interval(apart_diffs, apart_pairs)) < 0.7 * half(compare.seed_interval(apart_diffs))
+    assert compare.seed_interval(apart_diffs, apart_pairs[:2] + [(apart_pairs[2][0], {"seed": 2})]) == \
+        compare.seed_interval(apart_diffs)  # one seed without its images: the conservative end for all
+
+
 def test_a_quick_comparison_never_touches_the_committed_table(tmp_path, monkeypatch):
     """QUICK is a smoke run: its points, table and plot go under benchmarks/out/, never into compare.json,
     compare.png or BENCHMARKS.md. Every writer is intercepted: nothing outside tmp_path is written even if this fails."""
