@@ -282,7 +282,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     # shipped model is another one (a code change, another CPU's float kernels) and a peer's model is not on this
     # machine to be paired again, the peer is trained again rather than left paired against a model no longer shown
     shipped_logits = verify.run_tflite(paths["shipped"], test.x, splits.mean, splits.std)
-    shipped_id = {"sha": _sha(paths["shipped"]), "acc": verify.top1(shipped_logits, test.y)["acc"]}
+    shipped_id = {"sha": _io.sha256_file(paths["shipped"])[:16], "acc": verify.top1(shipped_logits, test.y)["acc"]}
     stale = stale_rows(points, tag, shipped_id)
     for m in sorted(stale):
         if m in methods and m in PEERS and not (work / m / "model.tflite").is_file():
@@ -408,12 +408,6 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
 PEERS = ("width", "width-time", "tp")  # trained by this benchmark, kept in its work folder (the others: build cache)
 
 
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def stale_rows(points: list[dict], tag: str, shipped: dict) -> set[str]:
     """The methods of point `tag` whose stored rows were paired image by image against another shipped model than
     `shipped` ({"sha", "acc"}: this run's). A row names the model it was paired against by its `shipped_sha`; a
@@ -444,8 +438,8 @@ def markdown(points: list[dict]) -> str:
              "MACs | predicted p90 (ms) | host p90, 1 thread (ms) |")
     L.append("|---|---|---|---|---|---|---|---|")
     for k in keys:
+        ships = {p["seed"]: p for p in points if _label(p) == k and p["method"] == "shipped" and "top1" in p}
         for m in METHODS:
-            ships = {p["seed"]: p for p in points if _label(p) == k and p["method"] == "shipped" and "top1" in p}
             rs = sorted((p for p in points if _label(p) == k and p["method"] == m), key=lambda p: p["seed"])
             if not rs:
                 continue
@@ -457,8 +451,8 @@ def markdown(points: list[dict]) -> str:
             sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
             ci = ok[0]["top1"]["ci95"] if len(ok) == 1 else None
             accs = f"{statistics.fmean(acc):.2f} ± {sd:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
-            diffs = [p["shipped_minus_this"] for p in ok if "shipped_minus_this" in p]
             pairs = [(ships.get(p["seed"]), p) for p in ok if "shipped_minus_this" in p]
+            diffs = [p["shipped_minus_this"] for _, p in pairs]
             ds = "–" if not diffs else " ".join(x for x in (
                 f"{statistics.fmean(d['diff_pt'] for d in diffs):+.2f}", seed_interval(diffs, pairs),
                 "(" + "; ".join(f"{d['ci95_pt'][0]:+.2f}…{d['ci95_pt'][1]:+.2f}" for d in diffs) + ")") if x)
@@ -630,16 +624,17 @@ def main(argv=None) -> int:
     _log(f"compare: this run took {time.time() - t0:.0f} s ({len(budgets)} budget(s) x {len(seeds)} seed(s); points "
          f"finished in an earlier run are only re-timed)")
     sel = [p for p in points if p["quick"] == a.quick]
-    print(markdown(sel))
+    md = markdown(sel)
+    print(md)
     if a.quick:
-        _io.write_text(OUT.parent / "compare-quick.md", markdown(sel))
+        _io.write_text(OUT.parent / "compare-quick.md", md)
         plot(sel, OUT.parent / "compare-quick.png")
         _log(f"compare: QUICK table and plot in {OUT.parent}/compare-quick.{{md,png}} (BENCHMARKS.md is left as it is)")
     elif a.write:
         from benchmarks import splice
 
         plot(sel, ROOT / "benchmarks" / "compare.png")
-        splice(markdown(sel), "compare")
+        splice(md, "compare")
     return 0
 
 
