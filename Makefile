@@ -30,7 +30,7 @@ help:  ## list the targets of this Makefile
 	@echo "make benchmarks-latency-check    device estimates vs real Pi 4 / Pixel 3 timings (NAS-Bench-201)"
 	@echo "make verify-arm TARGET=<name>    run the bundle on an emulated aarch64 userland, compare outputs"
 	@echo "make benchmarks                  dense vs shipped, side by side -> BENCHMARKS.md"
-	@echo "make compare [QUICK=1]           shipped vs width multiplier / Torch-Pruning / dense at equal latency"
+	@echo "make compare [QUICK=1] [DATASET=… DATA_DIR=…]  shipped vs width multiplier / Torch-Pruning / dense at equal latency"
 	@echo "make study TARGET=<name>         sparsity x accuracy x robustness x latency sweep -> docs/study/"
 	@echo "make clean                       remove build/, dist/ (keeps .venv)"
 	@echo "targets: $$(ls targets | sed 's/.toml//' | tr '\n' ' ')"
@@ -105,9 +105,9 @@ seeds: data $(STAMP)
 	$(PY) -m benchmarks.seeds --target $(TARGET) --seeds $(SEEDS)
 
 # the shipped model vs a width multiplier from scratch, Torch-Pruning's recipe and dense int8 at equal latency
-# (resumable per point); QUICK=1: one budget, one seed, the QUICK slices
+# (resumable per point); QUICK=1: one budget, one seed, the QUICK slices; DATASET= DATA_DIR=: on your data
 compare: data $(STAMP)
-	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) --write $(ARGS)
+	$(PY) -m benchmarks.compare $(if $(QUICK),--quick) --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --write $(ARGS)
 
 # training recipes of the default build on the whole test split (resumable): RECIPES=a,b SEEDS=0,1
 RECIPES ?= default

@@ -2,6 +2,7 @@
 multiplier re-initialised, bad budgets and methods refused, the table written from points."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,10 @@ def test_train_step_ratio_says_how_much_faster_a_narrow_net_trains():
     (["--budgets", "pi9"], "--budgets 'pi9': not a target; valid:"),
     (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
     (["--model", "resnet9"], "--model 'resnet9': not a registered architecture; valid:"),
+    (["--dataset", "mnist"], "--dataset 'mnist': not a dataset the build reads; valid: fashion-mnist, cifar10"),
+    (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "--data-dir /nonexistent/cifar: no such directory"),
+    (["--device", "tpu"], "--device 'tpu': expected cpu or cuda"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys):
     assert compare.main(argv) == 2
@@ -192,7 +197,7 @@ def test_a_quick_comparison_never_touches_the_committed_table(tmp_path, monkeypa
     monkeypatch.setattr(_io, "write_text", only_in_tmp(_io.write_text))
     monkeypatch.setattr(compare, "plot", lambda points, path: only_in_tmp(lambda p: None)(path))
     monkeypatch.setattr(benchmarks, "splice", lambda md, tag, path=None: only_in_tmp(lambda p: None)(path or "BENCHMARKS.md"))
-    monkeypatch.setattr(compare, "run_point", lambda budget, seed, quick, methods, points, save, model: seen.append(
+    monkeypatch.setattr(compare, "run_point", lambda budget, seed, quick, methods, points, save, model, data: seen.append(
         (budget, seed, quick)) or points.append({"key": "rpi4/seed0/quick", "budget": budget, "seed": seed, "quick": True,
                                                  "method": "shipped", "model": model, "error": "stopped"}) or save())
     assert compare.main(["--quick", "--write", "--seeds", "3,4"]) == 0
@@ -220,3 +225,28 @@ def test_robustness_at_equal_latency_says_a_difference_only_when_the_interval_ex
     assert got["lo"] < 0 < got["hi"] and got["verdict"] == "no detectable difference"
     md = robust_peers.markdown(noisy, robust_peers.summarize(noisy, [2.0]))
     assert "| apgd-ce_int8_eps2 |" in md and "robust-peers:begin" in md
+
+
+@pytest.mark.slow
+def test_a_comparison_runs_on_the_users_dataset(tmp_path, monkeypatch, cifar10_dir):
+    """--dataset / --data-dir reach the build and every peer: a QUICK comparison on real CIFAR-10 images (foolbox's
+    20, as a python-format directory) trains and exports each model for 3x32x32 input, keys its rows by the
+    dataset (never mixed with Fashion-MNIST's) and labels its table so. Nothing outside tmp_path is written."""
+    from edge_sparse import verify
+
+    real_targets = compare._targets_dir
+    monkeypatch.setattr(compare, "OUT", tmp_path / "compare")
+    monkeypatch.setattr(compare, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(compare, "_targets_dir", lambda budgets, model: real_targets(budgets, model, d=tmp_path / "t"))
+    assert compare.main(["--quick", "--dataset", "cifar10", "--data-dir", str(cifar10_dir),
+                         "--methods", "shipped,width,dense"]) == 0
+    rows = json.loads((tmp_path / "compare-quick.json").read_text())
+    assert {r["method"] for r in rows} == {"shipped", "width", "dense"}, [r.get("error") for r in rows]
+    assert {(r["key"], r["dataset"]) for r in rows} == {("rpi4/seed0/quick/cifar10", "cifar10")}
+    assert all(r["top1"]["n"] == 20 for r in rows)  # the directory's test batch, whole
+    work = tmp_path / "compare" / "rpi4" / "seed0" / "quick" / "cifar10"
+    shipped = sorted((tmp_path / "cache").rglob("*.tflite"))  # the build's shipped and dense int8 (its export stage)
+    assert len(shipped) >= 2, shipped
+    for f in (work / "width" / "model.tflite", *shipped):
+        assert list(verify.tflite_interpreter(f, 1).get_input_details()[0]["shape"]) == [1, 32, 32, 3], f
+    assert "| rpi4 on cifar10 (QUICK) | width |" in (tmp_path / "compare-quick.md").read_text()
