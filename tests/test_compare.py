@@ -231,7 +231,8 @@ def test_robustness_at_equal_latency_says_a_difference_only_when_the_interval_ex
 def test_a_comparison_runs_on_the_users_dataset(tmp_path, monkeypatch, cifar10_dir):
     """--dataset / --data-dir reach the build and every peer: a QUICK comparison on real CIFAR-10 images (foolbox's
     20, as a python-format directory) trains and exports each model for 3x32x32 input, keys its rows by the
-    dataset (never mixed with Fashion-MNIST's) and labels its table so. Nothing outside tmp_path is written."""
+    dataset (never mixed with Fashion-MNIST's) and labels its table so. Its work, cache, profiles and table stay
+    in tmp_path."""
     from edge_sparse import verify
 
     real_targets = compare._targets_dir
