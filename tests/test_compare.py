@@ -96,6 +96,8 @@ def test_a_relative_budget_on_any_target_is_a_profile_the_build_loads(tmp_path):
     assert load_target(d / "host-4x.toml").speedup == 4.0
     d8 = compare._targets_dir(["rpi4"], d=tmp_path / "r8")  # the default model keeps the profiles' size budgets
     assert load_target(d8 / "rpi4.toml").model_size_budget_kb == load_target("rpi4").model_size_budget_kb
+    dc = compare._targets_dir(["rpi4"], d=tmp_path / "c", dataset="folder")  # another dataset: its own classifier
+    assert load_target(dc / "rpi4.toml").model_size_budget_kb == 4096
 
 
 def test_markdown_states_every_method_and_the_paired_difference():
@@ -192,7 +194,7 @@ def test_a_quick_comparison_never_touches_the_committed_table(tmp_path, monkeypa
         return write
 
     monkeypatch.setattr(compare, "OUT", tmp_path / "compare")
-    monkeypatch.setattr(compare, "_targets_dir", lambda budgets, model: tmp_path / "targets")
+    monkeypatch.setattr(compare, "_targets_dir", lambda budgets, model, **kw: tmp_path / "targets")
     monkeypatch.setattr(_io, "write_json", only_in_tmp(_io.write_json))
     monkeypatch.setattr(_io, "write_text", only_in_tmp(_io.write_text))
     monkeypatch.setattr(compare, "plot", lambda points, path: only_in_tmp(lambda p: None)(path))
@@ -238,7 +240,8 @@ def test_a_comparison_runs_on_the_users_dataset(tmp_path, monkeypatch, cifar10_d
     real_targets = compare._targets_dir
     monkeypatch.setattr(compare, "OUT", tmp_path / "compare")
     monkeypatch.setattr(compare, "CACHE", tmp_path / "cache")
-    monkeypatch.setattr(compare, "_targets_dir", lambda budgets, model: real_targets(budgets, model, d=tmp_path / "t"))
+    monkeypatch.setattr(compare, "_targets_dir",
+                        lambda budgets, model, **kw: real_targets(budgets, model, d=tmp_path / "t", **kw))
     assert compare.main(["--quick", "--dataset", "cifar10", "--data-dir", str(cifar10_dir),
                          "--methods", "shipped,width,dense"]) == 0
     rows = json.loads((tmp_path / "compare-quick.json").read_text())
