@@ -33,9 +33,10 @@ ResNet-8, are raised to 4 MiB for it). Each finished (budget, seed, method) poin
 written to benchmarks/compare.json at once and never re-run (resumable); trainings checkpoint.
 QUICK=1: one budget (rpi4), one seed, the QUICK build's slices and epochs (minutes, not a claim): its points, table
 and plot go to benchmarks/out/compare-quick.{json,md,png}, never into compare.json or BENCHMARKS.md.
-`--dataset cifar10 --data-dir DIR` (any dataset the build reads) runs the same comparison on the user's data, its
-points keyed and labelled by the dataset; `--device cuda` trains the builds and the peers on a GPU (the int8 models
-are still timed here, on the CPU). On Fashion-MNIST every method lands within ~0.5 pt of the unpruned network, too
+`--dataset cifar10 --data-dir DIR` (any dataset the build reads; the directory is read once before any build) runs
+the same comparison on the user's data, its points keyed by the dataset and its files' hash, kept with their table
+and plot in benchmarks/out/compare-<dataset>.{json,md,png}, never in compare.json or BENCHMARKS.md; `--device cuda`
+trains the builds and the peers on a GPU (keyed apart: another model; the int8 models are still timed on the CPU). On Fashion-MNIST every method lands within ~0.5 pt of the unpruned network, too
 little headroom to tell recipes apart; CIFAR-10/100 (not installable on the machine this table was made on) has more.
 
     python -m benchmarks.compare --budgets rpi4,host:1.3x,host:1.6x --seeds 0,1,2
@@ -67,10 +68,25 @@ CACHE = ROOT / "build" / "cache"  # the builds' stage cache, shared with `make b
 @dataclasses.dataclass(frozen=True)
 class Data:
     """What a comparison trains and tests on, and where it trains: the build's dataset (its directory for a user's
-    copy) and the torch device. The default is the build's: Fashion-MNIST on the CPU."""
+    copy, known by `fingerprint`, the build cache's hash of its files) and the torch device. The default is the
+    build's: Fashion-MNIST on the CPU."""
     dataset: str = "fashion-mnist"
     data_dir: Optional[str] = None
     device: str = "cpu"
+    fingerprint: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        """The points' key suffix: "" for the default (the keys before --dataset); else the dataset with its files'
+        hash (two copies, or a copy changed, never share a point) and a device other than the CPU (a model trained
+        on a GPU is another model)."""
+        k = "" if self.dataset == Data.dataset and not self.fingerprint else \
+            f"/{self.dataset}" + (f"-{self.fingerprint}" if self.fingerprint else "")
+        return k + ("" if self.device == "cpu" else f"/{self.device.replace(':', '')}")
+
+    def row(self) -> dict:
+        return {"dataset": self.dataset, "device": self.device,
+                **({"data_fingerprint": self.fingerprint} if self.fingerprint else {})}
 
 
 def _log(msg: str) -> None:
@@ -107,22 +123,33 @@ def _targets_dir(budgets: list[str], model: str = DEFAULT_MODEL, d: Path = ROOT 
 
 
 def _parse_data(dataset: str, data_dir: Optional[str], device: str) -> Data:
-    """--dataset / --data-dir / --device checked before any build starts (a bad one is an error line, never a row)."""
+    """--dataset / --data-dir / --device checked before any build starts: a bad one (a directory of another layout
+    included: the data are read once here) is an error line, never a row."""
     import torch
 
-    from edge_sparse.data import DATASETS
+    from edge_sparse import data as data_mod, pipeline
     from edge_sparse.errors import EdgeSparseError
 
-    if dataset not in DATASETS:
-        raise EdgeSparseError(f"--dataset {dataset!r}: not a dataset the build reads; valid: {', '.join(DATASETS)}")
+    if dataset not in data_mod.DATASETS:
+        raise EdgeSparseError(f"--dataset {dataset!r}: not a dataset the build reads; valid: {', '.join(data_mod.DATASETS)}")
     if dataset != Data.dataset and not data_dir:
         raise EdgeSparseError(f"--dataset {dataset} needs --data-dir (the directory of your copy)")
     if data_dir and not Path(data_dir).expanduser().is_dir():
         raise EdgeSparseError(f"--data-dir {data_dir}: no such directory")
-    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
-        raise EdgeSparseError(f"--device {device!r}: " + ("torch sees no CUDA device here" if device.startswith("cuda")
-                                                          else "expected cpu or cuda"))
-    return Data(dataset, str(Path(data_dir).expanduser().resolve()) if data_dir else None, device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EdgeSparseError(f"--device {device!r}: expected cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise EdgeSparseError(f"--device {device!r}: expected cpu or cuda[:N]")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EdgeSparseError(f"--device {device!r}: torch sees no CUDA device here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EdgeSparseError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if data_dir:
+        data_dir = str(Path(data_dir).expanduser().resolve())
+        data_mod.load(dataset, data_dir, seed=0, limit_train=100, limit_eval=100)  # its layout, before any build
+    return Data(dataset, data_dir, device, pipeline.data_fingerprint(dataset, data_dir)[:8] if data_dir else None)
 
 
 def _target_name(budget: str) -> str:
@@ -301,7 +328,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     cfg = dataclasses.replace(cfg, train=cfg.train.replace(device=data.device),
                               finetune=cfg.finetune.replace(device=data.device))  # the peers train with these too
     tname = _target_name(budget)
-    tag = _tag(budget, seed, quick, model, data.dataset)
+    tag = _tag(budget, seed, quick, model, data)
     work = OUT / tag.replace(":", "-")
     have = {p["method"] for p in points if p["key"] == tag and "error" not in p}
     if all(m in have for m in methods):
@@ -395,7 +422,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
         dense_tp = _reinit(dense_tp)
         rec = cfg.train.replace(sparsity_reg="none", seed=seed)
         # the dense model depends on the seed and model, not on the budget: trained once, shared by every budget
-        rest = _tag("", seed, quick, model, data.dataset).strip("/")
+        rest = _tag("", seed, quick, model, data).strip("/")
         dd = OUT / "tp-dense" / rest
         earlier = sorted(OUT.glob(f"*/{rest}/tp/dense/model.safetensors"))  # trained in a budget's folder before
         if not (dd / "model.safetensors").is_file() and earlier:
@@ -433,7 +460,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     points[:] = [p for p in points if not (p["key"] == tag and (p["method"] in redo | stale or "error" in p))]
     for m in names:
         row = {"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "model": model,
-               "dataset": data.dataset, "budget_ms": round(budget_ms, 5), "shipped_sha": shipped_id["sha"],
+               **data.row(), "budget_ms": round(budget_ms, 5), "shipped_sha": shipped_id["sha"],
                "latency_source": pr.source, **info.get(m, {})}
         row.update({"top1": verify.top1(logits[m], test.y), "host_p50_ms": round(timing[m]["p50"], 5),
                     "host_p90_ms": round(timing[m]["p90"], 5), "correct": pack_correct(logits[m], test.y)})
@@ -443,7 +470,7 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     for m in methods:  # a method that produced no model (no width / ratio fits the budget): its row says why
         if m not in names and "error" in info.get(m, {}):
             points.append({"key": tag, "budget": budget, "seed": seed, "quick": quick, "method": m, "model": model,
-                           "dataset": data.dataset, **info[m]})
+                           **data.row(), **info[m]})
     save()
 
 
@@ -463,17 +490,16 @@ def stale_rows(points: list[dict], tag: str, shipped: dict) -> set[str]:
             and not (p["shipped_sha"] == shipped["sha"] if "shipped_sha" in p else before)}
 
 
-def _tag(budget: str, seed: int, quick: bool, model: str, dataset: str = Data.dataset) -> str:
-    """A point's key in compare.json (and its work folder): the default model's and dataset's keys predate
+def _tag(budget: str, seed: int, quick: bool, model: str, data: Data = Data()) -> str:
+    """A point's key in compare.json (and its work folder): the default model's and data's keys predate
     --model and --dataset."""
-    return (f"{budget}/seed{seed}{'/quick' if quick else ''}{'' if model == DEFAULT_MODEL else '/' + model}"
-            f"{'' if dataset == Data.dataset else '/' + dataset}")
+    return f"{budget}/seed{seed}{'/quick' if quick else ''}{'' if model == DEFAULT_MODEL else '/' + model}{data.key}"
 
 
 def _label(p: dict) -> str:
-    m, ds = p.get("model", DEFAULT_MODEL), p.get("dataset", Data.dataset)
+    m, ds, dev = p.get("model", DEFAULT_MODEL), p.get("dataset", Data.dataset), p.get("device", "cpu")
     return (p["budget"] + ("" if m == DEFAULT_MODEL else f" ({m})") + ("" if ds == Data.dataset else f" on {ds}")
-            + (" (QUICK)" if p["quick"] else ""))
+            + ("" if dev == "cpu" else f" trained on {dev}") + (" (QUICK)" if p["quick"] else ""))
 
 
 def markdown(points: list[dict]) -> str:
@@ -654,7 +680,9 @@ def main(argv=None) -> int:
     os.environ["EDGE_SPARSE_TARGETS"] = str(_targets_dir(budgets, a.model, dataset=data.dataset))
     # committed: BENCHMARKS.md's table and plot are made from it; a QUICK run (a smoke test, not a claim) keeps its
     # points, table and plot under benchmarks/out/ and never touches BENCHMARKS.md
-    store = ROOT / "benchmarks" / "compare.json" if not a.quick else OUT.parent / "compare-quick.json"
+    # another dataset's comparison (a claim about the user's data, not the committed table's) keeps its own file too
+    side = "compare-quick" if a.quick else None if data == Data() else f"compare-{data.dataset}"
+    store = ROOT / "benchmarks" / "compare.json" if side is None else OUT.parent / f"{side}.json"
     points = json.loads(store.read_text()) if store.is_file() else []
     save = lambda: _io.write_json(store, points)  # noqa: E731
     t0 = time.time()
@@ -664,9 +692,8 @@ def main(argv=None) -> int:
                 run_point(bgt, s, a.quick, methods, points, save, a.model, data)
             except EdgeSparseError as e:  # a budget a method cannot meet: that row says so, the run goes on
                 _log(f"compare {bgt}/seed{s}: {e}")
-                points.append({"key": _tag(bgt, s, a.quick, a.model, data.dataset), "budget": bgt, "seed": s,
-                               "quick": a.quick, "method": "shipped", "model": a.model, "dataset": data.dataset,
-                               "error": str(e)})
+                points.append({"key": _tag(bgt, s, a.quick, a.model, data), "budget": bgt, "seed": s,
+                               "quick": a.quick, "method": "shipped", "model": a.model, **data.row(), "error": str(e)})
                 save()
     if saved_env is None:
         os.environ.pop("EDGE_SPARSE_TARGETS", None)
@@ -677,10 +704,10 @@ def main(argv=None) -> int:
     sel = [p for p in points if p["quick"] == a.quick]
     md = markdown(sel)
     print(md)
-    if a.quick:
-        _io.write_text(OUT.parent / "compare-quick.md", md)
-        plot(sel, OUT.parent / "compare-quick.png")
-        _log(f"compare: QUICK table and plot in {OUT.parent}/compare-quick.{{md,png}} (BENCHMARKS.md is left as it is)")
+    if side is not None:
+        _io.write_text(OUT.parent / f"{side}.md", md)
+        plot(sel, OUT.parent / f"{side}.png")
+        _log(f"compare: table and plot in {OUT.parent}/{side}.{{md,png}} (BENCHMARKS.md is left as it is)")
     elif a.write:
         from benchmarks import splice
 

@@ -79,6 +79,8 @@ def test_train_step_ratio_says_how_much_faster_a_narrow_net_trains():
     (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "--data-dir /nonexistent/cifar: no such directory"),
     (["--device", "tpu"], "--device 'tpu': expected cpu or cuda"),
+    (["--device", "cuda:7"], "--device 'cuda:7': "),  # no GPU here: "sees no CUDA device"; with one: "has 1 ..."
+    (["--dataset", "cifar10", "--data-dir", "/tmp"], "data_batch_1 is missing"),  # another layout: before any build
 ])
 def test_bad_arguments_are_one_line_errors(argv, msg, capsys):
     assert compare.main(argv) == 2
@@ -231,10 +233,10 @@ def test_robustness_at_equal_latency_says_a_difference_only_when_the_interval_ex
 
 @pytest.mark.slow
 def test_a_comparison_runs_on_the_users_dataset(tmp_path, monkeypatch, cifar10_dir):
-    """--dataset / --data-dir reach the build and every peer: a QUICK comparison on real CIFAR-10 images (foolbox's
-    20, as a python-format directory) trains and exports each model for 3x32x32 input, keys its rows by the
-    dataset (never mixed with Fashion-MNIST's) and labels its table so. Its work, cache, profiles and table stay
-    in tmp_path."""
+    """--dataset / --data-dir reach the build and the width peer: a QUICK comparison on real CIFAR-10 images
+    (foolbox's 20, as a python-format directory) trains and exports the shipped, dense and width models for 3x32x32
+    input, keys its rows by the dataset and its files (never mixed with Fashion-MNIST's) and labels its table so.
+    Its work, cache, profiles and table stay in tmp_path."""
     from edge_sparse import verify
 
     real_targets = compare._targets_dir
@@ -246,11 +248,13 @@ def test_a_comparison_runs_on_the_users_dataset(tmp_path, monkeypatch, cifar10_d
                          "--methods", "shipped,width,dense"]) == 0
     rows = json.loads((tmp_path / "compare-quick.json").read_text())
     assert {r["method"] for r in rows} == {"shipped", "width", "dense"}, [r.get("error") for r in rows]
-    assert {(r["key"], r["dataset"]) for r in rows} == {("rpi4/seed0/quick/cifar10", "cifar10")}
+    from edge_sparse.pipeline import data_fingerprint
+
+    key = f"rpi4/seed0/quick/cifar10-{data_fingerprint('cifar10', cifar10_dir)[:8]}"
+    assert {(r["key"], r["dataset"], r["device"]) for r in rows} == {(key, "cifar10", "cpu")}
     assert all(r["top1"]["n"] == 20 for r in rows)  # the directory's test batch, whole
-    work = tmp_path / "compare" / "rpi4" / "seed0" / "quick" / "cifar10"
-    shipped = sorted((tmp_path / "cache").rglob("*.tflite"))  # the build's shipped and dense int8 (its export stage)
-    assert len(shipped) >= 2, shipped
-    for f in (work / "width" / "model.tflite", *shipped):
+    work = tmp_path / "compare" / key
+    export, = (tmp_path / "cache").glob("export-*")  # the build's export stage: its shipped and dense int8 models
+    for f in (work / "width" / "model.tflite", export / "model.tflite", export / "dense_int8.tflite"):
         assert list(verify.tflite_interpreter(f, 1).get_input_details()[0]["shape"]) == [1, 32, 32, 3], f
     assert "| rpi4 on cifar10 (QUICK) | width |" in (tmp_path / "compare-quick.md").read_text()
