@@ -36,8 +36,9 @@ and plot go to benchmarks/out/compare-quick.{json,md,png}, never into compare.js
 `--dataset cifar10 --data-dir DIR` (any dataset the build reads; the directory is read once before any build) runs
 the same comparison on the user's data, its points keyed by the dataset and its files' hash, kept with their table
 and plot in benchmarks/out/compare-<dataset>.{json,md,png}, never in compare.json or BENCHMARKS.md; `--device cuda`
-trains the builds and the peers on a GPU (keyed apart: another model; the int8 models are still timed on the CPU). On Fashion-MNIST every method lands within ~0.5 pt of the unpruned network, too
-little headroom to tell recipes apart; CIFAR-10/100 (not installable on the machine this table was made on) has more.
+trains the builds and the peers on a GPU (keyed apart: another model; the int8 models are still timed on the CPU).
+On Fashion-MNIST every method lands within ~0.5 pt of the unpruned network, too little headroom to tell recipes
+apart; CIFAR-10/100 (not installable on the machine this table was made on) has more.
 
     python -m benchmarks.compare --budgets rpi4,host:1.3x,host:1.6x --seeds 0,1,2
     python -m benchmarks.compare --model resnet20 --budgets rpi4:3x --seeds 0
