@@ -289,13 +289,8 @@ def cmd_study(a) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter, before TF loads
-    rest: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, rest = argv[:i], argv[i + 1 :]
+def build_parser() -> argparse.ArgumentParser:
+    """The `edge-sparse` parser with every subcommand (main uses it; tests parse documented commands with it)."""
     p = _Parser(prog="edge-sparse", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("build", "the whole pipeline for one target"), ("train", "dense training with the sparsity objective"),
@@ -331,6 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     bn = sub.add_parser("bench", help="run the bundle's bench.py on this host (flags after -- go to bench.py)")
     bn.add_argument("--target", required=True)
     bn.add_argument("--out", default="dist")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter, before TF loads
+    rest: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1 :]
+    p = build_parser()
     try:
         a = p.parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad flag (2, its one line already printed)
