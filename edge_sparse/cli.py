@@ -289,15 +289,26 @@ def cmd_study(a) -> int:
     return 0
 
 
+def _example(command: str, note: str = "") -> str:
+    """A --help epilog: one command that works as written (tests/test_docs.py parses every one)."""
+    return f"example:\n  {command}" + (f"    # {note}" if note else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `edge-sparse` parser with every subcommand (main uses it; tests parse documented commands with it)."""
-    p = _Parser(prog="edge-sparse", description=__doc__.split("\n")[0])
+    raw = argparse.RawDescriptionHelpFormatter  # keeps each epilog's example on its own line
+    p = _Parser(prog="edge-sparse", description=__doc__.split("\n")[0], formatter_class=raw,
+                epilog=_example("edge-sparse build --target rpi4 --quick", "a complete bundle in dist/rpi4/ in minutes"))
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("build", "the whole pipeline for one target"), ("train", "dense training with the sparsity objective"),
-                        ("prune", "train + budget-driven pruning and shrink"), ("export", "... + fine-tune, int8 export"),
-                        ("report", "rebuild the bundle and its report from the cached stages")):
-        _build_args(sub.add_parser(name, help=help_))
-    s = sub.add_parser("study", help="sparsity sweep: accuracy, robustness, latency per sparsity")
+    for name, help_, example in (
+            ("build", "the whole pipeline for one target", "edge-sparse build --target rpi4 --quick"),
+            ("train", "dense training with the sparsity objective", "edge-sparse train --target rpi4"),
+            ("prune", "train + budget-driven pruning and shrink", "edge-sparse prune --target rpi4"),
+            ("export", "... + fine-tune, int8 export", "edge-sparse export --target rpi4"),
+            ("report", "rebuild the bundle and its report from the cached stages", "edge-sparse report --target rpi4")):
+        _build_args(sub.add_parser(name, help=help_, formatter_class=raw, epilog=_example(example)))
+    s = sub.add_parser("study", help="sparsity sweep: accuracy, robustness, latency per sparsity", formatter_class=raw,
+                       epilog=_example("edge-sparse study --target rpi4 --sparsity 0,0.3,0.5,0.7 --seeds 0,1,2"))
     _build_args(s)
     s.add_argument("--sparsity", type=_floats, required=True, help="e.g. 0,0.3,0.5,0.7,0.85")
     s.add_argument("--study-out", default="docs/study", help="where the table and plots go")
@@ -306,12 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eps", type=_floats, default=(2.0, 8.0), help="L-inf epsilons in pixel units /255, in (0, 255]")
     s.add_argument("--robust-n", type=int, default=2000, help="test images attacked per point (default 2000)")
     s.add_argument("--steps", type=int, default=10, help="attack iterations (default 10)")
-    sub.add_parser("targets", help="list target profiles and budgets")
-    m = sub.add_parser("models", help="list registered architectures")
+    sub.add_parser("targets", help="list target profiles and budgets", formatter_class=raw,
+                   epilog=_example("edge-sparse targets"))
+    m = sub.add_parser("models", help="list registered architectures", formatter_class=raw,
+                       epilog=_example("edge-sparse models --in-channels 3 --input-size 32", "sizes at CIFAR's 3x32x32"))
     m.add_argument("--in-channels", type=int, default=1)
     m.add_argument("--num-classes", type=int, default=10)
     m.add_argument("--input-size", type=int, default=28)
-    c = sub.add_parser("calib", help="write a class-balanced int8 calibration slice of a train split")
+    c = sub.add_parser("calib", help="write a class-balanced int8 calibration slice of a train split", formatter_class=raw,
+                       epilog=_example("edge-sparse calib --dataset cifar10 --data-dir ~/data/cifar-10-batches-py --count 520"))
     c.add_argument("--dataset", default="fashion-mnist")
     c.add_argument("--data-dir")
     c.add_argument("--count", type=int, default=520)
@@ -321,9 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_sparse.latency import cli as latency_cli
 
     latency_cli.add_parsers(sub)
-    v = sub.add_parser("verify", help="re-check a bundle: manifest sha256s and accuracy on eval.npz")
+    v = sub.add_parser("verify", help="re-check a bundle: manifest sha256s and accuracy on eval.npz", formatter_class=raw,
+                       epilog=_example("edge-sparse verify --bundle dist/rpi4"))
     v.add_argument("--bundle", required=True)
-    bn = sub.add_parser("bench", help="run the bundle's bench.py on this host (flags after -- go to bench.py)")
+    bn = sub.add_parser("bench", help="run the bundle's bench.py on this host (flags after -- go to bench.py)",
+                        formatter_class=raw, epilog=_example("edge-sparse bench --target rpi4 -- --runs 500 --json r.json"))
     bn.add_argument("--target", required=True)
     bn.add_argument("--out", default="dist")
     return p

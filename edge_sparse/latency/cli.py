@@ -25,9 +25,11 @@ def _shape(s: str) -> tuple[int, int, int]:
 
 
 def add_parsers(sub) -> None:
+    raw = argparse.RawDescriptionHelpFormatter  # keeps each epilog's example on its own line
     for name in ("profile", "calibrate"):
         p = sub.add_parser(name, help="time the probe suite on the target (a device over ssh/adb, or this host) and "
-                                      "write its measured latency table into targets/")
+                                      "write its measured latency table into targets/", formatter_class=raw,
+                           epilog=f"example:\n  edge-sparse {name} --target rpi4 --device pi@raspberrypi.local")
         p.add_argument("target", nargs="?", help="target name (or use --target)")
         p.add_argument("--target", dest="target_opt")
         p.add_argument("--device", help="user@host (ssh) or adb[:serial]; omit for the host target")
@@ -40,9 +42,10 @@ def add_parsers(sub) -> None:
         p.add_argument("--refresh", action="store_true",
                        help="host: probe every op shape again (a cached table is otherwise re-probed only when this "
                             "machine's speed has drifted by more than 10 %% since)")
-    lat = sub.add_parser("latency", help="latency tools: `latency check`")
+    nb201 = "example:\n  edge-sparse latency check --target rpi4 --reference nb201    # the Pi 4 estimate vs real Pi 4 timings"
+    lat = sub.add_parser("latency", help="latency tools: `latency check`", formatter_class=raw, epilog=nb201)
     ls = lat.add_subparsers(dest="latency_command", required=True)
-    c = ls.add_parser("check", help="the target's latency model against measurements")
+    c = ls.add_parser("check", help="the target's latency model against measurements", formatter_class=raw, epilog=nb201)
     c.add_argument("--target", required=True)
     c.add_argument("--reference", help="nb201: real Raspberry Pi 4 / Pixel 3 timings of NAS-Bench-201 networks")
     c.add_argument("--per-arch", type=int, default=10, help="host: random pruned variants per architecture")
