@@ -28,6 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from edge_sparse._supervise import note_stage
 from edge_sparse import _io, data as data_mod, models, quantize
 from edge_sparse.config import BuildConfig
 from edge_sparse.errors import EdgeSparseError, GateError
@@ -674,6 +675,7 @@ def _run_stages(b: Build, rank: int, world: int, first: int, last: int, t_all: f
             continue
         if stage == "bundle":  # cheap, and its output is dist/<target>/ itself: always rebuilt
             _log(f"[{i + 1}/{len(STAGES)}] bundle ...")
+            note_stage(stage)
             t = time.time()
             b.results[stage] = stage_bundle(b, None)
             b.times[stage] = time.time() - t
@@ -684,6 +686,7 @@ def _run_stages(b: Build, rank: int, world: int, first: int, last: int, t_all: f
             _log(f"[{i + 1}/{len(STAGES)}] {stage}: cached ({d})")
         else:
             _log(f"[{i + 1}/{len(STAGES)}] {stage} ...")
+            note_stage(stage)
             t = time.time()
             with _io.atomic_dir(d) as tmp:
                 res = STAGE_FNS[stage](b, tmp)

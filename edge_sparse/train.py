@@ -159,6 +159,51 @@ def lr_schedule(cfg: TrainConfig, step: int, total_steps: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
 
 
+_CRASH_MIN_SIDE = 40  # the crash was seen from 48 px (even sides); odd sides and <= 47 px never crashed
+_CRASH_CHANNELS = 32  # seen below 16 in / up to 16 out on AVX-512 (16 floats a vector): twice that, for other kinds
+
+
+def _guard_strided_1x1(model: nn.Module) -> list[nn.Module]:
+    """Run strided 1x1 convs of the crashing kind in the contiguous layout; `_unguard` undoes it.
+
+    torch 2.13.0+cpu (oneDNN) corrupts the heap in the *weight gradient* of a channels-last Conv2d with a 1x1 kernel
+    and stride 2 when it has fewer than 16 input and at most 16 output channels and an even input side of 48 px or
+    more: "double free or corruption", or SIGSEGV, in `loss.backward()` (benchmarks/crash_repro.py maps it; stride
+    1/3/4, 3x3/2, odd sides and contiguous memory do not crash). Pruned widths are multiples of 8 and folders default
+    to 64 px, so a pruned ResNet's downsampling shortcut reaches that shape. The guard takes a margin around the
+    mapped condition (it was mapped on one CPU kind; another may draw the line elsewhere): any strided 1x1 conv with
+    fewer than 32 inputs or at most 32 outputs, on inputs of 40 px or more, runs with its input and weight cloned
+    contiguous (autograd still reaches the channels-last parameter). Everything else keeps channels-last's speed, and
+    the default 28 px build is not touched at all.
+    """
+    guarded = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and \
+                (m.in_channels < _CRASH_CHANNELS or m.out_channels <= _CRASH_CHANNELS):
+            m.forward = _contiguous_forward(m)
+            guarded.append(m)
+    return guarded
+
+
+def _contiguous_forward(m: nn.Conv2d):
+    plain = m.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if max(x.shape[-2:]) < _CRASH_MIN_SIDE:
+            return plain(x)
+        # clone, not .contiguous(): a 1x1 kernel (or a 1-channel input) counts as contiguous in either layout and
+        # would keep the channels-last strides that make torch pick the crashing kernel
+        cf = torch.contiguous_format
+        return m._conv_forward(x.clone(memory_format=cf), m.weight.clone(memory_format=cf), m.bias)
+
+    return forward
+
+
+def _unguard(guarded: list[nn.Module]) -> None:
+    for m in guarded:
+        del m.forward  # the instance attribute: the class's forward again
+
+
 # --------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -214,6 +259,7 @@ def fit(
     # channels-last: oneDNN's CPU convolutions run ~1.4x faster on it for these small nets (measured, ResNet-8, 2 cores);
     # the model goes back to the default layout at the end, so nothing downstream sees the difference
     model.to(device, memory_format=torch.channels_last)
+    guards = _guard_strided_1x1(model) if not device.startswith("cuda") else []
     if teacher is not None:
         teacher.to(device, memory_format=torch.channels_last).eval()
 
@@ -312,6 +358,7 @@ def fit(
             if ckpt and rank == 0:
                 save_checkpoint(ckpt, model, opt, epoch + 1, history)
     finally:  # also on a divergence error or a simulated kill: the caller's modules are left as they came
+        _unguard(guards)
         model.to("cpu", memory_format=torch.contiguous_format)
         if teacher is not None:
             teacher.to("cpu", memory_format=torch.contiguous_format)

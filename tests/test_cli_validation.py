@@ -43,3 +43,36 @@ def test_nan_loss_stops_training_naming_epoch_and_recipe(fmnist_small):
     with pytest.raises(EdgeSparseError, match=r"training diverged: loss is (nan|inf) at epoch 1.*lr 1e\+06"):
         fit(m, fmnist_small, TrainConfig(epochs=1, lr=1e6, batch_size=64))
     assert m.conv1.weight.is_contiguous()  # trained channels-last, and given back in the default layout even so
+
+
+_SEGFAULTING_NET = """
+import os, signal, torch.nn as nn
+
+class Net(nn.Module):  # a forward that dies by SIGSEGV once it trains: a stand-in for a crash in native code
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+    def forward(self, x):
+        if self.training and x.shape[0] > 1:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return self.fc(self.conv(x).mean((2, 3)))
+
+def make():
+    return Net()
+"""
+
+
+def test_a_signal_death_is_one_line_naming_the_stage(tmp_path):
+    """`edge-sparse` runs the CLI in a child; a child killed by a signal is one line naming it and the stage, exit 3."""
+    import subprocess
+    import sys
+
+    (tmp_path / "net.py").write_text(_SEGFAULTING_NET)
+    r = subprocess.run([sys.executable, "-m", "edge_sparse._supervise", "build", "--target", "rpi4", "--quick",
+                        "--model", f"{tmp_path / 'net.py'}:make", "--out", str(tmp_path / "dist"),
+                        "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 3, r.stderr[-1500:]
+    assert last.startswith("error: the process died by SIGSEGV in the 'train' stage"), last
+    assert "Traceback" not in r.stderr and not (tmp_path / "dist").exists()
