@@ -1,4 +1,5 @@
-"""Registered architectures: CIFAR-style ResNets, a MobileNetV2-style net and a VGG-style net.
+"""Registered architectures: CIFAR-style ResNets, MobileNetV2/V3-style nets, a VGG-style net, and tiny nets with
+the blocks mobile classifiers are made of (SE, hard-swish, SiLU, concat + channel shuffle, grouped convs).
 
 In:  a registered name plus `in_channels`, `num_classes`, `input_size`.
 Out: a plain `nn.Module` (no masks, no hooks) whose convs are followed by BatchNorm, so the
@@ -139,6 +140,150 @@ class VGGSmall(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018) as MobileNetV3 uses it: global pool -> 1x1 reduce -> ReLU -> 1x1
+    expand -> gate (hard-sigmoid, or sigmoid as in EfficientNet) -> channel-wise multiply."""
+
+    def __init__(self, c: int, reduced: int, gate: type[nn.Module] = nn.Hardsigmoid):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, reduced, 1)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Conv2d(reduced, c, 1)
+        self.gate = gate()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(self.act(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+
+
+class MBConv(nn.Module):
+    """MobileNetV3 / EfficientNet inverted residual: 1x1 expand, kxk depthwise, optional SE, 1x1 project."""
+
+    def __init__(self, cin: int, exp: int, cout: int, k: int, stride: int, se: bool, act: type[nn.Module],
+                 gate: type[nn.Module] = nn.Hardsigmoid):
+        super().__init__()
+        layers: list[nn.Module] = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), act()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False), nn.BatchNorm2d(exp), act()]
+        if se:
+            layers.append(SqueezeExcite(exp, max(8, exp // 4), gate))
+        layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV3Small(nn.Module):
+    """MobileNetV3-Small's block pattern (Howard et al. 2019: hard-swish, SE with hard-sigmoid, ReLU in the early
+    blocks) at widths and strides for 28-64 px inputs. `act=nn.SiLU, gate=nn.Sigmoid` gives EfficientNet's blocks."""
+
+    # (kernel, expansion, out, SE, hard-swish, stride)
+    CFG = ((3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
+           (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 120, 48, True, True, 1),
+           (5, 288, 96, True, True, 1))
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: int = 32, width_mult: float = 1.0,
+                 cfg=CFG, last: int = 256, act: type[nn.Module] = nn.Hardswish, gate: type[nn.Module] = nn.Hardsigmoid):
+        super().__init__()
+        c = lambda v: max(8, int(round(v * width_mult / 8)) * 8)  # noqa: E731
+        cin = c(16)
+        feats: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, cin, 3, 1, 1, bias=False), nn.BatchNorm2d(cin),
+                                                act())]
+        for k, e, o, se, hs, s in cfg:
+            feats.append(MBConv(cin, c(e), c(o), k, s, se, act if hs else nn.ReLU, gate))
+            cin = c(o)
+        feats.append(nn.Sequential(nn.Conv2d(cin, c(6 * cin), 1, bias=False), nn.BatchNorm2d(c(6 * cin)), act()))
+        self.features = nn.Sequential(*feats)
+        self.head = nn.Sequential(nn.Linear(c(6 * cin), last), act())
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.head(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1)))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's unit (Ma et al. 2018): split in halves (stride 1) or two branches (stride 2), concat, shuffle."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        half = cout // 2
+        self.stride = stride
+        if stride > 1:
+            self.left = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                                      nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+        bin_ = cin if stride > 1 else half
+        self.right = nn.Sequential(nn.Conv2d(bin_, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+                                   nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+                                   nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x):
+        if self.stride > 1:
+            y = torch.cat([self.left(x), self.right(x)], 1)
+        else:
+            a, b = x.chunk(2, dim=1)
+            y = torch.cat([a, self.right(b)], 1)
+        return channel_shuffle(y, 2)
+
+
+class ShuffleNetV2Small(nn.Module):
+    """ShuffleNetV2 for small inputs: conv, 3x3/2 max pool (padding 1), stages of shuffle units, 1x1 conv."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
+                 stages: Sequence[tuple[int, int]] = ((48, 2), (96, 2)), stem: int = 24, last: int = 256):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        units, cin = [], stem
+        for cout, n in stages:
+            for i in range(n):
+                units.append(ShuffleUnit(cin, cout, 2 if i == 0 else 1))
+                cin = cout
+        self.units = nn.Sequential(*units)
+        self.conv = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU())
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x):
+        x = self.conv(self.units(self.pool(self.stem(x))))
+        return self.classifier(x.mean((2, 3)))
+
+
+class GroupedNet(nn.Module):
+    """RegNetX-style stages of grouped 3x3 convs (groups > 1, not depthwise) between 1x1 convs, with residuals,
+    and a SqueezeNet-style fire module (1x1 squeeze, then 1x1 and 3x3 expands concatenated)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, input_size: int = 32, width: int = 32,
+                 group_width: int = 8):
+        super().__init__()
+        w = width
+        self.stem = conv_bn(in_channels, w, 3, 1)
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.squeeze = nn.Sequential(nn.Conv2d(w, w // 2, 1), nn.ReLU())
+        self.e1 = nn.Sequential(nn.Conv2d(w // 2, w // 2, 1), nn.ReLU())
+        self.e3 = nn.Sequential(nn.Conv2d(w // 2, w // 2, 3, padding=1), nn.ReLU())
+        self.a = nn.Sequential(conv_bn(w, w, 1), nn.ReLU(), conv_bn(w, w, 3, 2, groups=w // group_width), nn.ReLU(),
+                               conv_bn(w, 2 * w, 1))
+        self.a_short = conv_bn(w, 2 * w, 1, 2)
+        self.b = nn.Sequential(conv_bn(2 * w, 2 * w, 1), nn.ReLU(), conv_bn(2 * w, 2 * w, 3, 1, groups=2 * w // group_width),
+                               nn.ReLU(), conv_bn(2 * w, 2 * w, 1))
+        self.classifier = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.stem(x)))
+        s = self.squeeze(x)
+        x = torch.cat([self.e1(s), self.e3(s)], 1)
+        x = F.relu(self.a(x) + self.a_short(x))
+        x = F.relu(self.b(x) + x)
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 @MODELS.register("resnet8")
 def resnet8(**kw) -> nn.Module:
     """ResNet-8, widths 16/32/64: the default model (9.3 M MACs at 28x28, ~46 s/epoch on 2 cores)."""
@@ -179,6 +324,38 @@ def tiny_mobilenet(**kw) -> nn.Module:
 @MODELS.register("tiny_vgg")
 def tiny_vgg(**kw) -> nn.Module:
     return VGGSmall(cfg=(8, "M", 16, "M", 16), **kw)
+
+
+@MODELS.register("mobilenetv3")
+def mobilenetv3(**kw) -> nn.Module:
+    """MobileNetV3-Small's blocks (SE, hard-swish) for small inputs."""
+    return MobileNetV3Small(**kw)
+
+
+@MODELS.register("tiny_mbv3")
+def tiny_mbv3(**kw) -> nn.Module:
+    """SE with hard-sigmoid, hard-swish, depthwise, residual add."""
+    return MobileNetV3Small(cfg=((3, 16, 16, True, False, 2), (3, 32, 16, True, True, 1), (5, 48, 24, True, True, 2)),
+                            width_mult=1.0, last=32, **kw)
+
+
+@MODELS.register("tiny_effnet")
+def tiny_effnet(**kw) -> nn.Module:
+    """EfficientNet's blocks: SiLU, SE with a sigmoid gate."""
+    return MobileNetV3Small(cfg=((3, 16, 16, True, True, 2), (3, 32, 16, True, True, 1), (3, 48, 24, True, True, 2)),
+                            last=32, act=nn.SiLU, gate=nn.Sigmoid, **kw)
+
+
+@MODELS.register("tiny_shufflenet")
+def tiny_shufflenet(**kw) -> nn.Module:
+    """Split, concat, channel shuffle, 3x3/2 max pool with padding."""
+    return ShuffleNetV2Small(stages=((16, 2), (32, 1)), stem=8, last=32, **kw)
+
+
+@MODELS.register("tiny_grouped")
+def tiny_grouped(**kw) -> nn.Module:
+    """Grouped convs (groups 2-4, not depthwise), a fire module's concat, a ceil-mode max pool."""
+    return GroupedNet(width=16, group_width=8, **kw)
 
 
 def create(name: str, *, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
