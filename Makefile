@@ -131,5 +131,12 @@ SPARSITY ?= 0,0.3,0.5,0.7
 study: check-target data $(STAMP)
 	$(VENV)/bin/edge-sparse study $(BUILD_FLAGS) --sparsity $(SPARSITY) --seeds $(SEEDS)
 
+# torchvision 0.28 + timm 1.0.31 for edge_sparse/zoo_models.py, into build/zoo-libs (not the venv): --no-deps keeps
+# the pinned CPU torch; the wheel's CUDA-built _C ops do not load, and the classifiers do not need them
+.PHONY: zoo-deps
+zoo-deps: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target build/zoo-libs torchvision==0.28.0 timm==1.0.31
+	$(PY) -m edge_sparse.zoo_models
+
 clean:
 	rm -rf build dist
