@@ -277,7 +277,7 @@ def render_side_by_side(r: dict) -> str:
          f"the timed models stay in `benchmarks/out/`, the numbers in `benchmarks/results.json`.",
          "", "This machine is shared and noisy: read **ratios** measured side by side (runners interleaved round by "
          f"round, median of {r['rows']['tflite dense fp32']['1t']['n']} single-image runs each after warm-up), not absolute times.", "",
-         f"Default model ({r['target']} build): sparsity {r['shipped_sparsity']:.2f}; accuracy on {r['eval_images']} held-out test images.", "",
+         f"Default model (`make build TARGET={r['target']}`, default flags): sparsity {r['shipped_sparsity']:.2f}; accuracy on {r['eval_images']} held-out test images.", "",
          "| model | runtime | MACs | params | size (KiB) | top-1 (%) | agreement vs torch (%) | median 1 thread (ms) | median 2 threads (ms) |",
          "|---|---|---|---|---|---|---|---|---|"]
     for name, row in r["rows"].items():
