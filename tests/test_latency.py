@@ -60,17 +60,43 @@ def test_ops_refuse_what_cannot_be_priced():
         def __init__(self):
             super().__init__()
             self.c = torch.nn.Conv2d(1, 8, 3, padding=1)
-            self.g = torch.nn.GELU()
+            self.g = torch.nn.Upsample(scale_factor=2)
 
         def forward(self, x):
             return self.g(self.c(x)).mean((2, 3))
 
-    with pytest.raises(EdgeSparseError, match="no latency class for GELU"):
+    with pytest.raises(EdgeSparseError, match="layer g: no latency class for Upsample"):
         extract_ops(Odd(), torch.zeros(1, 1, 8, 8))
 
 
+def test_shape_checks_cost_nothing_and_mobile_blocks_are_priced():
+    """timm-style shape asserts trace into nodes that compute no tensor (an `eq`, an `_assert`): skipped, not refused.
+    SE, hard-swish, SiLU, concat and shuffles become the TFLite ops they export to."""
+    class Checked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.a = torch.nn.Hardswish()
+
+        def forward(self, x):
+            torch._assert(x.shape[1] == 1, "one channel")
+            return self.a(self.c(x)).mean((2, 3))
+
+    assert [o.kind for o in extract_ops(Checked(), torch.zeros(1, 1, 8, 8))] == ["conv", "hardswish", "mean"]
+    kinds = lambda name: [o.kind for o in extract_ops(*_tiny(name))]  # noqa: E731
+    mb = kinds("tiny_mbv3")
+    assert {"hardswish", "mulc", "relu", "dwconv"} <= set(mb) and mb.count("mulc") == 3  # an SE gate per block
+    eff = kinds("tiny_effnet")
+    assert eff.count("sigmoid") == eff.count("mul") + eff.count("mulc")  # SiLU: LOGISTIC + MUL; SE: LOGISTIC + gate
+    sh = extract_ops(*_tiny("tiny_shufflenet"))
+    assert {"concat", "split", "transpose"} <= {o.kind for o in sh}
+    assert all(o.groups == 2 for o in sh if o.kind == "transpose")
+    g = [o for o in extract_ops(*_tiny("tiny_grouped")) if o.kind == "conv" and o.groups > 1]
+    assert len(g) == 2 and all(o.macs == o.out_h * o.out_w * o.cout * (o.cin // o.groups) * 9 for o in g)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mobilenet", "tiny_vgg"])
+@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mobilenet", "tiny_vgg", "tiny_mbv3"])
 def test_ops_match_the_exported_tflite(name, tmp_path):
     """The op list read off the torch model is the op list of the .tflite our exporter writes (as a multiset:
     the converter may schedule a residual branch's 1x1 conv before or after the main branch's conv)."""

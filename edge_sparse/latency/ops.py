@@ -2,9 +2,13 @@
 
 In:  an `nn.Module` and an example input (NCHW), or a `.tflite` file.
 Out: `Op`s in execution order, as XNNPACK runs the int8 graph our exporter (onnx2tf) produces:
-     CONV_2D / DEPTHWISE_CONV_2D with BatchNorm folded and ReLU/ReLU6 fused, an explicit PAD before a
-     strided padded conv (onnx2tf keeps PyTorch's symmetric padding that way), ADD (with a fused ReLU
-     when one follows), MEAN for global average pooling, MAX/AVERAGE_POOL_2D, FULLY_CONNECTED.
+     CONV_2D / DEPTHWISE_CONV_2D (grouped convs too) with BatchNorm folded and ReLU/ReLU6 fused, an explicit
+     PAD before a strided padded conv or a padded pool (onnx2tf keeps PyTorch's symmetric padding that way),
+     ADD (with a fused ReLU when one follows), MEAN for global average pooling, MAX/AVERAGE_POOL_2D,
+     FULLY_CONNECTED; and the ops of mobile classifiers: HARD_SWISH, LOGISTIC (sigmoid; SiLU is LOGISTIC + MUL),
+     GELU, MUL (same shape) and the squeeze-and-excitation gate's broadcast MUL, RELU_0_TO_1 (a hard-sigmoid
+     whose affine part folds into the conv before it), CONCATENATION, SPLIT (chunk) and the TRANSPOSE of a
+     channel shuffle. Nodes that compute no tensor (shape reads, `==`, asserts) cost nothing.
 Run: `extract_ops(model, example)`; `tflite_ops(path)` reads the same list from an exported model,
      which the tests use to check the mapping on every registered architecture.
 
@@ -24,10 +28,16 @@ import torch.nn.functional as F
 
 from edge_sparse.errors import EdgeSparseError
 
-KINDS = ("conv", "dwconv", "pad", "add", "mean", "fc", "maxpool", "avgpool", "relu")
+KINDS = ("conv", "dwconv", "pad", "add", "mean", "fc", "maxpool", "avgpool", "relu",
+         "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "transpose")
+ELEMENTWISE = ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc")  # one input width, output the same shape
 TFLITE_KIND = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "PAD": "pad", "ADD": "add", "MEAN": "mean",
                "FULLY_CONNECTED": "fc", "MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "RELU": "relu",
-               "RELU6": "relu"}
+               "RELU6": "relu", "RELU_0_TO_1": "relu", "RELU_N1_TO_1": "relu", "HARD_SWISH": "hardswish",
+               "LOGISTIC": "sigmoid", "GELU": "gelu", "MUL": "mul", "CONCATENATION": "concat", "SPLIT": "split",
+               "SPLIT_V": "split", "TRANSPOSE": "transpose"}
+# ops of a .tflite that compute nothing or only move a tensor's shape: skipped when reading one back
+TFLITE_FREE = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "DELEGATE"}
 
 
 @dataclass(frozen=True)
@@ -43,21 +53,26 @@ class Op:
     stride: int = 1
     act: str = "none"  # fused activation: none | relu | relu6
     name: str = ""  # the module (or node) it comes from; not part of the key
+    groups: int = 1  # grouped convs (1 < groups < channels); pruning keeps the group count, narrows each group
+
+    @property
+    def _ks(self) -> str:
+        return f"k{self.k}s{self.stride}" + (f"g{self.groups}" if self.groups > 1 else "")
 
     @property
     def key(self) -> str:
         """The shape signature a latency table is keyed by (widths included, name excluded)."""
-        return f"{self.kind}:{self.h}x{self.w}:{self.cin}>{self.cout}:k{self.k}s{self.stride}:{self.act}"
+        return f"{self.kind}:{self.h}x{self.w}:{self.cin}>{self.cout}:{self._ks}:{self.act}"
 
     @property
     def family(self) -> str:
         """The key without channel counts: ops of one family differ only in widths."""
-        return f"{self.kind}:{self.h}x{self.w}:k{self.k}s{self.stride}:{self.act}"
+        return f"{self.kind}:{self.h}x{self.w}:{self._ks}:{self.act}"
 
     @property
     def macs(self) -> int:
         if self.kind == "conv":
-            return self.out_h * self.out_w * self.cout * self.cin * self.k * self.k
+            return self.out_h * self.out_w * self.cout * (self.cin // self.groups) * self.k * self.k
         if self.kind == "dwconv":
             return self.out_h * self.out_w * self.cout * self.k * self.k
         if self.kind == "fc":
@@ -86,8 +101,11 @@ class Op:
         return self.stride > 1 and self.kind in ("conv", "dwconv", "maxpool", "avgpool")
 
     def cls(self) -> str:
-        """Coarse op class, for per-class device factors: conv1x1 | conv3x3 | convkxk | dwconv | fc | add | pool | mean | pad | relu."""
+        """Coarse op class, for per-class device factors: conv1x1 | conv3x3 | convkxk | gconv | dwconv | fc | add |
+        pool | mean | pad | relu, or the kind itself for the mobile ops (hardswish, sigmoid, mul, concat, ...)."""
         if self.kind == "conv":
+            if self.groups > 1:
+                return "gconv"
             return "conv1x1" if self.k == 1 else ("conv3x3" if self.k == 3 else "convkxk")
         if self.kind in ("maxpool", "avgpool"):
             return "pool"
@@ -120,30 +138,74 @@ def _act_of(node) -> Optional[str]:
 
 
 _PASSTHROUGH_MODULES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.Flatten, nn.Dropout, nn.Identity, nn.Sequential)
-_PASSTHROUGH_FUNCS = {torch.flatten, F.dropout}
-_PASSTHROUGH_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "size"}
+_PASSTHROUGH_FUNCS = {torch.flatten, F.dropout, F.batch_norm, operator.getitem, torch.reshape}
+_PASSTHROUGH_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze", "size", "float", "clone"}
+# activations that run as an op of their own (not fused into the conv before them)
+_ACT_MODULES = ((nn.Hardswish, "hardswish"), (nn.Sigmoid, "sigmoid"), (nn.GELU, "gelu"), (nn.SiLU, "silu"),
+                (nn.Hardsigmoid, "hardsigmoid"))
+_ACT_FUNCS = {F.hardswish: "hardswish", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.gelu: "gelu",
+              F.silu: "silu", F.hardsigmoid: "hardsigmoid"}
+_ACT_METHODS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
+_MUL = {operator.mul, torch.mul, operator.imul}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_SPLIT_METHODS = {"chunk", "split", "tensor_split"}
+_SPLIT_FUNCS = {torch.chunk, torch.split, torch.tensor_split}
+_TRANSPOSE_METHODS = {"transpose", "permute"}
+_TRANSPOSE_FUNCS = {torch.transpose, torch.permute}
+PRICED = ("convs (grouped and depthwise too), linear, pooling, ReLU/ReLU6/hard-swish/hard-sigmoid/sigmoid/SiLU/GELU, "
+          "BatchNorm (folded), additions, multiplications (SE gates), concatenation, chunk/split and channel shuffles")
 
 
-def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
-    """The int8 TFLite ops `model` exports to, for one NCHW image shaped like `example`."""
+def _capture(model: nn.Module, example: torch.Tensor):
+    """The model's fx graph with every node's output shape, for one image (batch 1).
+
+    Shape checks written in Python (`assert x.shape[1] == C`, timm's `_assert`) trace into nodes that compute no
+    tensor; `extract_ops` skips them. A forward that branches on a traced value cannot be captured by fx: that is
+    one line naming the model and the reason.
+    """
     from torch.fx import symbolic_trace
     from torch.fx.passes.shape_prop import ShapeProp
 
-    model = model.eval()
     try:
         gm = symbolic_trace(model)
         with torch.no_grad():
             ShapeProp(gm).propagate(example[:1])
     except Exception as e:  # noqa: BLE001 - any tracing failure is the same user-facing problem
+        first = str(e).splitlines()[0] if str(e) else ""
         raise EdgeSparseError(
-            f"cannot trace {type(model).__name__} with torch.fx to price its layers "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the latency table needs a traceable "
-            f"forward (no data-dependent control flow)") from None
+            f"cannot trace {type(model).__name__} with torch.fx to price its layers ({type(e).__name__}: {first[:200]}); "
+            f"the latency table needs a forward without control flow on traced values") from None
+    return gm
 
-    def shape(n) -> tuple:
-        meta = n.meta.get("tensor_meta")
-        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
 
+def _shape(n) -> tuple:
+    meta = n.meta.get("tensor_meta") if isinstance(n, torch.fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+
+
+def _arg(node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _pool_op(kind: str, name: str, ins: tuple, outs: tuple, k: int, s: int, pad: int) -> list[Op]:
+    """A pool as onnx2tf runs it: an explicit PAD when padded, then the pool on the padded input (VALID when
+    strided): the padded side, (out - 1) * stride + kernel, is what gives PyTorch's output side, ceil_mode included."""
+    _, c, h, w = ins
+    ops = [Op("pad", h, w, c, c, k=2 * pad + 1, name=f"{name}.pad")] if pad else []
+    if s == 1:
+        return ops + [Op(kind, h, w, c, c, k, 1, name=name)]
+    ph, pw = (outs[2] - 1) * s + k, (outs[3] - 1) * s + k
+    if not pad and (ph > h or pw > w):  # ceil_mode: padded at the end only
+        ops.append(Op("pad", h, w, c, c, k=1, name=f"{name}.pad"))
+    return ops + [Op(kind, max(h + 2 * pad, ph), max(w + 2 * pad, pw), c, c, k, s, name=name)]
+
+
+def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
+    """The int8 TFLite ops `model` exports to, for one NCHW image shaped like `example`."""
+    model = model.eval()
+    gm = _capture(model, example)
     ops: list[Op] = []
     producer: dict = {}  # fx node -> index in `ops` of the op that produced its value (for fusing)
 
@@ -151,11 +213,55 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         producer[node] = len(ops)
         ops.append(op)
 
+    def elementwise(node, kind: str, like: tuple) -> None:
+        if len(like) == 4:
+            emit(node, Op(kind, like[2], like[3], like[1], like[1], name=node.name))
+        elif len(like) == 2:
+            emit(node, Op(kind, 1, 1, like[1], like[1], name=node.name))
+        elif len(like) == 3:  # (N, tokens, C): channels-last blocks
+            emit(node, Op(kind, 1, like[1], like[2], like[2], name=node.name))
+
+    def activation(node, act: str, ins: tuple) -> None:
+        i = producer.get(node.args[0]) if node.args else None
+        if act == "hardswish" and len(ins) == 2 and i is not None and ops[i].kind == "fc":
+            # after a FULLY_CONNECTED (MobileNetV3's head), onnx2tf writes x * hard_sigmoid(x) with the hard-sigmoid's
+            # affine part folded into a second copy of that FC (measured on the exported .tflite): FC, then MUL
+            emit(node, ops[i].replace(name=f"{ops[i].name}.hardsigmoid"))
+            elementwise(node, "mul", ins)
+        elif act == "silu":  # x * sigmoid(x): LOGISTIC, then MUL
+            elementwise(node, "sigmoid", ins)
+            elementwise(node, "mul", ins)
+        elif act == "hardsigmoid":
+            # relu6(x + 3) / 6: the affine part folds into a conv or FC before it, the clamp is RELU_0_TO_1
+            elementwise(node, "relu", ins)
+        else:
+            elementwise(node, act, ins)
+
+    def conv(node, name: str, ins: tuple, cout: int, k: tuple, s: tuple, pad, dil, groups: int) -> None:
+        _, c, h, w = ins
+        if k[0] != k[1] or s[0] != s[1] or tuple(dil) != (1, 1):
+            raise EdgeSparseError(f"layer {name}: only square, undilated kernels are priced "
+                                  f"(kernel {tuple(k)}, stride {tuple(s)}, dilation {tuple(dil)})")
+        if isinstance(pad, str):
+            p = (k[0] - 1) // 2 if pad == "same" else 0
+        else:
+            p = pad[0] if isinstance(pad, (tuple, list)) else int(pad)
+        dw = groups > 1 and groups == c and cout == c
+        if s[0] > 1 and p > 0:
+            emit(node, Op("pad", h, w, c, c, k=2 * p + 1, name=f"{name}.pad"))
+            h, w = h + 2 * p, w + 2 * p
+        emit(node, Op("dwconv" if dw else "conv", h, w, c, cout, k[0], s[0], name=name,
+                      groups=1 if dw else groups))
+
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         src = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
-        ins = shape(src) if src is not None else ()
+        ins = _shape(src) if src is not None else ()
+        out = _shape(node)
+        if not out and not (node.op == "call_method" and node.target in _SPLIT_METHODS) and \
+                not (node.op == "call_function" and node.target in _SPLIT_FUNCS):
+            continue  # a shape read, a comparison, an assert: no tensor, no op
         act = _act_of(node)
         if act is not None:
             i = producer.get(src)
@@ -164,55 +270,97 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
                 ops[i] = ops[i].replace(act=act)
                 producer[node] = i
             else:
-                _, c, h, w = ins
-                emit(node, Op("relu", h, w, c, c, act="none", name=node.name))
+                elementwise(node, "relu", ins)
             continue
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
             if isinstance(m, nn.Conv2d):
-                _, c, h, w = ins
-                k, s, p = m.kernel_size[0], m.stride[0], m.padding
-                if m.kernel_size[0] != m.kernel_size[1] or m.stride[0] != m.stride[1] or m.dilation != (1, 1):
-                    raise EdgeSparseError(f"layer {node.target}: only square, undilated kernels are priced "
-                                          f"(kernel {m.kernel_size}, stride {m.stride}, dilation {m.dilation})")
-                pad = p[0] if isinstance(p, tuple) else 0
-                dw = m.groups > 1 and m.groups == m.in_channels and m.out_channels == m.in_channels
-                if m.groups > 1 and not dw:
-                    raise EdgeSparseError(f"layer {node.target}: grouped conv with groups={m.groups} (not depthwise) "
-                                          f"has no int8 XNNPACK kernel class here")
-                if s > 1 and pad > 0:
-                    emit(node, Op("pad", h, w, c, c, k=2 * pad + 1, name=f"{node.target}.pad"))
-                    h, w = h + 2 * pad, w + 2 * pad
-                emit(node, Op("dwconv" if dw else "conv", h, w, c, m.out_channels, k, s, name=node.target))
+                conv(node, node.target, ins, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups)
             elif isinstance(m, nn.Linear):
+                if len(ins) != 2:
+                    raise EdgeSparseError(f"layer {node.target}: a Linear on a {len(ins)}-d input (channels-last blocks) "
+                                          f"is not priced; only the classifier's Linear on (N, features) is")
                 emit(node, Op("fc", 1, 1, m.in_features, m.out_features, name=node.target))
             elif isinstance(m, nn.AdaptiveAvgPool2d):
-                _, c, h, w = ins
-                if tuple(shape(node)[2:]) != (1, 1):
-                    raise EdgeSparseError(f"layer {node.target}: adaptive pooling to {shape(node)[2:]} is not priced "
+                if tuple(out[2:]) != (1, 1):
+                    raise EdgeSparseError(f"layer {node.target}: adaptive pooling to {out[2:]} is not priced "
                                           f"(only global average pooling, output 1x1)")
+                _, c, h, w = ins
                 emit(node, Op("mean", h, w, c, c, name=node.target))
             elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-                _, c, h, w = ins
                 k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-                s = m.stride if isinstance(m.stride, int) else (m.stride[0] if m.stride else k)
-                emit(node, Op("maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool", h, w, c, c, k, s, name=node.target))
+                st = m.stride if isinstance(m.stride, int) else (m.stride[0] if m.stride else k)
+                p = m.padding if isinstance(m.padding, int) else m.padding[0]
+                for op in _pool_op("maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool", node.target, ins, out, k,
+                                   st, p):
+                    emit(node, op)
+            elif any(isinstance(m, t) for t, _ in _ACT_MODULES):
+                activation(node, next(a for t, a in _ACT_MODULES if isinstance(m, t)), ins)
             elif isinstance(m, _PASSTHROUGH_MODULES):
                 if src in producer:
                     producer[node] = producer[src]
             else:
                 raise EdgeSparseError(f"layer {node.target}: no latency class for {type(m).__name__}; priced ops are "
-                                      f"Conv2d, Linear, pooling, ReLU/ReLU6, BatchNorm (folded) and additions")
+                                      f"{PRICED}")
         elif node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd):
-            a = shape(node)
-            if len(a) == 4:
-                emit(node, Op("add", a[2], a[3], a[1], a[1], name=node.name))
-            elif len(a) == 2:
-                emit(node, Op("add", 1, 1, a[1], a[1], name=node.name))
-        elif node.op == "call_function" and node.target in (torch.mean, F.adaptive_avg_pool2d):
-            _, c, h, w = ins
-            emit(node, Op("mean", h, w, c, c, name=node.name))
-        elif node.op == "call_method" and node.target == "mean":
+            elementwise(node, "add", out)
+        elif node.op == "call_function" and node.target in _MUL:
+            a, b = (_shape(x) for x in node.args[:2])
+            if len(a) == 4 and len(b) == 4 and a != b:  # x * gate, the gate (N, C, 1, 1): the SE's broadcast MUL
+                emit(node, Op("mulc", out[2], out[3], out[1], out[1], name=node.name))
+            elif a and b:
+                elementwise(node, "mul", out)
+            else:  # times a Python number: folds into the neighbouring op's quantization
+                if src in producer:
+                    producer[node] = producer[src]
+        elif node.op == "call_function" and node.target in _CAT:
+            dim = _arg(node, 1, "dim", 0)
+            if len(out) != 4 or dim not in (1, -3):
+                raise EdgeSparseError(f"node {node.name}: concatenation along dim {dim} of a {len(out)}-d tensor is not "
+                                      f"priced (only channel concatenation of feature maps)")
+            emit(node, Op("concat", out[2], out[3], out[1], out[1], name=node.name))
+        elif (node.op == "call_method" and node.target in _SPLIT_METHODS) or \
+                (node.op == "call_function" and node.target in _SPLIT_FUNCS):
+            dim = _arg(node, 2, "dim", 0)
+            if len(ins) != 4 or dim not in (1, -3):
+                raise EdgeSparseError(f"node {node.name}: {node.target} along dim {dim} is not priced (only channel "
+                                      f"splits of feature maps)")
+            emit(node, Op("split", ins[2], ins[3], ins[1], ins[1], name=node.name))
+        elif (node.op == "call_method" and node.target in _TRANSPOSE_METHODS) or \
+                (node.op == "call_function" and node.target in _TRANSPOSE_FUNCS):
+            if len(ins) != 5:
+                raise EdgeSparseError(f"node {node.name}: {node.target} of a {len(ins)}-d tensor is not priced (only the "
+                                      f"5-d transpose of a channel shuffle; channels-last blocks with LayerNorm are not)")
+            n, g, cg, h, w = ins
+            emit(node, Op("transpose", h, w, g * cg, g * cg, name=node.name, groups=g))
+        elif node.op == "call_function" and node.target is F.conv2d:
+            wshape = _shape(node.args[1])
+            groups = _arg(node, 6, "groups", 1)
+            k = tuple(wshape[2:])
+            st = _arg(node, 3, "stride", 1)
+            p = _arg(node, 4, "padding", 0)
+            d = _arg(node, 5, "dilation", 1)
+            pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+            conv(node, node.name, ins, wshape[0], k, pair(st), p if isinstance(p, str) else pair(p), pair(d), groups)
+        elif node.op == "call_function" and node.target in (F.linear,):
+            wshape = _shape(node.args[1])
+            emit(node, Op("fc", 1, 1, wshape[1], wshape[0], name=node.name))
+        elif node.op == "call_function" and node.target in (F.max_pool2d, F.avg_pool2d):
+            k = _arg(node, 1, "kernel_size")
+            st = _arg(node, 2, "stride") or k
+            p = _arg(node, 3, "padding", 0)
+            first = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731
+            for op in _pool_op("maxpool" if node.target is F.max_pool2d else "avgpool", node.name, ins, out, first(k),
+                               first(st), first(p)):
+                emit(node, op)
+        elif node.op == "call_function" and node.target in _ACT_FUNCS:
+            activation(node, _ACT_FUNCS[node.target], ins)
+        elif node.op == "call_method" and node.target in _ACT_METHODS:
+            activation(node, _ACT_METHODS[node.target], ins)
+        elif (node.op == "call_function" and node.target in (torch.mean, F.adaptive_avg_pool2d)) or \
+                (node.op == "call_method" and node.target == "mean"):
+            if len(ins) != 4 or tuple(out[2:]) not in ((1, 1), ()):
+                raise EdgeSparseError(f"node {node.name}: a mean over other axes than the spatial ones is not priced")
             _, c, h, w = ins
             emit(node, Op("mean", h, w, c, c, name=node.name))
         elif (node.op == "call_function" and node.target in _PASSTHROUGH_FUNCS) or \
@@ -221,40 +369,66 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             if src in producer:
                 producer[node] = producer[src]
         else:
-            raise EdgeSparseError(f"node {node.name} ({node.op} {getattr(node.target, '__name__', node.target)}): "
-                                  f"no latency class for it; priced ops are convs, linear, pooling, ReLU/ReLU6, "
-                                  f"BatchNorm (folded) and additions")
+            what = getattr(node.target, "__name__", node.target)
+            where = node.meta.get("nn_module_stack")
+            module = f" in {list(where)[-1]}" if where else ""
+            raise EdgeSparseError(f"node {node.name} ({node.op} {what}){module}: no latency class for it; priced ops "
+                                  f"are {PRICED}")
     return ops
 
 
 def tflite_ops(path: Path | str) -> list[Op]:
-    """The compute ops of an exported .tflite, in execution order (QUANTIZE/DEQUANTIZE/RESHAPE skipped)."""
-    from edge_sparse.verify import tflite_interpreter
+    """The compute ops of an exported .tflite, in execution order, read from its flatbuffer (kernel, stride and
+    groups from the ops' options and weights). Ops that only move shapes (RESHAPE, QUANTIZE, ...) are skipped; a
+    compute op with no kind here is an error naming it, never skipped."""
+    from tensorflow.lite.python import schema_py_generated as schema
 
-    it = tflite_interpreter(Path(path), 1)
-    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+    sub = model.subgraphs[0]
+    shape = lambda i: tuple(int(v) for v in sub.tensors[i].shape)  # noqa: E731
     out = []
-    for d in it._get_ops_details():
-        kind = TFLITE_KIND.get(d["op_name"])
-        if kind is None:
+    for op in sub.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+        if name in TFLITE_FREE:
             continue
-        x = tuple(tensors[d["inputs"][0]]["shape"])
-        y = tuple(tensors[d["outputs"][0]]["shape"])
+        kind = TFLITE_KIND.get(name)
+        if kind is None:
+            raise EdgeSparseError(f"{path}: op {name} has no latency kind (known: {', '.join(sorted(TFLITE_KIND))})")
+        x, y = shape(op.inputs[0]), shape(op.outputs[0])
+        opts = op.builtinOptions
         if kind == "fc":
             out.append(Op("fc", 1, 1, int(x[-1]), int(y[-1])))
             continue
-        k, s = 1, 1
+        if len(x) == 2:  # (N, C) elementwise: the classifier head's activations
+            x, y = (x[0], 1, 1, x[1]), (y[0], 1, 1, y[1])
+        k, s, groups = 1, 1, 1
         if kind in ("conv", "dwconv"):
-            wshape = tuple(tensors[d["inputs"][1]]["shape"])
-            k = int(wshape[1])
-            s = max(1, round(x[1] / y[1])) if x[1] != y[1] else 1
-            if y[1] == (x[1] - k) // 2 + 1 and x[1] != y[1]:
-                s = 2
+            wshape = shape(op.inputs[1])
+            k, s = int(wshape[1]), int(opts.strideH)
+            if kind == "conv" and wshape[3] != x[3]:
+                groups = x[3] // wshape[3]
         elif kind == "pad":
             k = int(y[1] - x[1]) + 1
-        elif kind in ("maxpool", "avgpool") and x[1] != y[1]:
-            # pool options are not in the op details: infer the window from the shapes (k = stride, the
-            # only pooling the model registry uses; a 3x3/2 pool is priced as 2x2/2, within its noise)
-            k = s = max(1, round(x[1] / y[1]))
-        out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(y[-1]), k, s))
+        elif kind in ("maxpool", "avgpool"):
+            k, s = int(opts.filterHeight), int(opts.strideH)
+        elif kind == "mul" and len(op.inputs) == 2:
+            other = shape(op.inputs[1])
+            if len(other) == 4 and other[1:3] == (1, 1) and x[1:3] != (1, 1):
+                kind = "mulc"
+            elif len(x) == 4 and x[1:3] == (1, 1) and len(other) == 4 and other[1:3] != (1, 1):
+                kind, x = "mulc", other
+        elif kind in ("concat", "split", "transpose"):
+            if kind == "transpose":  # the channel shuffle's (N, H, W, G, C/G) transpose
+                if len(x) != 5:
+                    raise EdgeSparseError(f"{path}: a {len(x)}-d TRANSPOSE is not a channel shuffle")
+                x, groups = (x[0], x[1], x[2], x[3] * x[4]), int(x[3])
+            c = int(y[-1]) if kind == "concat" else int(x[-1])
+            out.append(Op(kind, int(x[1]), int(x[2]), c, c, groups=groups))
+            continue
+        if kind in ELEMENTWISE or kind in ("add", "mean", "maxpool", "avgpool", "pad"):
+            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(x[3]), k, s))
+        else:
+            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(y[-1]), k, s, groups=groups))
     return out

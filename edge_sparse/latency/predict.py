@@ -119,13 +119,30 @@ def resolve(target: Target | str, dense: torch.nn.Module, example: torch.Tensor,
 
         fitted = estimate.load(t)
         if fitted is not None:  # the search keeps the fit's measured error free: margin = held-out p90 |error|
-            pr = Pricer(t, "estimate", {**fitted.provenance, "assumptions": fitted.assumptions,
+            assumed = priced_by_assumption(ops)
+            notes = [f"{k} x{len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''}) as "
+                     f"{estimate.FALLBACK[k]}" for k, v in assumed.items()]
+            pr = Pricer(t, "estimate", {**fitted.provenance, "priced_by_assumption": assumed,
+                                        "assumptions": fitted.assumptions + (
+                                            [f"this model's ops the reference has no timings of, priced by the rule "
+                                             f"above: {'; '.join(notes)}"] if notes else []),
                                         "anchor_source_text": t.latency_model.source.strip()},
                         margin=round(fitted.margin, 4), fitted=fitted)
         else:
             pr = Pricer(t, "estimate", {"source_text": t.latency_model.source.strip()})
     pr.dense_p90_ms = pr.predict_ops(ops)["p90"]
     return pr
+
+
+def priced_by_assumption(ops: Sequence[Op]) -> dict[str, list[str]]:
+    """Op class -> names of `ops` that a device estimate prices with another class's factors (estimate.FALLBACK)."""
+    from edge_sparse.latency.estimate import FALLBACK
+
+    out: dict[str, list[str]] = {}
+    for o in ops:
+        if o.cls() in FALLBACK and o.kind != "pad":
+            out.setdefault(o.cls(), []).append(o.name or o.kind)
+    return out
 
 
 def predict_latency(model: torch.nn.Module, example_input: torch.Tensor, target: Target | str = "host", **kw) -> dict:

@@ -8,7 +8,8 @@ Run: `write_suite(ops, dir)`, then `time_suite(dir, threads)` here (the bundle's
      --probes DIR`, in a subprocess) or the same harness on a device (edge_sparse.latency.device).
 
 Each probe is full-integer int8 with int8 input and output, like the shipped model, so XNNPACK takes
-the same int8 kernels (conv + fused activation, depthwise, ADD, MEAN, PAD, pooling, FULLY_CONNECTED).
+the same int8 kernels (conv + fused activation, grouped and depthwise, ADD, MEAN, PAD, pooling, FULLY_CONNECTED,
+HARD_SWISH, LOGISTIC, GELU, MUL, the SE gate's broadcast MUL, CONCATENATION, SPLIT, a shuffle's TRANSPOSE).
 Converting one op with `TFLiteConverter.from_concrete_functions` takes ~0.05 s (onnx2tf takes ~8 s
 per model), so a few hundred probes are built in seconds.
 """
@@ -46,8 +47,9 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
     act = {"none": lambda y: y, "relu": tf.nn.relu, "relu6": tf.nn.relu6}[op.act]
     pad = "VALID" if op.stride > 1 else "SAME"
     spec = [tf.TensorSpec([1, op.h, op.w, op.cin], tf.float32)]
-    if op.kind == "conv":
-        w = tf.constant(rng.standard_normal((op.k, op.k, op.cin, op.cout)).astype(np.float32) / np.sqrt(op.k * op.k * op.cin))
+    if op.kind == "conv":  # grouped when op.groups > 1: TFLite's CONV_2D takes a filter of cin / groups inputs
+        cg = op.cin // op.groups
+        w = tf.constant(rng.standard_normal((op.k, op.k, cg, op.cout)).astype(np.float32) / np.sqrt(op.k * op.k * cg))
         b = tf.constant(rng.standard_normal(op.cout).astype(np.float32) * 0.1)
         fn = lambda x: act(tf.nn.conv2d(x, w, op.stride, pad) + b)  # noqa: E731
     elif op.kind == "dwconv":
@@ -70,8 +72,30 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
     elif op.kind in ("maxpool", "avgpool"):
         pool = tf.nn.max_pool2d if op.kind == "maxpool" else tf.nn.avg_pool2d
         fn = lambda x: pool(x, op.k, op.stride, pad)  # noqa: E731
-    elif op.kind == "relu":
+    elif op.kind == "relu":  # also stands in for RELU_0_TO_1 (a hard-sigmoid's clamp), which the converter won't emit
         fn = tf.nn.relu
+    elif op.kind == "hardswish":  # the converter fuses this pattern into HARD_SWISH
+        fn = lambda x: x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)  # noqa: E731
+    elif op.kind == "sigmoid":
+        fn = tf.sigmoid
+    elif op.kind == "gelu":
+        fn = lambda x: tf.nn.gelu(x, approximate=True)  # noqa: E731
+    elif op.kind == "mul":
+        spec = spec * 2
+        fn = lambda x, y: x * y  # noqa: E731
+    elif op.kind == "mulc":  # the squeeze-and-excitation gate: (1, H, W, C) * (1, 1, 1, C)
+        spec = spec + [tf.TensorSpec([1, 1, 1, op.cin], tf.float32)]
+        fn = lambda x, y: x * y  # noqa: E731
+    elif op.kind == "concat":  # two halves (a shuffle unit's, a fire module's): the split barely moves the cost
+        a = op.cin // 2
+        spec = [tf.TensorSpec([1, op.h, op.w, a], tf.float32), tf.TensorSpec([1, op.h, op.w, op.cin - a], tf.float32)]
+        fn = lambda x, y: tf.concat([x, y], 3)  # noqa: E731
+    elif op.kind == "split":
+        fn = lambda x: tuple(tf.split(x, 2, 3))  # noqa: E731
+    elif op.kind == "transpose":  # a channel shuffle: (H, W, G, C/G) -> (H, W, C/G, G)
+        g = max(2, op.groups)
+        fn = lambda x: tf.reshape(tf.transpose(tf.reshape(x, [1, op.h, op.w, g, op.cin // g]), [0, 1, 2, 4, 3]),  # noqa: E731
+                                  [1, op.h, op.w, op.cin])
     else:
         raise EdgeSparseError(f"no probe for op kind {op.kind!r}")
     f = tf.function(fn, input_signature=spec)

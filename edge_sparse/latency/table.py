@@ -18,6 +18,7 @@ measures it instead (`host_table` probes what is missing).
 from __future__ import annotations
 
 import bisect
+import math
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import Op
 
 TABLE_FORMAT = "edge_sparse.latency_table/1"
-ONE_WIDTH = {"dwconv", "pad", "add", "mean", "maxpool", "avgpool", "relu"}
+ONE_WIDTH = {"dwconv", "pad", "add", "mean", "maxpool", "avgpool", "relu", "hardswish", "sigmoid", "gelu", "mul", "mulc",
+             "concat", "split", "transpose"}
 GRID_POINTS = 8
 
 
@@ -59,8 +61,9 @@ def grid_ops(ops: Sequence[Op], multiple: int, fixed_in: int, fixed_out: Optiona
         if op.kind == "pad":  # folded into the conv that follows (LatencyTable.op_ms)
             continue
         a = axes.setdefault(op.family, [op, set(), set()])
-        a[1].update(grid(op.cin, multiple))
-        a[2].update(grid(op.cout, multiple))
+        m = math.lcm(multiple, op.groups)  # a grouped conv / shuffle keeps its group count: widths divisible by it
+        a[1].update(grid(op.cin, m))
+        a[2].update(grid(op.cout, m))
     out: dict[str, Op] = {}
     for proto, ins, outs in axes.values():
         if proto.kind in ONE_WIDTH:
