@@ -89,8 +89,8 @@ def export(model: torch.nn.Module, example_input: torch.Tensor, *, calib: np.nda
     model = model.eval()
     eonnx.export_fp32(model, shape, out / "model_fp32.onnx")
     eonnx.quantize_int8(out / "model_fp32.onnx", normalize_np(calib, mean, std, "NCHW"), out / "model.onnx")
-    etflite.export(out / "model_fp32.onnx", normalize_np(calib, mean, std, "NHWC"), out / "model_fp32.tflite",
-                   out / "model.tflite")
+    notes = etflite.export(out / "model_fp32.onnx", normalize_np(calib, mean, std, "NHWC"), out / "model_fp32.tflite",
+                           out / "model.tflite")
     lint_report = lint.check(out / "model.tflite", profile(model, example_input), int8=True)
     x = calib if eval_images is None else np.asarray(eval_images)
     y = np.zeros(len(x), np.int64) if eval_labels is None else np.asarray(eval_labels)
@@ -99,4 +99,4 @@ def export(model: torch.nn.Module, example_input: torch.Tensor, *, calib: np.nda
             "model_fp32.tflite": ("float", out / "model_fp32.tflite")}
     par = verify.check_all(arts, ref, x, y if eval_labels is not None else ref.argmax(1), mean, std, enforce=False)
     return {"tflite": out / "model.tflite", "onnx": out / "model.onnx", "onnx_fp32": out / "model_fp32.onnx",
-            "parity": par, "lint": lint_report.to_dict()}
+            "parity": par, "lint": lint_report.to_dict(), "notes": notes}

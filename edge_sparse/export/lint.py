@@ -78,8 +78,8 @@ def lint(path: Path, torch_layers: Optional[Sequence] = None) -> LintReport:
             w = g.Tensors(op.Inputs(1)).ShapeAsNumpy().tolist()
             if name == "DEPTHWISE_CONV_2D":
                 layers.append(("dwconv", w[3], w[3]))
-            elif name == "CONV_2D":
-                layers.append(("conv", w[0], w[3]))
+            elif name == "CONV_2D":  # input channels from the input: a grouped conv's filter holds in / groups
+                layers.append(("conv", w[0], int(g.Tensors(op.Inputs(0)).ShapeAsNumpy()[-1])))
             else:
                 layers.append(("linear", w[0], w[1]))
     rep = LintReport(str(path), dict(ops), types[g.Tensors(g.Inputs(0)).Type()], types[g.Tensors(g.Outputs(0)).Type()],

@@ -52,11 +52,22 @@ def _quiet():
 
 def onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) -> Path:
     """Run onnx2tf in `workdir` (pre-seeded with its sample file) and return the SavedModel path."""
+    return _onnx_to_saved_model(onnx_path, calib_nhwc, workdir)[0]
+
+
+def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) -> tuple[Path, list[str]]:
+    """`onnx_to_saved_model`, and one line per kind of graph rewrite made on the way (`rewrite.for_onnx2tf`)."""
+    import onnx
     import onnx2tf
 
+    from edge_sparse.export import onnx as eonnx, rewrite
+
     workdir = Path(workdir).resolve()
-    onnx_path = Path(onnx_path).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    src = onnx_path  # named in errors; onnx2tf reads the rewritten graph from a file next to its working files
+    mp, notes = rewrite.for_onnx2tf(eonnx.load_checked(src), np.ascontiguousarray(calib_nhwc.transpose(0, 3, 1, 2)))
+    onnx_path = workdir / "for_onnx2tf.onnx"
+    onnx.save(mp, str(onnx_path))
     np.save(workdir / ONNX2TF_SAMPLE, _onnx2tf_sample(calib_nhwc))
     out = workdir / "saved_model"
     cwd = os.getcwd()
@@ -67,29 +78,56 @@ def onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) 
                 onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path), output_folder_path=str(out),
                     non_verbose=True, verbosity="error", output_signaturedefs=True,
-                    copy_onnx_input_output_names_to_tflite=True,
+                    copy_onnx_input_output_names_to_tflite=True, not_use_onnxsim=True,  # done by `rewrite`
                 )
             except SystemExit as e:  # onnx2tf exits on unsupported ops
-                raise EdgeSparseError(f"onnx2tf could not convert {onnx_path} (exit {e.code}): {log.getvalue()[-400:]}") from None
+                raise EdgeSparseError(f"onnx2tf could not convert {src} (exit {e.code}): {log.getvalue()[-400:]}") from None
             except Exception as e:
-                raise EdgeSparseError(f"onnx2tf could not convert {onnx_path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                raise EdgeSparseError(f"onnx2tf could not convert {src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     finally:
         os.chdir(cwd)
     if not (out / "saved_model.pb").is_file():
-        raise EdgeSparseError(f"onnx2tf produced no SavedModel for {onnx_path}")
-    return out
+        raise EdgeSparseError(f"onnx2tf produced no SavedModel for {src}")
+    return out, notes
 
 
 def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None, correct_bias: bool = True,
-            fp32_model: bytes | None = None) -> None:
+            fp32_model: bytes | None = None) -> list[str]:
     """SavedModel -> .tflite: fp32 when `calib_nhwc` is None, else full-integer int8 with int8 I/O (and every
     conv's / FC's bias corrected on the calibration images against `fp32_model`, the fp32 conversion of the same
-    SavedModel, made here when not given, unless `correct_bias` is False)."""
+    SavedModel, made here when not given, unless `correct_bias` is False). Returns what was done, one line each."""
     data = _convert_bytes(saved_model, calib_nhwc)
-    if calib_nhwc is not None and correct_bias:
-        data, note = correct_biases(data, fp32_model or _convert_bytes(saved_model, None), calib_nhwc)
-        print(f"  {note}")
+    notes = []
+    if calib_nhwc is not None:
+        _check_loads(data, saved_model)
+        if correct_bias:
+            data, note = correct_biases(data, fp32_model or _convert_bytes(saved_model, None), calib_nhwc)
+            print(f"  {note}")
+            notes.append(note)
     _io.write_bytes(path, data)
+    return notes
+
+
+def _check_loads(model: bytes, saved_model: Path) -> None:
+    """The int8 model must load with the interpreter's default delegate (XNNPACK), as it will on the device."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_content=model, num_threads=1).allocate_tensors()
+    except (RuntimeError, ValueError) as e:
+        raise EdgeSparseError(f"the int8 .tflite converted from {saved_model} does not load with XNNPACK "
+                              f"({' '.join(str(e).split())[:300]}); {_odd_scales(model) or 'no tensor has an absurd scale'}") from None
+
+
+def _odd_scales(model: bytes) -> str:
+    """Name the int8 tensors whose scale no real activation has (> 1e6), the usual cause of a failed load."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    g = fu.convert_bytearray_to_object(bytearray(model)).subgraphs[0]
+    bad = [t.name.decode() for t in g.tensors
+           if t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale)
+           and float(np.max(t.quantization.scale)) > 1e6]
+    return f"tensors with a quantisation scale > 1e6: {bad[:3]}" if bad else ""
 
 
 def _convert_bytes(saved_model: Path, calib_nhwc: np.ndarray | None) -> bytes:
@@ -114,7 +152,12 @@ def _convert_bytes(saved_model: Path, calib_nhwc: np.ndarray | None) -> bytes:
         try:
             data = conv.convert()
         except Exception as e:
-            raise EdgeSparseError(f"TFLite conversion of {saved_model} failed: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            import re
+
+            ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(e))))
+            why = (f"TF ops {ops} have no TFLite builtin (full-integer int8 allows builtins only)" if ops
+                   else f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            raise EdgeSparseError(f"TFLite conversion of {saved_model} failed: {why}") from None
     return data
 
 
@@ -132,9 +175,11 @@ class _Runner:
     """A .tflite (bytes) kept for reading its intermediate tensors on normalised NHWC float inputs."""
 
     def __init__(self, model: bytes):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        self.it = Interpreter(model_content=model, num_threads=1, experimental_preserve_all_tensors=True)
+        # TFLite's builtin kernels, not the XNNPACK delegate: it may fuse away the tensors read here
+        self.it = Interpreter(model_content=model, num_threads=1, experimental_preserve_all_tensors=True,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         self.it.allocate_tensors()
         self.inp = self.it.get_input_details()[0]
         self.det = {d["name"]: d for d in self.it.get_tensor_details()}
@@ -186,7 +231,15 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
     from XNNPACK's by rounding only. Default rpi4 build, all 10k test images: BENCHMARKS.md "Where int8
     disagrees with fp32".
 
-    Returns the corrected model and one line saying what was done."""
+    Returns the corrected model and one line saying what was done; where the interpreter cannot run a layer's
+    tensors, the model unchanged and a line saying why the correction was skipped."""
+    try:
+        return _correct_biases(model, fp32_model, calib_nhwc)
+    except (EdgeSparseError, RuntimeError, ValueError) as e:
+        return model, f"bias correction skipped: {' '.join(str(e).split())[:300]}"
+
+
+def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> tuple[bytes, str]:
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
     m = fu.convert_bytearray_to_object(bytearray(model))
@@ -235,14 +288,15 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
                    f"fully-connected layers, mean |shift| removed {np.mean(shifts):.4f} (largest layer {max(shifts):.4f})")
 
 
-def export(onnx_fp32: Path, calib_nhwc: np.ndarray, fp32_out: Path | None, int8_out: Path) -> None:
-    """Both .tflite files from one onnx2tf conversion (in a throw-away working directory)."""
+def export(onnx_fp32: Path, calib_nhwc: np.ndarray, fp32_out: Path | None, int8_out: Path) -> list[str]:
+    """Both .tflite files from one onnx2tf conversion (in a throw-away working directory); returns what was done
+    beyond the plain conversion (graph rewrites, the bias correction or why it was skipped), one line each."""
     tmp = Path(tempfile.mkdtemp(prefix="edge_sparse_onnx2tf_"))
     try:
-        sm = onnx_to_saved_model(onnx_fp32, calib_nhwc, tmp)
+        sm, notes = _onnx_to_saved_model(onnx_fp32, calib_nhwc, tmp)
         fp32 = _convert_bytes(sm, None)  # shipped as model_fp32.tflite, and the bias correction's reference
         if fp32_out is not None:
             _io.write_bytes(fp32_out, fp32)
-        convert(sm, int8_out, calib_nhwc, fp32_model=fp32)
+        return [f"onnx2tf input rewritten: {n}" for n in notes] + convert(sm, int8_out, calib_nhwc, fp32_model=fp32)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
