@@ -371,6 +371,19 @@ def create(name: str, *, in_channels: int, num_classes: int, input_size: int) ->
 
 # --------------------------------------------------------------------------- save / load without pickles
 
+def load_state(model: nn.Module, state: dict, strict: bool = True) -> None:
+    """`model.load_state_dict(state)` for a plain dict of tensors (from safetensors, or a dict comprehension): the
+    model's own per-module metadata goes along, which modules with a custom `_load_from_state_dict` read
+    (torchvision's MNASNet refuses a state dict without its version)."""
+    from collections import OrderedDict
+
+    state = OrderedDict(state)
+    meta = getattr(model.state_dict(), "_metadata", None)
+    if meta is not None:
+        state._metadata = meta  # type: ignore[attr-defined]
+    model.load_state_dict(state, strict=strict)
+
+
 def save(model: nn.Module, directory, *, arch: str, kwargs: dict, record: dict | None = None) -> None:
     """`model.json` (architecture name, kwargs, pruning record) + `model.safetensors` (weights)."""
     from pathlib import Path
@@ -411,7 +424,7 @@ def load(directory) -> tuple[nn.Module, dict]:
         model = replay(model, spec["record"])
     try:
         state = load_file(str(d / "model.safetensors"))
-        model.load_state_dict(state)
+        load_state(model, state)
     except (OSError, RuntimeError) as e:
         raise EdgeSparseError(f"{d}/model.safetensors does not fit {arch} ({str(e).splitlines()[0]})") from None
     return model.eval(), spec

@@ -100,15 +100,18 @@ def stage_train(b: Build, d: Path) -> dict:
 
     torch.manual_seed(b.cfg.seed)
     model = models.create(b.cfg.model, **b.arch_kwargs)
+    notes = []
     if b.cfg.weights:  # a pretrained start: a short sparsity-inducing fine-tune from the given weights (or none)
-        from edge_sparse.usermodel import load_weights
+        from edge_sparse.usermodel import load_weights_noting
 
-        load_weights(model, b.cfg.weights)
+        notes = load_weights_noting(model, b.cfg.weights)
+        for n in notes:
+            _log(f"  {n}")
     ckpt_dir = b.cache / f"train-{b.keys['train']}.ckpt"
     hist = [] if b.cfg.no_train else fit(model, b.splits, b.cfg.train.replace(seed=b.cfg.seed), ckpt_dir=ckpt_dir,
                                          resume=True)
     models.save(model, d / "dense", arch=b.cfg.model, kwargs=b.arch_kwargs)
-    res = {"history": hist, "val_acc": accuracy(model, b.splits.val, b.splits.mean, b.splits.std),
+    res = {"history": hist, "weights_notes": notes, "val_acc": accuracy(model, b.splits.val, b.splits.mean, b.splits.std),
            "test_acc": accuracy(model, b.splits.test, b.splits.mean, b.splits.std)}
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return res
@@ -244,7 +247,7 @@ def stage_reference(b: Build, d: Path) -> dict:
     dense, spec = models.load(b.dirs["train"] / "dense")
     cfg = b.cfg.finetune.replace(seed=b.cfg.seed + 1)
     hist, extra, kind = [], 0, b.cfg.reference
-    if b.cfg.weights:  # your model, as you trained it: evaluated, not retrained
+    if b.cfg.weights and not b.results["train"].get("weights_notes"):  # your model as you trained it: not retrained
         from edge_sparse.usermodel import load_weights
 
         dense = load_weights(models.create(spec["arch"], **spec["kwargs"]), b.cfg.weights).eval()
@@ -586,7 +589,10 @@ def _preflight(b: Build) -> None:
 
     model = models.create(b.cfg.model, **b.arch_kwargs)  # the factory, then its input channels and class count
     if b.cfg.weights:
-        usermodel.load_weights(model, b.cfg.weights)
+        notes = usermodel.load_weights_noting(model, b.cfg.weights)
+        if notes and b.cfg.no_train:
+            raise EdgeSparseError(f"--no-train with --weights {b.cfg.weights}: its classifier head does not fit this "
+                                  f"model's classes and would ship untrained; drop --no-train to fine-tune it")
     try:
         extract_ops(model.eval(), b.example())
     except EdgeSparseError as e:

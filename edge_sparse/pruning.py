@@ -15,6 +15,7 @@ Torch-Pruning's `DependencyGraph`; we never trace the graph ourselves.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
@@ -190,6 +191,105 @@ def _zero_out_channels(module: nn.Module, idxs: list[int]) -> None:
                 module.bias[idxs] = 0
 
 
+def _channel_shuffles(model: nn.Module, example_input: torch.Tensor) -> tuple[int, set[tuple[str, bool]]]:
+    """The channel shuffles in `model` (a 4-d (N, C, H, W) viewed as (N, G, C/G, H, W)): the largest G (1 if none),
+    and the (module, out-channels?) sides whose channels the shuffles permute: the output channels of the convs and
+    BatchNorms that produce a shuffled tensor, the input channels of the convs that consume one."""
+    from torch.fx import symbolic_trace
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        gm = symbolic_trace(model)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input[:1])
+    except Exception:  # noqa: BLE001 - an untraceable model has no shuffle we can see; the shrink check still runs
+        return 1, set()
+    shape = lambda n: getattr(n.meta.get("tensor_meta"), "shape", None)  # noqa: E731
+    mods = dict(gm.named_modules())
+    g, touched, seen = 1, set(), set()
+
+    def nodes_in(args):
+        for a in args:
+            if isinstance(a, torch.fx.Node):
+                yield a
+            elif isinstance(a, (list, tuple)):
+                yield from nodes_in(a)
+
+    def back(n):
+        if n in seen:
+            return
+        seen.add(n)
+        m = mods.get(n.target) if n.op == "call_module" else None
+        if m is not None:
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                touched.add((n.target, True))
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                touched.add((n.target, False))
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                return  # a conv starts a new channel space
+        for a in nodes_in(n.args):
+            back(a)
+
+    def forward(n):
+        for u in n.users:
+            if u in seen:
+                continue
+            seen.add(u)
+            m = mods.get(u.target) if u.op == "call_module" else None
+            if m is not None and isinstance(m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+                touched.add((u.target, False))
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    continue
+                touched.add((u.target, True))
+            forward(u)
+
+    for n in gm.graph.nodes:
+        if n.op == "call_method" and n.target in ("view", "reshape") and n.args and isinstance(n.args[0], torch.fx.Node):
+            src, out = shape(n.args[0]), shape(n)
+            if src is not None and out is not None and len(src) == 4 and len(out) == 5 and out[1] * out[2] == src[1]:
+                g = max(g, int(out[1]))
+                back(n.args[0])
+                forward(n)
+    return g, touched
+
+
+def _unmappable_groups(pruner, model: nn.Module, ignored: list, importance, shuffled: set[tuple[str, bool]], *,
+                       taylor: bool) -> list[dict]:
+    """Coupled groups whose channel indices Torch-Pruning cannot map through the graph, each as
+    {"layers": [...], "why": "..."}; the caller keeps their layers unpruned.
+
+    A channel shuffle (view to (N, G, C/G, H, W), transpose, view back) permutes channels between the layers on either
+    side; Torch-Pruning's dependency graph follows the reshape but not the permutation, so the indices it derives for
+    the group run past a tensor's width. Ranking the group (what pruning does first) raises then; such a group is kept.
+    Taylor importance needs gradients, which are not there yet: its groups are not checked here (the shrink check
+    after pruning still is).
+    """
+    name = {m: n for n, m in model.named_modules()}
+    bad = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for group in pruner.DG.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+            layers = list(dict.fromkeys(
+                name[d.target.module] for d, _ in group if d.target.module in name
+                and isinstance(d.target.module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm))))
+            sides = {(name[d.target.module], bool(pruner.DG.is_out_channel_pruning_fn(d.handler)))
+                     for d, _ in group if d.target.module in name}
+            through = sorted(n for n, _ in sides & shuffled)
+            if through:
+                bad.append({"layers": layers, "why": f"its channels pass through a channel shuffle ({through[0]}), a "
+                                                     f"permutation Torch-Pruning's graph does not follow"})
+                continue
+            if taylor:
+                continue
+            try:
+                importance(group)
+            except (IndexError, RuntimeError) as e:
+                bad.append({"layers": layers,
+                            "why": f"Torch-Pruning cannot map this group's channels through the graph: "
+                                   f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+    return bad
+
+
 def _check_sparsity(sparsity: float) -> None:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
         raise EdgeSparseError(f"sparsity must be a fraction in [0, 1), got {sparsity!r}")
@@ -254,22 +354,33 @@ def prune(
                 raise EdgeSparseError(f"layer_sparsity[{n!r}] = {r!r} would remove every channel; use a value in [0, 1)")
             ratio_dict[named[n]] = r
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pruner = _pruner_class()(
-                work, example_input[:1], importance=imp_factory(), global_pruning=global_pruning,
-                pruning_ratio=float(sparsity), pruning_ratio_dict=ratio_dict,
-                max_pruning_ratio=max_layer_sparsity, ignored_layers=ignored, round_to=round_to,
-                iterative_steps=iterative_steps,
-            )
-    except EdgeSparseError:
-        raise
-    except Exception as e:
-        raise EdgeSparseError(
-            f"Torch-Pruning cannot trace this model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            f"the model must run on example_input of shape {tuple(example_input.shape)} with traceable ops"
-        ) from None
+    shuffle_groups, shuffled = _channel_shuffles(work, example_input)
+    if shuffle_groups > 1:  # a channel shuffle views C as (G, C/G): every width it sees must stay divisible by G
+        round_to = math.lcm(round_to or 1, shuffle_groups)
+
+    def make_pruner():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _pruner_class()(
+                    work, example_input[:1], importance=imp_factory(), global_pruning=global_pruning,
+                    pruning_ratio=float(sparsity), pruning_ratio_dict=ratio_dict,
+                    max_pruning_ratio=max_layer_sparsity, ignored_layers=ignored, round_to=round_to,
+                    iterative_steps=iterative_steps,
+                )
+        except EdgeSparseError:
+            raise
+        except Exception as e:
+            raise EdgeSparseError(
+                f"Torch-Pruning cannot trace this model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"the model must run on example_input of shape {tuple(example_input.shape)} with traceable ops"
+            ) from None
+
+    pruner = make_pruner()
+    unprunable = _unmappable_groups(pruner, work, ignored, imp_factory(), shuffled, taylor=criterion == "taylor")
+    if unprunable:  # kept whole, and said so: the rest of the network is still pruned
+        ignored = ignored + [named[n] for u in unprunable for n in u["layers"]]
+        pruner = make_pruner()
 
     probe = check_batch if check_batch is not None else torch.randn(8, *example_input.shape[1:],
                                                                      generator=torch.Generator().manual_seed(0))
@@ -300,7 +411,12 @@ def prune(
             p.grad = None
         work.eval()
         with torch.no_grad():
-            diff = max(diff, float((masked.eval()(probe) - work(probe)).abs().max()))
+            try:
+                diff = max(diff, float((masked.eval()(probe) - work(probe)).abs().max()))
+            except RuntimeError as e:
+                raise EdgeSparseError(f"shrink check failed at step {step + 1}: the pruned network no longer runs "
+                                      f"({str(e).splitlines()[0][:160]}); a reshape in its forward needs widths "
+                                      f"Torch-Pruning did not keep (set round_to to that multiple)") from None
         if diff > SHRINK_TOLERANCE:
             raise EdgeSparseError(
                 f"shrink check failed at step {step + 1}: masked and shrunk outputs differ by {diff:.3g} "
@@ -322,6 +438,7 @@ def prune(
         "history": history,
         "plan": plan,
         "channels": {s.name: [s.in_channels, s.out_channels] for s in profile(shrunk, example_input)},
+        "unprunable": unprunable,
     }
     return PruneResult(shrunk, params, macs, dense_params, dense_macs, record, diff,
                        profile(shrunk, example_input), dense_layers)

@@ -28,6 +28,7 @@ import torch
 
 from edge_sparse.data import Splits, to_tensor
 from edge_sparse.errors import BudgetError, EdgeSparseError
+from edge_sparse.models import load_state
 from edge_sparse.pruning import PruneResult, prune
 from edge_sparse.targets import Target
 from edge_sparse.train import accuracy, recalibrate_bn
@@ -89,7 +90,7 @@ def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, s
         if recal > acc:
             acc = recal
         else:
-            res.model.load_state_dict(saved)
+            load_state(res.model, saved)
     c = Candidate(float(sparsity), int(macs), int(params), len(layers), pred, size, round(acc, 3),
                   pred <= pricer.effective_budget_ms, size <= target.model_size_budget_kb, method,
                   round(lat["p50"], 5))

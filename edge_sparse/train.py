@@ -397,7 +397,9 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict:
         diff = next((f"{a[0]} {a[1]} vs {b[0]} {b[1]}" for a, b in zip(theirs, ours) if a != b),
                     f"{len(theirs)} tensors vs {len(ours)}")
         raise EdgeSparseError(f"{path}: checkpoint is of another architecture (first difference: {diff})")
-    model.load_state_dict(state["model"])
+    from edge_sparse.models import load_state
+
+    load_state(model, state["model"])
     return state
 
 

@@ -126,8 +126,12 @@ def check_io(model: nn.Module, input_shape, num_classes: int, where: str) -> Non
                               f"{num_classes} classes: the last layer must have {num_classes} outputs")
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state dict from safetensors or a weights-only torch checkpoint; refuse anything else."""
+def load_weights_noting(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a state dict from safetensors or a weights-only torch checkpoint into `model`; refuse anything else.
+
+    A checkpoint with another classifier head (an ImageNet 1000-class torchvision or timm checkpoint for a 10-class
+    model, the common case) loads every other tensor and leaves the model's own, freshly initialised head; the note
+    returned names it. Any other mismatch is an error naming the tensor."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise EdgeSparseError(f"--weights {p}: no such file")
@@ -156,17 +160,55 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             raise EdgeSparseError(f"--weights {p}: holds no state dict of tensors (save model.state_dict())")
         state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved checkpoints
     own = model.state_dict()
+    head = _head_keys(model)
+    new_head = [k for k in head if k in own and (k not in state or tuple(state[k].shape) != tuple(own[k].shape))]
     for k, v in own.items():
+        if k in new_head:
+            continue
         if k not in state:
             raise EdgeSparseError(f"--weights {p}: has no tensor {k!r} that the model needs (another architecture?)")
         if tuple(state[k].shape) != tuple(v.shape):
             raise EdgeSparseError(f"--weights {p}: {k!r} has shape {tuple(state[k].shape)}, the model's is "
                                   f"{tuple(v.shape)} (weights of another architecture or width)")
-    extra = [k for k in state if k not in own]
+    extra = [k for k in state if k not in own and not (new_head and _is_head_key(k, head))]
     if extra:
         raise EdgeSparseError(f"--weights {p}: has {len(extra)} tensors the model lacks (first: {extra[0]!r}); "
                               f"another architecture?")
-    model.load_state_dict(state)
+    from edge_sparse.models import load_state
+
+    load_state(model, {k: v for k, v in state.items() if k in own and k not in new_head}, strict=not new_head)
+    notes = []
+    if new_head:
+        was = {k: tuple(state[k].shape) for k in new_head if k in state}
+        notes.append(f"--weights {p.name}: the classifier head ({', '.join(new_head)}) is re-initialised: the "
+                     f"checkpoint's is {', '.join(f'{k} {list(s)}' for k, s in was.items()) or 'absent'}, this model's "
+                     f"{', '.join(f'{k} {list(own[k].shape)}' for k in new_head)} (another class count); every other "
+                     f"tensor is loaded")
+    return notes
+
+
+def _head_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of the classifier head: the last Linear (else the last Conv2d) in module order."""
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)] or \
+        [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not mods:
+        return []
+    name, m = mods[-1]
+    return [f"{name}.{k}" for k, _ in m.named_parameters(recurse=False)]
+
+
+def _is_head_key(key: str, head: list[str]) -> bool:
+    """A checkpoint tensor of another head: a common classifier name's weight/bias (ImageNet checkpoints name it
+    fc, classifier, head or head.fc, and torchvision's classifier.N) or our own head's name."""
+    stem = key.rsplit(".", 1)[0]
+    ours = {h.rsplit(".", 1)[0] for h in head}
+    return key.endswith((".weight", ".bias")) and (stem in ours or stem.split(".")[0] in {"fc", "classifier", "head",
+                                                                                           "last_linear"})
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """`load_weights_noting` without its notes (the head, if re-initialised, keeps the model's own init)."""
+    load_weights_noting(model, path)
     return model
 
 

@@ -206,3 +206,22 @@ def test_iterative_prune_then_finetune_steps():
     assert [l.out_channels for l in profile(es.replay(m, res.record), x)] == [l.out_channels for l in res.layers]
     with pytest.raises(EdgeSparseError, match="iterative_steps"):
         es.prune(m, x, sparsity=0.5, iterative_steps=0)
+
+
+def test_mobile_blocks_prune_coupled_and_shuffles_are_kept_and_listed():
+    """SE: the excite conv's outputs are coupled with the depthwise channels they gate, so both shrink together.
+    Grouped convs keep their group count. A channel shuffle permutes channels Torch-Pruning's graph cannot follow:
+    the layers on its sides are kept whole and listed in the record, the rest still shrinks."""
+    x = torch.randn(4, 3, 32, 32)
+    mb = es.prune(_model("tiny_mbv3"), x, sparsity=0.5, round_to=8)
+    blk = mb.model.features[2].block
+    assert blk[3].out_channels == blk[6].fc2.out_channels == blk[6].fc1.in_channels < 32  # dw = SE gate = SE input
+    assert mb.record["unprunable"] == [] and mb.shrink_max_abs_diff <= 1e-4
+    gr = es.prune(_model("tiny_grouped"), x, sparsity=0.5, round_to=8)
+    convs = [m for m in gr.model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert [m.groups for m in convs] == [2, 4] and all(m.in_channels % m.groups == 0 for m in convs)
+    sh = es.prune(_model("tiny_shufflenet"), x, sparsity=0.5, round_to=None)
+    kept = {n for u in sh.record["unprunable"] for n in u["layers"]}
+    assert {"conv.0", "units.0.left.2"} <= kept and all("channel shuffle" in u["why"] for u in sh.record["unprunable"])
+    assert sh.macs < sh.dense_macs and sh.shrink_max_abs_diff <= 1e-4
+    assert all(c % 2 == 0 for c in (m.out_channels for m in sh.model.modules() if isinstance(m, nn.Conv2d)))

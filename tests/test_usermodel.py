@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from edge_sparse.errors import EdgeSparseError
 
@@ -257,3 +258,57 @@ def test_es_export_of_a_model_pruned_by_hand(user, tmp_path):
     assert art["parity"]["model_fp32.tflite"]["agreement"] >= 99.0
     with pytest.raises(EdgeSparseError, match="calib must be uint8 NHWC"):
         es.export(res.model, ex, calib=calib.astype(np.float32), out=tmp_path / "o2")
+
+
+def test_weights_with_another_head_load_the_rest_and_name_the_head(tmp_path):
+    """An ImageNet-style checkpoint (1000 classes) for a 10-class model: every other tensor loads, the head keeps the
+    model's own init, and the note names it; a mismatch anywhere else is still an error."""
+    from safetensors.torch import save_file
+
+    from edge_sparse import models
+    from edge_sparse.usermodel import load_weights_noting
+
+    src = models.create("tiny_mbv3", in_channels=3, num_classes=1000, input_size=32)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "in1k.safetensors"))
+    dst = models.create("tiny_mbv3", in_channels=3, num_classes=10, input_size=32)
+    head = dst.classifier.weight.detach().clone()
+    notes = load_weights_noting(dst, tmp_path / "in1k.safetensors")
+    assert len(notes) == 1 and "classifier.weight" in notes[0] and "[1000, 32]" in notes[0] and "[10, 32]" in notes[0]
+    assert torch.equal(dst.features[1].block[0].weight, src.features[1].block[0].weight)
+    assert torch.equal(dst.classifier.weight, head)
+    other = models.create("tiny_effnet", in_channels=3, num_classes=10, input_size=32)
+    with pytest.raises(EdgeSparseError, match="in1k.safetensors"):
+        load_weights_noting(other, tmp_path / "in1k.safetensors")
+
+
+def test_state_dict_metadata_round_trips_for_custom_loaders(tmp_path):
+    """torchvision's MNASNet reads its version from the state dict's metadata in `_load_from_state_dict`; the stage
+    cache (safetensors) and the train checkpoint must hand it over, not a bare dict."""
+    from edge_sparse import models
+    from edge_sparse.train import load_checkpoint, save_checkpoint
+
+    class Versioned(nn.Module):
+        _version = 2
+
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 10, 1)
+
+        def forward(self, x):
+            return self.c(x).mean((2, 3))
+
+        def _load_from_state_dict(self, sd, prefix, meta, *a):
+            if meta.get("version") not in (1, 2):
+                raise ValueError(f"version should be set to 1 or 2 instead of {meta.get('version')}")
+            super()._load_from_state_dict(sd, prefix, meta, *a)
+
+    m = Versioned()
+    bare = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="version"):
+        Versioned().load_state_dict(bare)  # what dropped metadata does
+    fresh = Versioned()
+    models.load_state(fresh, bare)
+    assert torch.equal(fresh.c.weight, m.c.weight)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    save_checkpoint(tmp_path / "last.pt", m, opt, 1, [])
+    load_checkpoint(tmp_path / "last.pt", Versioned())
