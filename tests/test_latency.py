@@ -89,14 +89,15 @@ def test_shape_checks_cost_nothing_and_mobile_blocks_are_priced():
     eff = kinds("tiny_effnet")
     assert eff.count("sigmoid") == eff.count("mul") + eff.count("mulc")  # SiLU: LOGISTIC + MUL; SE: LOGISTIC + gate
     sh = extract_ops(*_tiny("tiny_shufflenet"))
-    assert {"concat", "split", "transpose"} <= {o.kind for o in sh}
-    assert all(o.groups == 2 for o in sh if o.kind == "transpose")
+    assert {"concat", "slice", "shuffle"} <= {o.kind for o in sh}  # chunk(2): a STRIDED_SLICE per half
+    assert all(o.groups == 2 for o in sh if o.kind == "shuffle")
     g = [o for o in extract_ops(*_tiny("tiny_grouped")) if o.kind == "conv" and o.groups > 1]
     assert len(g) == 2 and all(o.macs == o.out_h * o.out_w * o.cout * (o.cin // o.groups) * 9 for o in g)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mobilenet", "tiny_vgg", "tiny_mbv3"])
+@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mobilenet", "tiny_vgg", "tiny_mbv3", "tiny_effnet",
+                                  "tiny_shufflenet", "tiny_grouped"])
 def test_ops_match_the_exported_tflite(name, tmp_path):
     """The op list read off the torch model is the op list of the .tflite our exporter writes (as a multiset:
     the converter may schedule a residual branch's 1x1 conv before or after the main branch's conv)."""

@@ -34,11 +34,11 @@ from edge_sparse.latency.ops import Op
 FIT_DIR = Path(__file__).resolve().parent / "reference"
 FIT_FORMAT = "edge_sparse.device_fit/1"
 # classes the reference lacks -> the class priced instead. Elementwise and data-movement ops (activations that run
-# as ops of their own, MUL, CONCATENATION, SPLIT, a shuffle's TRANSPOSE) are priced as ADD is, per byte moved: like
+# as ops of their own, MUL, CONCATENATION, SPLIT, a channel shuffle's GATHER) are priced as ADD is, per byte moved: like
 # ADD they are memory-bound int8 loops over their tensors (benchmarks/assumed_ops.py measures the rule's error on
 # the host table, where every op is measured); a grouped conv as a 3x3 conv per MAC and byte.
 FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3", "gconv": "conv3x3",
-            **{k: "add" for k in ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "transpose")}}
+            **{k: "add" for k in ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle")}}
 BY_ASSUMPTION = tuple(FALLBACK)
 MAX_MARGIN = 0.35  # a fit whose held-out p90 |error| exceeds this is not usable as an estimate
 
@@ -177,6 +177,6 @@ def load(target) -> Optional[FittedEstimate]:
                                "quotes the A76 ~35% faster than the A75, which the anchor figure (an A76 phone) carries")
     est.assumptions.append("depthwise, grouped and kxk convs are priced with the 3x3 conv's per-MAC and per-byte "
                            "factors, max pooling as average pooling, and elementwise / data-movement ops (hard-swish, "
-                           "sigmoid, GELU, standalone ReLU, MUL, the SE gate, CONCATENATION, SPLIT, a shuffle's "
-                           "TRANSPOSE) with ADD's per-byte factor: the reference has none of them")
+                           "sigmoid, GELU, standalone ReLU, MUL, the SE gate, CONCATENATION, SPLIT, a channel "
+                           "shuffle's GATHER) with ADD's per-byte factor: the reference has none of them")
     return est

@@ -7,8 +7,8 @@ Out: `Op`s in execution order, as XNNPACK runs the int8 graph our exporter (onnx
      ADD (with a fused ReLU when one follows), MEAN for global average pooling, MAX/AVERAGE_POOL_2D,
      FULLY_CONNECTED; and the ops of mobile classifiers: HARD_SWISH, LOGISTIC (sigmoid; SiLU is LOGISTIC + MUL),
      GELU, MUL (same shape) and the squeeze-and-excitation gate's broadcast MUL, RELU_0_TO_1 (a hard-sigmoid
-     whose affine part folds into the conv before it), CONCATENATION, SPLIT (chunk) and the TRANSPOSE of a
-     channel shuffle. Nodes that compute no tensor (shape reads, `==`, asserts) cost nothing.
+     whose affine part folds into the conv before it), CONCATENATION, SPLIT (chunk) and a channel shuffle
+     (the exporter writes it as a GATHER of the channels: edge_sparse/export/rewrite.py). Nodes that compute no tensor (shape reads, `==`, asserts) cost nothing.
 Run: `extract_ops(model, example)`; `tflite_ops(path)` reads the same list from an exported model,
      which the tests use to check the mapping on every registered architecture.
 
@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from edge_sparse.errors import EdgeSparseError
 
 KINDS = ("conv", "dwconv", "pad", "add", "mean", "fc", "maxpool", "avgpool", "relu",
-         "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "transpose")
+         "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle")
 ELEMENTWISE = ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc")  # one input width, output the same shape
 TFLITE_KIND = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "PAD": "pad", "ADD": "add", "MEAN": "mean",
                "FULLY_CONNECTED": "fc", "MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "RELU": "relu",
                "RELU6": "relu", "RELU_0_TO_1": "relu", "RELU_N1_TO_1": "relu", "HARD_SWISH": "hardswish",
                "LOGISTIC": "sigmoid", "GELU": "gelu", "MUL": "mul", "CONCATENATION": "concat", "SPLIT": "split",
-               "SPLIT_V": "split", "TRANSPOSE": "transpose"}
+               "SPLIT_V": "split", "STRIDED_SLICE": "slice", "SLICE": "slice", "GATHER": "shuffle"}
 # ops of a .tflite that compute nothing or only move a tensor's shape: skipped when reading one back
 TFLITE_FREE = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "DELEGATE"}
 
@@ -54,10 +54,11 @@ class Op:
     act: str = "none"  # fused activation: none | relu | relu6
     name: str = ""  # the module (or node) it comes from; not part of the key
     groups: int = 1  # grouped convs (1 < groups < channels); pruning keeps the group count, narrows each group
+    same: bool = False  # a strided conv/pool padded SAME by the runtime itself (no PAD op before it)
 
     @property
     def _ks(self) -> str:
-        return f"k{self.k}s{self.stride}" + (f"g{self.groups}" if self.groups > 1 else "")
+        return f"k{self.k}s{self.stride}" + (f"g{self.groups}" if self.groups > 1 else "") + ("S" if self.same else "")
 
     @property
     def key(self) -> str:
@@ -98,7 +99,7 @@ class Op:
     @property
     def _valid(self) -> bool:
         # a strided padded conv follows its own PAD op, so it runs VALID; everything else keeps SAME shape
-        return self.stride > 1 and self.kind in ("conv", "dwconv", "maxpool", "avgpool")
+        return self.stride > 1 and not self.same and self.kind in ("conv", "dwconv", "maxpool", "avgpool")
 
     def cls(self) -> str:
         """Coarse op class, for per-class device factors: conv1x1 | conv3x3 | convkxk | gconv | dwconv | fc | add |
@@ -189,6 +190,13 @@ def _arg(node, i: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
+def _same_is_symmetric(h: int, k: int, s: int, p: int) -> bool:
+    """Whether TFLite's SAME padding of a k/s op on side h is PyTorch's symmetric padding p: onnx2tf then writes
+    the op SAME (no PAD op); otherwise (e.g. an even side, where SAME pads one more at the end) an explicit PAD."""
+    total = max((-(-h // s) - 1) * s + k - h, 0)
+    return total == 2 * p and (h + 2 * p - k) // s + 1 == -(-h // s)
+
+
 def _pool_op(kind: str, name: str, ins: tuple, outs: tuple, k: int, s: int, pad: int) -> list[Op]:
     """A pool as onnx2tf runs it: an explicit PAD when padded, then the pool on the padded input (VALID when
     strided): the padded side, (out - 1) * stride + kernel, is what gives PyTorch's output side, ceil_mode included."""
@@ -196,8 +204,11 @@ def _pool_op(kind: str, name: str, ins: tuple, outs: tuple, k: int, s: int, pad:
     ops = [Op("pad", h, w, c, c, k=2 * pad + 1, name=f"{name}.pad")] if pad else []
     if s == 1:
         return ops + [Op(kind, h, w, c, c, k, 1, name=name)]
+    if not pad and (outs[2], outs[3]) == (-(-h // s), -(-w // s)) and (outs[2], outs[3]) != ((h - k) // s + 1,
+                                                                                           (w - k) // s + 1):
+        return [Op(kind, h, w, c, c, k, s, name=name, same=True)]  # ceil_mode that SAME reproduces (measured)
     ph, pw = (outs[2] - 1) * s + k, (outs[3] - 1) * s + k
-    if not pad and (ph > h or pw > w):  # ceil_mode: padded at the end only
+    if not pad and (ph > h or pw > w):  # ceil_mode SAME does not reproduce: padded at the end
         ops.append(Op("pad", h, w, c, c, k=1, name=f"{name}.pad"))
     return ops + [Op(kind, max(h + 2 * pad, ph), max(w + 2 * pad, pw), c, c, k, s, name=name)]
 
@@ -222,13 +233,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             emit(node, Op(kind, 1, like[1], like[2], like[2], name=node.name))
 
     def activation(node, act: str, ins: tuple) -> None:
-        i = producer.get(node.args[0]) if node.args else None
-        if act == "hardswish" and len(ins) == 2 and i is not None and ops[i].kind == "fc":
-            # after a FULLY_CONNECTED (MobileNetV3's head), onnx2tf writes x * hard_sigmoid(x) with the hard-sigmoid's
-            # affine part folded into a second copy of that FC (measured on the exported .tflite): FC, then MUL
-            emit(node, ops[i].replace(name=f"{ops[i].name}.hardsigmoid"))
-            elementwise(node, "mul", ins)
-        elif act == "silu":  # x * sigmoid(x): LOGISTIC, then MUL
+        if act == "silu":  # x * sigmoid(x): LOGISTIC, then MUL
             elementwise(node, "sigmoid", ins)
             elementwise(node, "mul", ins)
         elif act == "hardsigmoid":
@@ -247,11 +252,12 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         else:
             p = pad[0] if isinstance(pad, (tuple, list)) else int(pad)
         dw = groups > 1 and groups == c and cout == c
-        if s[0] > 1 and p > 0:
+        same = s[0] > 1 and p > 0 and _same_is_symmetric(h, k[0], s[0], p) and _same_is_symmetric(w, k[0], s[0], p)
+        if s[0] > 1 and p > 0 and not same:
             emit(node, Op("pad", h, w, c, c, k=2 * p + 1, name=f"{name}.pad"))
             h, w = h + 2 * p, w + 2 * p
         emit(node, Op("dwconv" if dw else "conv", h, w, c, cout, k[0], s[0], name=name,
-                      groups=1 if dw else groups))
+                      groups=1 if dw else groups, same=same))
 
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
@@ -325,14 +331,17 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             if len(ins) != 4 or dim not in (1, -3):
                 raise EdgeSparseError(f"node {node.name}: {node.target} along dim {dim} is not priced (only channel "
                                       f"splits of feature maps)")
-            emit(node, Op("split", ins[2], ins[3], ins[1], ins[1], name=node.name))
+            # onnx2tf writes a channel chunk/split as one STRIDED_SLICE per piece (measured): a copy of the piece
+            for piece in (node.users if node.users else [node]):
+                c = _shape(piece)[1] if _shape(piece) else ins[1]
+                emit(node, Op("slice", ins[2], ins[3], c, c, name=f"{node.name}.{piece.name}"))
         elif (node.op == "call_method" and node.target in _TRANSPOSE_METHODS) or \
                 (node.op == "call_function" and node.target in _TRANSPOSE_FUNCS):
             if len(ins) != 5:
                 raise EdgeSparseError(f"node {node.name}: {node.target} of a {len(ins)}-d tensor is not priced (only the "
                                       f"5-d transpose of a channel shuffle; channels-last blocks with LayerNorm are not)")
             n, g, cg, h, w = ins
-            emit(node, Op("transpose", h, w, g * cg, g * cg, name=node.name, groups=g))
+            emit(node, Op("shuffle", h, w, g * cg, g * cg, name=node.name, groups=g))
         elif node.op == "call_function" and node.target is F.conv2d:
             wshape = _shape(node.args[1])
             groups = _arg(node, 6, "groups", 1)
@@ -403,7 +412,9 @@ def tflite_ops(path: Path | str) -> list[Op]:
             continue
         if len(x) == 2:  # (N, C) elementwise: the classifier head's activations
             x, y = (x[0], 1, 1, x[1]), (y[0], 1, 1, y[1])
-        k, s, groups = 1, 1, 1
+        k, s, groups, same = 1, 1, 1, False
+        if kind in ("conv", "dwconv", "maxpool", "avgpool"):
+            same = int(opts.strideH) > 1 and int(opts.padding) == schema.Padding.SAME
         if kind in ("conv", "dwconv"):
             wshape = shape(op.inputs[1])
             k, s = int(wshape[1]), int(opts.strideH)
@@ -419,16 +430,33 @@ def tflite_ops(path: Path | str) -> list[Op]:
                 kind = "mulc"
             elif len(x) == 4 and x[1:3] == (1, 1) and len(other) == 4 and other[1:3] != (1, 1):
                 kind, x = "mulc", other
-        elif kind in ("concat", "split", "transpose"):
-            if kind == "transpose":  # the channel shuffle's (N, H, W, G, C/G) transpose
-                if len(x) != 5:
-                    raise EdgeSparseError(f"{path}: a {len(x)}-d TRANSPOSE is not a channel shuffle")
-                x, groups = (x[0], x[1], x[2], x[3] * x[4]), int(x[3])
+        elif kind == "slice":  # one piece of a channel chunk/split: priced by the piece it copies
+            out.append(Op("slice", int(x[1]), int(x[2]), int(y[-1]), int(y[-1])))
+            continue
+        elif kind in ("concat", "split", "shuffle"):
+            if kind == "shuffle":  # a GATHER of the channels; its group count is read off the indices
+                groups = _gather_groups(model, sub, op)
             c = int(y[-1]) if kind == "concat" else int(x[-1])
             out.append(Op(kind, int(x[1]), int(x[2]), c, c, groups=groups))
             continue
+        if kind in ELEMENTWISE and len(x) == 4 and sorted(x[1:])[:2] == [1, 1]:
+            x = (x[0], 1, 1, max(x[1:]))  # a (N, C) activation the exporter ran as (N, C, 1, 1) or (N, 1, 1, C)
         if kind in ELEMENTWISE or kind in ("add", "mean", "maxpool", "avgpool", "pad"):
-            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(x[3]), k, s))
+            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(x[3]), k, s, same=same))
         else:
-            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(y[-1]), k, s, groups=groups))
+            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(y[-1]), k, s, groups=groups, same=same))
     return out
+
+
+def _gather_groups(model, sub, op) -> int:
+    """G of a channel shuffle written as a GATHER: its indices are [0, C/G, 2C/G, ..., 1, ...], so G = C / idx[1]."""
+    import numpy as np
+
+    t = sub.tensors[op.inputs[1]]
+    raw = model.buffers[t.buffer].data
+    n = int(np.prod(t.shape))
+    if raw is None or n < 2:
+        return 1
+    idx = np.frombuffer(bytes(bytearray(raw)), dtype=np.int64 if len(raw) == 8 * n else np.int32)
+    c = int(sub.tensors[op.inputs[0]].shape[-1])
+    return c // int(idx[1]) if idx[1] > 0 else 1

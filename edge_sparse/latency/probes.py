@@ -9,7 +9,7 @@ Run: `write_suite(ops, dir)`, then `time_suite(dir, threads)` here (the bundle's
 
 Each probe is full-integer int8 with int8 input and output, like the shipped model, so XNNPACK takes
 the same int8 kernels (conv + fused activation, grouped and depthwise, ADD, MEAN, PAD, pooling, FULLY_CONNECTED,
-HARD_SWISH, LOGISTIC, GELU, MUL, the SE gate's broadcast MUL, CONCATENATION, SPLIT, a shuffle's TRANSPOSE).
+HARD_SWISH, LOGISTIC, GELU, MUL, the SE gate's broadcast MUL, CONCATENATION, SPLIT, a channel shuffle's GATHER).
 Converting one op with `TFLiteConverter.from_concrete_functions` takes ~0.05 s (onnx2tf takes ~8 s
 per model), so a few hundred probes are built in seconds.
 """
@@ -45,7 +45,7 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
 
     rng = np.random.default_rng(seed)
     act = {"none": lambda y: y, "relu": tf.nn.relu, "relu6": tf.nn.relu6}[op.act]
-    pad = "VALID" if op.stride > 1 else "SAME"
+    pad = "VALID" if op.stride > 1 and not op.same else "SAME"
     spec = [tf.TensorSpec([1, op.h, op.w, op.cin], tf.float32)]
     if op.kind == "conv":  # grouped when op.groups > 1: TFLite's CONV_2D takes a filter of cin / groups inputs
         cg = op.cin // op.groups
@@ -90,12 +90,15 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
         a = op.cin // 2
         spec = [tf.TensorSpec([1, op.h, op.w, a], tf.float32), tf.TensorSpec([1, op.h, op.w, op.cin - a], tf.float32)]
         fn = lambda x, y: tf.concat([x, y], 3)  # noqa: E731
+    elif op.kind == "slice":  # one half of a 2c-channel tensor (a chunk(2) piece)
+        spec = [tf.TensorSpec([1, op.h, op.w, 2 * op.cin], tf.float32)]
+        fn = lambda x: x[:, :, :, op.cin:]  # noqa: E731
     elif op.kind == "split":
         fn = lambda x: tuple(tf.split(x, 2, 3))  # noqa: E731
-    elif op.kind == "transpose":  # a channel shuffle: (H, W, G, C/G) -> (H, W, C/G, G)
+    elif op.kind == "shuffle":  # a channel shuffle as the exporter writes it: a GATHER of the channels
         g = max(2, op.groups)
-        fn = lambda x: tf.reshape(tf.transpose(tf.reshape(x, [1, op.h, op.w, g, op.cin // g]), [0, 1, 2, 4, 3]),  # noqa: E731
-                                  [1, op.h, op.w, op.cin])
+        perm = tf.constant(np.arange(op.cin).reshape(g, op.cin // g).T.reshape(-1).astype(np.int32))
+        fn = lambda x: tf.gather(x, perm, axis=3)  # noqa: E731
     else:
         raise EdgeSparseError(f"no probe for op kind {op.kind!r}")
     f = tf.function(fn, input_signature=spec)

@@ -33,7 +33,7 @@ from edge_sparse.latency.ops import Op
 
 TABLE_FORMAT = "edge_sparse.latency_table/1"
 ONE_WIDTH = {"dwconv", "pad", "add", "mean", "maxpool", "avgpool", "relu", "hardswish", "sigmoid", "gelu", "mul", "mulc",
-             "concat", "split", "transpose"}
+             "concat", "split", "slice", "shuffle"}
 GRID_POINTS = 8
 
 
