@@ -18,6 +18,9 @@ Out: an equivalent ONNX model for onnx2tf only (the shipped ONNX files are not r
   pads with float32's lowest value, which the int8 calibration takes into that tensor's range (scale
   ~1e36: every activation quantised to zero, and XNNPACK refuses the model). In int8 the input is clamped
   at that minimum anyway, so padding with it is exact there.
+- ReduceMean over H and W (`x.mean((2, 3))`) becomes GlobalAveragePool (+ Flatten): from opset 18 its axes
+  are an int64 input, which onnx2tf passes on where it keeps the tensor NCHW, and the int8 converter has no
+  MEAN for int64 axes (a Select TF op).
 - Channel shuffle (Reshape to 5-D, Transpose(0, 2, 1, 3, 4), Reshape back) becomes a Gather of the
   channels with the same permutation: one exact int8 GATHER instead of a 5-D transpose through NHWC.
 """
@@ -145,6 +148,26 @@ def _hardswish_2d(g: _Graph) -> int:
         g.replace([n], [helper.make_node("Reshape", [x, s4], [f"{y}_4d_in"], name=f"{n.name}_to4d"),
                           helper.make_node("HardSwish", [f"{y}_4d_in"], [f"{y}_4d"], name=n.name),
                           helper.make_node("Reshape", [f"{y}_4d", s2], [y], name=f"{n.name}_to2d")])
+        count += 1
+    return count
+
+
+def _spatial_means(g: _Graph) -> int:
+    from onnx import helper
+
+    count = 0
+    for n in [n for n in g.nodes if n.op_type == "ReduceMean"]:
+        shape = g.shapes.get(n.input[0])
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        axes = attrs.get("axes") if len(n.input) < 2 else g.consts.get(n.input[1])
+        if shape is None or len(shape) != 4 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+            continue
+        y = n.output[0]
+        if attrs.get("keepdims", 1):
+            g.replace([n], [helper.make_node("GlobalAveragePool", [n.input[0]], [y], name=n.name)])
+        else:
+            g.replace([n], [helper.make_node("GlobalAveragePool", [n.input[0]], [f"{y}_4d"], name=n.name),
+                            helper.make_node("Flatten", [f"{y}_4d"], [y], name=f"{n.name}_flatten", axis=1)])
         count += 1
     return count
 
@@ -288,6 +311,7 @@ def for_onnx2tf(mp, calib_nchw: np.ndarray):
     if any(n.op_type == "Erf" for n in out.graph.node):  # Gelu is an ONNX op from opset 20
         out = _to_opset(out, 20)
     for what, fn in (("exact GELU -> Gelu", _gelu), ("2-D HardSwish done in 4-D", _hardswish_2d),
+                     ("spatial ReduceMean -> GlobalAveragePool", _spatial_means),
                      ("channel shuffle -> Gather", _channel_shuffles),
                      ("padded or ceil_mode MaxPool made explicit", lambda g: _max_pools(g, calib_nchw))):
         g = _Graph(out)
