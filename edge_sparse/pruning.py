@@ -14,6 +14,7 @@ Torch-Pruning's `DependencyGraph`; we never trace the graph ourselves.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -34,8 +35,43 @@ SHRINK_TOLERANCE = 1e-4
 
 @CRITERIA.register("bn_scale")
 def _bn_scale():
+    """|gamma| of each channel's BatchNorm (network slimming); a group with no BatchNorm (SqueezeNet's fire modules,
+    convs with bias and no norm) is ranked by its weights' L2 norm instead, so such a model still prunes."""
     import torch_pruning as tp
-    return tp.importance.BNScaleImportance()
+
+    class BNScaleOrMagnitude(tp.importance.BNScaleImportance):
+        def __init__(self):
+            super().__init__()
+            self._magnitude = tp.importance.GroupMagnitudeImportance(p=2)
+
+        def __call__(self, group):
+            imp = super().__call__(group)
+            return self._magnitude(group) if imp is None else imp
+
+    return BNScaleOrMagnitude()
+
+
+@contextlib.contextmanager
+def _tolerant_reshapes():
+    """Torch-Pruning maps channel indices through a reshape by the widths on either side; where its shape inference
+    finds 0 for one side (torchvision's ShuffleNetV2 shuffle: 'residual connection to model inputs') it divides by
+    zero and the whole graph fails to build. Such a reshape is left unmapped here: the layers on a channel shuffle's
+    sides are kept whole anyway (`_channel_shuffles`), and the shrink check verifies every pruned network."""
+    from torch_pruning.dependency import index_mapping
+
+    plain = index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph, node):
+        try:
+            return plain(graph, node)
+        except ZeroDivisionError:
+            return None
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = plain
 
 
 @CRITERIA.register("l1")
@@ -360,7 +396,7 @@ def prune(
 
     def make_pruner():
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _tolerant_reshapes():
                 warnings.simplefilter("ignore")
                 return _pruner_class()(
                     work, example_input[:1], importance=imp_factory(), global_pruning=global_pruning,
@@ -453,7 +489,7 @@ def replay(dense_model: nn.Module, record: dict, example_input: Optional[torch.T
     model = copy.deepcopy(dense_model).eval()
     if example_input is None:
         example_input = torch.zeros(1, *record["input_shape"])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _tolerant_reshapes():
         warnings.simplefilter("ignore")
         dg = tp.DependencyGraph().build_dependency(model, example_input[:1], verbose=False)
         try:

@@ -33,7 +33,7 @@ KINDS = ("conv", "dwconv", "pad", "add", "mean", "fc", "maxpool", "avgpool", "re
 ELEMENTWISE = ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc")  # one input width, output the same shape
 TFLITE_KIND = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "PAD": "pad", "ADD": "add", "MEAN": "mean",
                "FULLY_CONNECTED": "fc", "MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "RELU": "relu",
-               "RELU6": "relu", "RELU_0_TO_1": "relu", "RELU_N1_TO_1": "relu", "HARD_SWISH": "hardswish",
+               "RELU6": "relu", "SUB": "add", "RELU_0_TO_1": "relu", "RELU_N1_TO_1": "relu", "HARD_SWISH": "hardswish",
                "LOGISTIC": "sigmoid", "GELU": "gelu", "MUL": "mul", "CONCATENATION": "concat", "SPLIT": "split",
                "SPLIT_V": "split", "STRIDED_SLICE": "slice", "SLICE": "slice", "GATHER": "shuffle"}
 # ops of a .tflite that compute nothing or only move a tensor's shape: skipped when reading one back
@@ -140,6 +140,7 @@ def _act_of(node) -> Optional[str]:
 
 _PASSTHROUGH_MODULES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.Flatten, nn.Dropout, nn.Identity, nn.Sequential)
 _PASSTHROUGH_FUNCS = {torch.flatten, F.dropout, F.batch_norm, operator.getitem, torch.reshape}
+_IDENTITY_IN_EVAL = {"stochastic_depth", "drop_path", "drop_block_2d", "drop_block_fast_2d"}  # torchvision / timm
 _PASSTHROUGH_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze", "size", "float", "clone"}
 # activations that run as an op of their own (not fused into the conv before them)
 _ACT_MODULES = ((nn.Hardswish, "hardswish"), (nn.Sigmoid, "sigmoid"), (nn.GELU, "gelu"), (nn.SiLU, "silu"),
@@ -308,8 +309,19 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             else:
                 raise EdgeSparseError(f"layer {node.target}: no latency class for {type(m).__name__}; priced ops are "
                                       f"{PRICED}")
-        elif node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd):
-            elementwise(node, "add", out)
+        elif node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd, operator.sub,
+                                                             torch.sub, operator.isub):
+            a, b = (_shape(x) for x in node.args[:2])
+            if a and b:  # ADD / SUB (priced as ADD: the same int8 elementwise loop)
+                elementwise(node, "add", out)
+            elif src in producer:  # plus a Python number: folds into the quantization
+                producer[node] = producer[src]
+        elif node.op == "call_function" and node.target in (operator.truediv, torch.div):
+            b = _shape(node.args[1]) if len(node.args) > 1 else ()
+            if b:
+                raise EdgeSparseError(f"node {node.name}: division by a tensor is not priced")
+            if src in producer:  # divided by a number: folds into the quantization scale
+                producer[node] = producer[src]
         elif node.op == "call_function" and node.target in _MUL:
             a, b = (_shape(x) for x in node.args[:2])
             if len(a) == 4 and len(b) == 4 and a != b:  # x * gate, the gate (N, C, 1, 1): the SE's broadcast MUL
@@ -372,6 +384,9 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
                 raise EdgeSparseError(f"node {node.name}: a mean over other axes than the spatial ones is not priced")
             _, c, h, w = ins
             emit(node, Op("mean", h, w, c, c, name=node.name))
+        elif node.op == "call_function" and getattr(node.target, "__name__", "") in _IDENTITY_IN_EVAL:
+            if src in producer:  # stochastic depth / drop path: the identity at inference
+                producer[node] = producer[src]
         elif (node.op == "call_function" and node.target in _PASSTHROUGH_FUNCS) or \
                 (node.op == "call_method" and node.target in _PASSTHROUGH_METHODS) or \
                 (node.op == "call_function" and node.target is getattr):
