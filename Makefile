@@ -138,5 +138,12 @@ zoo-deps: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target build/zoo-libs torchvision==0.28.0 timm==1.0.31
 	$(PY) -m edge_sparse.zoo_models
 
+# the zoo's models and the registered mobile nets through QUICK builds at rpi4 2x and host 1.5x (resumable per model and
+# budget; hours on 2 cores) -> benchmarks/zoo.json and BENCHMARKS.md; ARGS=--models a,b  ARGS=--force
+.PHONY: zoo
+zoo: data $(STAMP)
+	@test -f build/zoo-libs/timm/__init__.py || $(MAKE) zoo-deps
+	$(PY) -m benchmarks.zoo --write $(ARGS)
+
 clean:
 	rm -rf build dist

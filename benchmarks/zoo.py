@@ -1,0 +1,258 @@
+"""`make zoo` / `python -m benchmarks.zoo`: the torchvision and timm mobile classifiers through QUICK builds.
+
+In:  the 20 models of edge_sparse/zoo_models.py (factories in benchmarks/zoo_factories.py; `make zoo-deps` first) and
+     the registered mobilenetv3, mobilenetv2 and resnet8, untrained; an image folder made once from Fashion-MNIST
+     (build/zoo-data: 28 -> 96 px, grey -> RGB, JPEG, 200 train + 50 test images per class).
+Out: per model and budget, `edge-sparse build --quick --image-size 96` in its own subprocess (timeout 25 min, output
+     under build/zoo/<model>/): shipped or the build's `error:` line, dense -> shipped MACs and params, predicted p90
+     against the shipped .tflite's p90 measured here (1 thread), int8 agreement, build time. Two budgets, relative to
+     each model's dense model: `rpi4:2x` (2x faster by the Pi 4 estimate) and `host:1.5x` (1.5x faster on this host's
+     measured table); the profiles come from benchmarks.compare's targets directory. Both builds of a model share one
+     stage cache (the training does not depend on the target). benchmarks/zoo.json is rewritten atomically after
+     every build and a re-run skips what it holds (`--force` re-runs); `--write` splices the table into BENCHMARKS.md.
+
+    python -m benchmarks.zoo --write                          # everything not yet recorded, smallest models first
+    python -m benchmarks.zoo --models lcnet_050,resnet8 --force
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "build" / "zoo"
+DATA = ROOT / "build" / "zoo-data"
+RESULTS = ROOT / "benchmarks" / "zoo.json"
+TAG = "zoo"
+BUDGETS = ("rpi4:2x", "host:1.5x")
+TIMEOUT_S = 25 * 60
+SIZE_BUDGET_KB = 65536  # the profiles' size budgets are stated for ResNet-8; the zoo's claim is the latency budget
+FACTORIES = "benchmarks/zoo_factories.py"
+REGISTERED = ("mobilenetv3", "mobilenetv2", "resnet8")  # edge_sparse.models' own, by name
+# smallest first (published 224-px MACs), so a run cut short has finished the most models
+ORDER = ("lcnet_050", "tinynet_e", "mobilenetv3_small_100", "mobilenet_v3_small", "mobilenetv3", "shufflenet_v2_x0_5",
+         "resnet8", "efficientvit_b0", "mnasnet0_5", "ghostnet_100", "mobilenetv4_conv_small", "mobilevit_xxs",
+         "mobilenetv2", "mobilenet_v2", "squeezenet1_1", "efficientnet_lite0", "efficientnet_b0", "regnet_x_400mf",
+         "fastvit_t8", "repvit_m0_9", "resnet18", "densenet121", "convnext_tiny")
+
+
+def _log(msg: str) -> None:
+    print(f"[zoo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def image_folder(root: Path = DATA, train_per_class: int = 200, test_per_class: int = 50, size: int = 96) -> Path:
+    """Fashion-MNIST as the folder dataset reads it: root/{train,test}/<class>/*.jpg, RGB, `size` px, class-balanced
+    (the first images of each class in Fashion-MNIST's own train and test splits). Made once."""
+    if (root / ".done").is_file():
+        return root
+    import numpy as np
+    from PIL import Image
+
+    from edge_sparse import data
+
+    train, test, classes = data.load_fashion_mnist()
+    for split, s, n in (("train", train, train_per_class), ("test", test, test_per_class)):
+        for label, name in enumerate(classes):
+            d = root / split / re.sub(r"[^\w-]", "_", name)
+            d.mkdir(parents=True, exist_ok=True)
+            for i in np.flatnonzero(s.y == label)[:n]:
+                img = Image.fromarray(s.images([i])[0][:, :, 0]).convert("RGB").resize((size, size), Image.BILINEAR)
+                img.save(d / f"{i}.jpg", quality=95)
+    (root / ".done").write_text("ok\n")
+    return root
+
+
+def _targets() -> Path:
+    """benchmarks.compare's targets directory with the two relative budgets, size budgets lifted (see SIZE_BUDGET_KB)."""
+    from benchmarks.compare import _targets_dir
+
+    d = _targets_dir(list(BUDGETS), model="zoo", d=OUT / "targets")
+    for f in d.glob("*.toml"):
+        f.write_text(re.sub(r"(?m)^model_size_budget_kb = [0-9.]+", f"model_size_budget_kb = {SIZE_BUDGET_KB}", f.read_text()))
+    return d
+
+
+def _why_not(log: str) -> str:
+    """The build's refusal: its last `error:` line, else its last line."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or ["(no output)"])[-1]
+
+
+def build_one(model: str, budget: str, targets: Path) -> dict:
+    """One QUICK build in its own process group (killed whole on timeout), then the shipped .tflite timed here."""
+    target = budget.replace(":", "-")
+    where = OUT / model
+    where.mkdir(parents=True, exist_ok=True)
+    log = where / f"{target}.log"
+    ref = model if model in REGISTERED else f"{FACTORIES}:{model}"
+    cmd = ["build", "--target", target, "--model", ref, "--dataset", "folder", "--data-dir", str(DATA),
+           "--image-size", "96", "--quick", "--out", str(where / target), "--cache", str(where / "cache")]
+    row = {"model": model, "budget": budget, "command": "edge-sparse " + " ".join(cmd).replace(str(ROOT) + "/", "")}
+    t0 = time.time()
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "edge_sparse", *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                             env={**os.environ, "EDGE_SPARSE_TARGETS": str(targets)}, start_new_session=True)
+        try:
+            rc = p.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            rc = None
+    row["build_s"] = round(time.time() - t0, 1)
+    text = log.read_text(errors="replace")
+    if rc is None:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["(no output)"]
+        return {**row, "shipped": False, "why_not": f"timeout after {TIMEOUT_S // 60} min; last line: {last[0].strip()}"}
+    if rc != 0:
+        return {**row, "shipped": False, "exit": rc, "why_not": _why_not(text)}
+    from edge_sparse.latency.predict import measure_latency
+
+    bundle = where / target / target
+    meta = json.loads((bundle / "metadata.json").read_text())
+    acc = meta["accuracy"].get("test", meta["accuracy"])
+    lat = meta["latency_ms"]
+    measured = measure_latency(bundle / "model.tflite", threads=1, runs=200)
+    return {**row, "shipped": True, "sparsity": meta["sparsity"],
+            "dense_macs": meta["dense"]["macs"], "macs": meta["model"]["macs"],
+            "dense_params": meta["dense"]["params"], "params": meta["model"]["params"], "size_kb": meta["model"]["size_kb"],
+            "predicted_p90_ms": lat["predicted_p90"], "dense_predicted_p90_ms": lat["dense_predicted_p90"],
+            "budget_ms": lat["budget"], "latency_source": lat["source"], "host_measured_p90_ms": measured["p90"],
+            "host_measured_p50_ms": measured["p50"], "int8_agreement_pct": acc.get("int8_agreement_pct"),
+            "tflite_int8_acc": _num(acc.get("tflite_int8")), "torch_fp32_acc": _num(acc.get("torch_fp32")),
+            "stage_seconds": meta["build"]["stage_seconds"]}
+
+
+def _num(v):
+    """An accuracy as a number (the verify stage writes either a number or {"acc": …, …})."""
+    return v.get("acc") if isinstance(v, dict) else v
+
+
+def _machine() -> dict:
+    from benchmarks.__main__ import _cpu
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return {"cpu": _cpu(), "cores": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags}
+
+
+def _key(r: dict) -> tuple[str, str]:
+    return r["model"], r["budget"]
+
+
+def load() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"results": []}
+
+
+# --- the table --------------------------------------------------------------------------------------------------------
+
+def _m(n) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
+
+
+def within(r: dict, tol: float = 0.10) -> bool:
+    """A host build's predicted p90 within ±tol of the p90 measured here."""
+    return abs(r["predicted_p90_ms"] / r["host_measured_p90_ms"] - 1) <= tol
+
+
+def claim(res: dict) -> dict:
+    """The numbers of the zoo's goal: zoo models that shipped at both budgets; host predictions within ±10 %."""
+    from edge_sparse.zoo_models import ZOO_MODELS
+
+    rows = res.get("results", [])
+    done = {_key(r): r for r in rows}
+    attempted = [m for m in ZOO_MODELS if all((m, b) in done for b in BUDGETS)]
+    both = [m for m in attempted if all(done[m, b]["shipped"] for b in BUDGETS)]
+    host = [r for r in rows if r["shipped"] and r["budget"].startswith("host")]
+    return {"zoo": len(ZOO_MODELS), "attempted": attempted, "shipped_both": both,
+            "per_budget": {b: sum(1 for m in ZOO_MODELS if done.get((m, b), {}).get("shipped")) for b in BUDGETS},
+            "host_shipped": len(host), "host_within_10": sum(within(r) for r in host),
+            "wall_s": sum(r.get("wall_s", r["build_s"]) for r in rows)}
+
+
+def markdown(res: dict) -> str:
+    from edge_sparse.zoo_models import ZOO_MODELS
+
+    c = claim(res)
+    done = {_key(r): r for r in res.get("results", [])}
+    mach = res.get("machine", {})
+    missing = [m for m in ORDER if not all((m, b) in done for b in BUDGETS)]
+    L = [f"<!-- {TAG}:begin -->", "## Model zoo (`make zoo`)", "",
+         f"Measured {res.get('date', '?')} on {mach.get('cpu', '?')} ({mach.get('cores', '?')} cores, AVX-512 VNNI "
+         f"{'yes' if mach.get('avx512_vnni') else 'no'}), shared with other jobs, by `make zoo` "
+         f"(`python -m benchmarks.zoo --write`; resumable, every number from benchmarks/zoo.json). Each model untrained "
+         f"from torchvision 0.28 / timm 1.0.31 (`benchmarks/zoo_factories.py`) or registered here, one QUICK build per "
+         f"budget: `edge-sparse build --quick --dataset folder --image-size 96` on 2,000 + 500 Fashion-MNIST images as "
+         f"96 px RGB JPEGs (3 sparsity epochs, 2 fine-tune epochs: accuracy is not the point here), budgets relative to "
+         f"the model's own dense int8 model: **rpi4 2×** (Pi 4 estimate, no Pi measured) and **host 1.5×** (this host's "
+         f"measured table), size budgets lifted to {SIZE_BUDGET_KB // 1024} MiB. Measured p90: the shipped .tflite on "
+         f"this host, 1 thread, 200 runs, in the same run.", "",
+         f"**{len(c['shipped_both'])} of the {c['zoo']} zoo models shipped at both budgets** ({len(c['attempted'])} "
+         f"attempted; goal ≥ 18); rpi4 2×: {c['per_budget'][BUDGETS[0]]}, host 1.5×: {c['per_budget'][BUDGETS[1]]}. "
+         f"Host predicted p90 within ±10 % of measured: {c['host_within_10']} of "
+         f"{c['host_shipped']} shipped host builds (goal ≥ 90 %). Wall time of the whole run (builds and "
+         f"timing, summed over resumed runs): {c['wall_s'] / 3600:.2f} h on this machine.", ""]
+    if missing:
+        L += [f"Not attempted at both budgets (the run stopped first): {', '.join(missing)}.", ""]
+    L += ["| model | budget | result | MACs dense → shipped | params dense → shipped | predicted p90 (ms) | "
+          "measured host p90 (ms) | int8 agreement (%) | build (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in ORDER:
+        name = m if m in ZOO_MODELS else f"{m} (registered)"
+        for b in BUDGETS:
+            r = done.get((m, b))
+            if r is None:
+                continue
+            if r["shipped"]:
+                err = 100 * (r["predicted_p90_ms"] / r["host_measured_p90_ms"] - 1)
+                L.append(f"| {name} | {b} | shipped, sparsity {r['sparsity']:.2f} | {_m(r['dense_macs'])} → {_m(r['macs'])} | "
+                         f"{_m(r['dense_params'])} → {_m(r['params'])} | {r['predicted_p90_ms']:.3f} (budget {r['budget_ms']:.3f}) | "
+                         f"{r['host_measured_p90_ms']:.3f}{f' ({err:+.0f} %)' if b.startswith('host') else ''} | "
+                         f"{r['int8_agreement_pct'] if r['int8_agreement_pct'] is not None else '–'} | {r['build_s']:.0f} |")
+            else:
+                why = r["why_not"].replace("|", "\\|")
+                L.append(f"| {name} | {b} | **not shipped**: {why} | | | | | | {r['build_s']:.0f} |")
+    L += ["", "rpi4's predicted p90 is the Pi 4 estimate (4 threads) and is not comparable with the host column; "
+          "host rows give the prediction's error against the measurement.", f"<!-- {TAG}:end -->"]
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    from benchmarks import publish
+    from edge_sparse import _io
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.zoo")
+    ap.add_argument("--models", help=f"comma-separated subset of: {', '.join(ORDER)}")
+    ap.add_argument("--force", action="store_true", help="re-run models already in benchmarks/zoo.json")
+    ap.add_argument("--write", action="store_true", help="splice the table into BENCHMARKS.md")
+    a = ap.parse_args(argv)
+    models = a.models.split(",") if a.models else list(ORDER)
+    bad = [m for m in models if m not in ORDER]
+    if bad:
+        print(f"error: --models: unknown {', '.join(bad)}; valid: {', '.join(ORDER)}", file=sys.stderr)
+        return 2
+    res = load()
+    image_folder()
+    targets = _targets()
+    for m in models:
+        for b in BUDGETS:
+            if not a.force and any(_key(r) == (m, b) for r in res["results"]):
+                continue
+            _log(f"{m} at {b} ...")
+            t0 = time.time()
+            row = build_one(m, b, targets)
+            row["wall_s"] = round(time.time() - t0, 1)
+            _log(f"{m} at {b}: {'shipped' if row['shipped'] else row['why_not']} ({row['build_s']:.0f} s)")
+            res["results"] = [r for r in res["results"] if _key(r) != (m, b)] + [row]
+            res.update(date=time.strftime("%Y-%m-%d"), machine=_machine())
+            _io.write_json(RESULTS, res)
+    return publish(markdown(res), TAG, a.write)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
