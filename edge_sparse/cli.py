@@ -82,6 +82,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("cosine", "onecycle", "constant"),
                    help="learning-rate schedule of the dense training and the fine-tune")
     p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="fp32 (default) or bf16: bfloat16 autocast of the trainings' forward passes (CUDA only)")
     p.add_argument("--target-device", help="user@host (ssh) or adb[:serial]: time the search's finalists on the device "
                    "itself and ship only one that measured within budget (make build DEVICE=...)")
     p.add_argument("--image-size", "--input-size", dest="image_size", type=int,
@@ -161,6 +163,11 @@ def _config(a):
         train, ft = train.replace(schedule=a.schedule), ft.replace(schedule=a.schedule)
     if a.device:
         train, ft = train.replace(device=a.device), ft.replace(device=a.device)
+    if a.precision:
+        if a.precision == "bf16" and not (a.device or "cpu").startswith("cuda"):
+            raise EdgeSparseError(f"--precision bf16 runs on CUDA only (bfloat16 autocast); the device is "
+                                  f"{a.device or 'cpu'}: drop --precision (fp32) or add --device cuda")
+        train, ft = train.replace(precision=a.precision), ft.replace(precision=a.precision)
     from edge_sparse.models import MODELS
     from edge_sparse.pruning import CRITERIA
 

@@ -12,6 +12,7 @@ SparsityReg = Literal["none", "bn_l1", "group_lasso"]
 SparsityWeighting = Literal["uniform", "cost"]
 Schedule = Literal["cosine", "onecycle", "constant"]
 AdvTrain = Literal["none", "pgd"]
+Precision = Literal["fp32", "bf16"]
 # What "dense" means in every dense-vs-shipped number: "teacher" = the train stage's dense model itself (trained
 # all the dense epochs, then the fine-tune's distillation teacher); "retrain" = the train stage's model given the
 # fine-tune epochs too, unpruned; "warmup" = the train stage's model as is, with no claim of an equal budget.
@@ -39,6 +40,7 @@ class TrainConfig:
     adv_eps: float = 2.0  # PGD-AT epsilon, pixels /255
     seed: int = 0  # seeds init, shuffling and augmentation
     device: str = "cpu"  # "cpu" or "cuda"
+    precision: Precision = "fp32"  # "bf16": bfloat16 autocast of forward and loss (CUDA only)
 
     def __post_init__(self):
         if self.epochs < 0:
@@ -54,7 +56,8 @@ class TrainConfig:
         if self.sparsity_lambda < 0:
             raise EdgeSparseError(f"sparsity_lambda must be >= 0, got {self.sparsity_lambda}")
         for name, allowed in (("augment", Augment), ("sparsity_reg", SparsityReg), ("schedule", Schedule),
-                              ("adv_train", AdvTrain), ("sparsity_weighting", SparsityWeighting)):
+                              ("adv_train", AdvTrain), ("sparsity_weighting", SparsityWeighting),
+                              ("precision", Precision)):
             valid = allowed.__args__
             if getattr(self, name) not in valid:
                 raise EdgeSparseError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")

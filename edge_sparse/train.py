@@ -34,6 +34,7 @@ from edge_sparse.data import ImageSet, Splits, to_tensor
 from edge_sparse.errors import EdgeSparseError
 
 CKPT_NAME = "last.pt"
+CHECK_EVERY = 16  # steps between divergence checks (each one a host sync); also checked at every epoch's end
 
 
 # --------------------------------------------------------------------------- distributed
@@ -252,6 +253,9 @@ def fit(
     device = cfg.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EdgeSparseError("--device cuda was asked for, but torch sees no CUDA device")
+    if cfg.precision == "bf16" and not device.startswith("cuda"):
+        raise EdgeSparseError(f"--precision bf16 runs on CUDA only (bfloat16 autocast); this run's device is {device}: "
+                              f"drop --precision (fp32) or add --device cuda")
     distributed = _maybe_init_dist(device) if distributed is not False else False
     rank, world = _dist_env() if distributed else (0, 1)
     if distributed and device.startswith("cuda"):
@@ -292,6 +296,21 @@ def fit(
     weights = None
     if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_weighting == "cost":
         weights = bn_cost_weights(model, splits.input_shape)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    def diverged(losses: list, step: int, epoch: int) -> None:
+        """Raise if any of the last len(losses) steps (ending at optimizer step `step`) had a non-finite loss."""
+        if not losses:
+            return
+        bad = torch.nonzero(~torch.isfinite(torch.stack(losses))).flatten().tolist()  # the one host sync
+        if bad:
+            at = step - len(losses) + bad[0]
+            raise EdgeSparseError(
+                f"training diverged: loss is {float(losses[bad[0]])} at epoch {epoch + 1}, step {at + 1} (lr "
+                f"{lr_at(at):.3g}, recipe: {cfg.epochs} epochs, lr {cfg.lr:g}, sparsity {cfg.sparsity_reg} "
+                f"lambda {cfg.sparsity_lambda}{', KD' if teacher is not None and cfg.kd_alpha > 0 else ''}); lower "
+                f"the learning rate (--finetune-lr) or --sparsity-lambda")
+
     t_cache = None
     if teacher is not None and cfg.kd_alpha > 0 and cfg.augment == "none" and attack is None and start_epoch < cfg.epochs:
         # without augmentation the teacher sees the same image every epoch: its logits once, not once per batch
@@ -305,7 +324,11 @@ def fit(
             perm = torch.randperm(n, generator=g).numpy()
             perm = perm[rank::world]
             net.train()
-            tot_loss, tot_correct, seen = 0.0, 0, 0
+            # running sums stay on the device (float64: the same sums a host float would hold), read once an epoch;
+            # the divergence check reads the last few losses every CHECK_EVERY steps instead of syncing every step
+            tot_loss = torch.zeros((), dtype=torch.float64, device=device)
+            tot_correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen, recent = 0, []
             bar = tqdm(range(0, len(perm), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=not (progress and rank == 0 and sys.stderr.isatty()), file=sys.stderr, dynamic_ncols=True)
             for i in bar:
@@ -318,35 +341,38 @@ def fit(
                 if attack is not None:
                     x = attack(model, x, y, eps=cfg.adv_eps, steps=3, mean=mean, std=std, generator=g)
                     net.train()
-                logits = net(x)
-                if teacher is not None and cfg.kd_alpha > 0:
-                    if t_cache is not None:
-                        t_logits = t_cache[torch.from_numpy(idx)].to(device)
+                with autocast:
+                    logits = net(x)
+                    if teacher is not None and cfg.kd_alpha > 0:
+                        if t_cache is not None:
+                            t_logits = t_cache[torch.from_numpy(idx)].to(device)
+                        else:
+                            with torch.no_grad():
+                                t_logits = teacher(x)
+                        loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature, cfg.label_smoothing)
                     else:
-                        with torch.no_grad():
-                            t_logits = teacher(x)
-                    loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature, cfg.label_smoothing)
-                else:
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if cfg.sparsity_reg == "group_lasso" and cfg.sparsity_lambda > 0:
-                    loss = loss + cfg.sparsity_lambda * _group_lasso(model)
-                if not torch.isfinite(loss):
-                    raise EdgeSparseError(
-                        f"training diverged: loss is {float(loss.detach())} at epoch {epoch + 1}, step {steps_done + 1} (lr "
-                        f"{lr_at(steps_done):.3g}, recipe: {cfg.epochs} epochs, lr {cfg.lr:g}, sparsity {cfg.sparsity_reg} "
-                        f"lambda {cfg.sparsity_lambda}{', KD' if teacher is not None and cfg.kd_alpha > 0 else ''}); lower "
-                        f"the learning rate (--finetune-lr) or --sparsity-lambda")
+                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    if cfg.sparsity_reg == "group_lasso" and cfg.sparsity_lambda > 0:
+                        loss = loss + cfg.sparsity_lambda * _group_lasso(model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 _sparsity_grad(model, cfg, weights)
                 opt.step()
                 steps_done += 1
-                tot_loss += float(loss.detach()) * len(idx)
-                tot_correct += int((logits.argmax(1) == y).sum())
+                loss = loss.detach().float()
+                recent.append(loss)
+                tot_loss += loss.double() * len(idx)
+                tot_correct += (logits.argmax(1) == y).sum()
                 seen += len(idx)
-                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{100 * tot_correct / seen:.1f}")
+                if len(recent) >= CHECK_EVERY:
+                    diverged(recent, steps_done, epoch)
+                    recent = []
+                    if not bar.disable:
+                        bar.set_postfix(loss=f"{float(tot_loss) / seen:.3f}", acc=f"{100 * int(tot_correct) / seen:.1f}")
                 if stop_after_steps is not None and steps_done >= stop_after_steps:
                     raise KeyboardInterrupt(f"stopped after {steps_done} steps (simulated kill)")
+            diverged(recent, steps_done, epoch)
+            tot_loss, tot_correct = float(tot_loss), int(tot_correct)
             val_acc = accuracy(model, splits.val, mean, std, device=device) if rank == 0 else float("nan")
             rec = {"epoch": epoch + 1, "loss": tot_loss / max(1, seen), "train_acc": 100 * tot_correct / max(1, seen),
                    "val_acc": val_acc, "bn_small_frac": bn_small_fraction(model), "seconds": time.time() - t0}
