@@ -90,7 +90,9 @@ def metadata(b) -> dict:
                   "onnx_layout": "NCHW float32 (model.onnx takes normalised float; Q/DQ inside)"},
         "output": {**io["output"], "meaning": "logits; dequantise (q - zero_point) * scale"},
         "model": {"arch": b.cfg.model, "params": chosen["params"], "macs": chosen["macs"], "layers": chosen["layers"],
-                  "size_kb": round((e / "model.tflite").stat().st_size / 1024, 2)},
+                  "size_kb": round((e / "model.tflite").stat().st_size / 1024, 2),
+                  "unpruned": r["search"].get("unprunable", []),  # layers kept whole, and why
+                  "weights_notes": r["train"].get("weights_notes", [])},
         "dense": {"params": dense_c["params"], "macs": dense_c["macs"], "layers": dense_c["layers"],
                   "size_kb_int8": round((e / "dense_int8.tflite").stat().st_size / 1024, 2),
                   "epochs": r["reference"]["epochs"], "reference": _reference_words(b)},

@@ -196,6 +196,9 @@ def stage_search(b: Build, d: Path) -> dict:
         (d / "prune_table.txt").write_text(res.table() + "\n")
         out["layers"] = [asdict(l) for l in res.layers]
         out["dense_layers"] = [asdict(l) for l in res.dense_layers]
+        out["unprunable"] = res.record.get("unprunable", [])  # kept whole, with why (pruning.prune)
+        for u in out["unprunable"]:
+            _log(f"  kept unpruned: {', '.join(u['layers'][:4])}{', ...' if len(u['layers']) > 4 else ''} ({u['why']})")
     return out
 
 

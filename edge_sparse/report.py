@@ -176,6 +176,10 @@ def write(b, meta: dict, d: Path) -> None:
         if rest:
             L.append("\nOther ops (predicted ms): " + ", ".join(f"{x['op']} {x['name']} {x['ms']:.4f}" for x in rest) + "\n")
         L.append(f"\nShrink check: max |masked dense − shrunk| = {r['search']['shrink_max_abs_diff']:.2e}\n")
+    for u in r["search"].get("unprunable", []):
+        L.append(f"Kept unpruned: {', '.join(u['layers'])} — {u['why']}.\n")
+    for n in r["train"].get("weights_notes", []):
+        L.append(f"Weights: {n}.\n")
     L.append("## Parity (against torch fp32 of the shipped model)\n")
     L.append("| artifact | kind | top-1 (%) | agreement (%) | max abs diff (logits) | accuracy loss (pt) |\n|---|---|---|---|---|---|")
     for name, p in r["verify"]["parity"].items():
