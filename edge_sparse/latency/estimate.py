@@ -40,6 +40,19 @@ FIT_FORMAT = "edge_sparse.device_fit/1"
 FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3", "gconv": "conv3x3",
             **{k: "add" for k in ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle")}}
 BY_ASSUMPTION = tuple(FALLBACK)
+# Per byte, those ops do not cost what ADD costs: several run outside XNNPACK (TFLite's builtin int8 kernels) or do
+# more work per element. Their measured cost relative to ADD's per-byte cost on an x86 host (benchmarks/assumed_ops.py,
+# all probes in one run) multiplies ADD's per-byte factor: the ratio, not the host's time, is carried to the device.
+RATIOS_PATH = Path(__file__).resolve().parent / "reference" / "assumed-ops.json"
+
+
+def assumed_ratios() -> dict[str, float]:
+    """Op kind -> its cost per byte relative to ADD's, as measured on the host (1.0 for kinds not measured)."""
+    try:
+        d = json.loads(RATIOS_PATH.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {r["kind"]: float(r["median_measured_over_rule"]) for r in d.get("kinds", [])}
 MAX_MARGIN = 0.35  # a fit whose held-out p90 |error| exceeds this is not usable as an estimate
 
 
@@ -90,7 +103,14 @@ class FittedEstimate:
     provenance: dict
     assumptions: list = field(default_factory=list)
 
+    ratios: dict = field(default_factory=dict)  # op kind -> cost per byte relative to ADD's (assumed_ratios)
+
     def _raw(self, op: Op) -> float:
+        if FALLBACK.get(op.cls()) == "add":
+            return self._raw_features(op) * self.ratios.get(op.kind, 1.0)
+        return self._raw_features(op)
+
+    def _raw_features(self, op: Op) -> float:
         total = 0.0
         for k, v in op_features(op).items():
             cls, unit = k.split(".")
@@ -152,7 +172,8 @@ def load(target) -> Optional[FittedEstimate]:
     margin = float(d["held_out"]["p90_abs_err"])
     if not 0 <= margin <= MAX_MARGIN:
         raise EdgeSparseError(f"{p}: held-out p90 |error| {margin:.1%} is outside [0, {MAX_MARGIN:.0%}]")
-    est = FittedEstimate(target.name, {k: float(v) for k, v in d["factors"].items()}, 1.0, margin, {})
+    est = FittedEstimate(target.name, {k: float(v) for k, v in d["factors"].items()}, 1.0, margin, {},
+                         ratios=assumed_ratios())
     anchor_ops = mobilenet_v2_224()
     macs = sum(o.macs for o in anchor_ops)
     anchor_ms = target.latency_model.ms_per_mmac * macs / 1e6
@@ -177,6 +198,8 @@ def load(target) -> Optional[FittedEstimate]:
                                "quotes the A76 ~35% faster than the A75, which the anchor figure (an A76 phone) carries")
     est.assumptions.append("depthwise, grouped and kxk convs are priced with the 3x3 conv's per-MAC and per-byte "
                            "factors, max pooling as average pooling, and elementwise / data-movement ops (hard-swish, "
-                           "sigmoid, GELU, standalone ReLU, MUL, the SE gate, CONCATENATION, SPLIT, a channel "
-                           "shuffle's GATHER) with ADD's per-byte factor: the reference has none of them")
+                           "sigmoid, GELU, standalone ReLU, MUL, the SE gate, CONCATENATION, slices, a channel "
+                           "shuffle's GATHER) with ADD's per-byte factor times each kind's cost relative to ADD "
+                           "measured on an x86 host (edge_sparse/latency/reference/assumed-ops.json): the reference "
+                           "has none of them")
     return est
