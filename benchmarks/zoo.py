@@ -13,6 +13,7 @@ Out: per model and budget, `edge-sparse build --quick --image-size 96` in its ow
 
     python -m benchmarks.zoo --write                          # everything not yet recorded, smallest models first
     python -m benchmarks.zoo --models lcnet_050,resnet8 --force
+    python -m benchmarks.zoo --table-only --write              # the table from what zoo.json holds so far
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "zoo"
+SRC = OUT / "src"  # the committed code the builds run (see _snapshot)
 DATA = ROOT / "build" / "zoo-data"
 RESULTS = ROOT / "benchmarks" / "zoo.json"
 TAG = "zoo"
@@ -79,6 +82,24 @@ def _targets() -> Path:
     return d
 
 
+def _snapshot() -> str:
+    """HEAD's files in build/zoo/src, which every build of this run runs: others edit the working tree during a run of
+    hours, and a build must not load half of an edit. Returns the commit."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    if (SRC / ".commit").is_file() and (SRC / ".commit").read_text() == commit:
+        return commit
+    shutil.rmtree(SRC, ignore_errors=True)
+    SRC.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(SRC)], input=archive, check=True)
+    for ignored in ("calib_data", "build/zoo-libs", "build/latency"):  # not in git: the checkout's own
+        shutil.rmtree(SRC / ignored, ignore_errors=True)
+        (SRC / ignored).parent.mkdir(parents=True, exist_ok=True)
+        (SRC / ignored).symlink_to(ROOT / ignored)
+    (SRC / ".commit").write_text(commit)
+    return commit
+
+
 def _why_not(log: str) -> str:
     """The build's refusal: its last `error:` line, else its last line."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
@@ -98,7 +119,7 @@ def build_one(model: str, budget: str, targets: Path) -> dict:
     row = {"model": model, "budget": budget, "command": "edge-sparse " + " ".join(cmd).replace(str(ROOT) + "/", "")}
     t0 = time.time()
     with open(log, "w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "edge_sparse", *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+        p = subprocess.Popen([sys.executable, "-m", "edge_sparse", *cmd], cwd=SRC, stdout=f, stderr=subprocess.STDOUT,
                              env={**os.environ, "EDGE_SPARSE_TARGETS": str(targets)}, start_new_session=True)
         try:
             rc = p.wait(timeout=TIMEOUT_S)
@@ -230,6 +251,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", help=f"comma-separated subset of: {', '.join(ORDER)}")
     ap.add_argument("--force", action="store_true", help="re-run models already in benchmarks/zoo.json")
     ap.add_argument("--write", action="store_true", help="splice the table into BENCHMARKS.md")
+    ap.add_argument("--table-only", action="store_true", help="build nothing: the table from benchmarks/zoo.json")
     a = ap.parse_args(argv)
     models = a.models.split(",") if a.models else list(ORDER)
     bad = [m for m in models if m not in ORDER]
@@ -237,8 +259,11 @@ def main(argv=None) -> int:
         print(f"error: --models: unknown {', '.join(bad)}; valid: {', '.join(ORDER)}", file=sys.stderr)
         return 2
     res = load()
+    if a.table_only:
+        return publish(markdown(res), TAG, a.write)
     image_folder()
     targets = _targets()
+    commit = _snapshot()
     for m in models:
         for b in BUDGETS:
             if not a.force and any(_key(r) == (m, b) for r in res["results"]):
@@ -246,7 +271,7 @@ def main(argv=None) -> int:
             _log(f"{m} at {b} ...")
             t0 = time.time()
             row = build_one(m, b, targets)
-            row["wall_s"] = round(time.time() - t0, 1)
+            row.update(wall_s=round(time.time() - t0, 1), commit=commit[:10])
             _log(f"{m} at {b}: {'shipped' if row['shipped'] else row['why_not']} ({row['build_s']:.0f} s)")
             res["results"] = [r for r in res["results"] if _key(r) != (m, b)] + [row]
             res.update(date=time.strftime("%Y-%m-%d"), machine=_machine())
