@@ -49,7 +49,12 @@ def _bytes(op: Op) -> float:
     return next(v for k, v in op_features(op).items() if k.endswith(".mbytes"))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.assumed_ops", description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="splice the table into BENCHMARKS.md")
+    a = ap.parse_args(argv)
     t0 = time.time()
     all_ops = ops()
     with tempfile.TemporaryDirectory(prefix="edge_sparse_assumed_") as tmp:
@@ -82,7 +87,7 @@ def main() -> int:
                                  "date": res["date"], "machine": res["machine"], "command": res["command"],
                                  "kinds": [{k: r[k] for k in ("kind", "median_measured_over_rule", "max_abs_err")}
                                            for r in rows]})
-    return publish(markdown(res), TAG, "--write" in sys.argv[1:])
+    return publish(markdown(res), TAG, a.write)
 
 
 def markdown(res: dict) -> str:
@@ -109,4 +114,4 @@ def markdown(res: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -68,11 +68,18 @@ def load_zoo_model(name: str, num_classes: int) -> nn.Module:
     return model.eval()
 
 
-def _main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Each named model (default: all) in its own subprocess: build it, run a 1x3x96x96 forward."""
+    import argparse
     import subprocess
 
-    names = argv or list(ZOO_MODELS)
+    ap = argparse.ArgumentParser(prog="python -m edge_sparse.zoo_models", description=main.__doc__)
+    ap.add_argument("names", nargs="*", metavar="NAME",
+                    help=f"zoo models to check (default: all): {', '.join(ZOO_MODELS)}")
+    names = ap.parse_args(argv).names or list(ZOO_MODELS)
+    bad = [n for n in names if n not in ZOO_MODELS]
+    if bad:
+        ap.error(f"unknown zoo model {bad[0]!r}; valid: {', '.join(ZOO_MODELS)}")
     code = ("import sys, torch; from edge_sparse.zoo_models import load_zoo_model; "
             "m = load_zoo_model(sys.argv[1], 10); y = m(torch.rand(1, 3, 96, 96)); "
             "assert tuple(y.shape) == (1, 10), y.shape; "
@@ -89,4 +96,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
