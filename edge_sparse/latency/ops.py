@@ -175,14 +175,43 @@ def _capture(model: nn.Module, example: torch.Tensor):
     except Exception as e:  # noqa: BLE001 - any tracing failure is the same user-facing problem
         first = str(e).splitlines()[0] if str(e) else ""
         raise EdgeSparseError(
-            f"cannot trace {type(model).__name__} with torch.fx to price its layers ({type(e).__name__}: {first[:200]}); "
-            f"the latency table needs a forward without control flow on traced values") from None
+            f"cannot trace {type(model).__name__} with torch.fx to price its layers{_where(model, e)} "
+            f"({type(e).__name__}: {first[:160]}); the latency model needs a forward without Python control flow on "
+            f"traced values") from None
     return gm
+
+
+def _where(model: nn.Module, e: BaseException) -> str:
+    """' in module NAME (Class), file:line `code`': the innermost module forward the failure happened in."""
+    import linecache
+
+    names = {m: n for n, m in model.named_modules()}
+    tb, hit = e.__traceback__, None
+    while tb is not None:
+        f = tb.tb_frame
+        me = f.f_locals.get("self")
+        if isinstance(me, nn.Module) and me in names:
+            hit = (names[me] or "(the model)", type(me).__name__, f.f_code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    if hit is None:
+        return ""
+    name, cls, path, line = hit
+    code = linecache.getline(path, line).strip()
+    return f" in module {name} ({cls}), {Path(path).name}:{line} `{code[:80]}`"
 
 
 def _shape(n) -> tuple:
     meta = n.meta.get("tensor_meta") if isinstance(n, torch.fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+
+
+def _in(node) -> str:
+    """' in module NAME (Class)': the innermost module a traced node was called from (fx's nn_module_stack)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    name, cls = list(stack.values())[-1]
+    return f" in module {name} ({getattr(cls, '__name__', cls)})"
 
 
 def _arg(node, i: int, name: str, default=None):
@@ -319,7 +348,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         elif node.op == "call_function" and node.target in (operator.truediv, torch.div):
             b = _shape(node.args[1]) if len(node.args) > 1 else ()
             if b:
-                raise EdgeSparseError(f"node {node.name}: division by a tensor is not priced")
+                raise EdgeSparseError(f"node {node.name}{_in(node)}: division by a tensor is not priced")
             if src in producer:  # divided by a number: folds into the quantization scale
                 producer[node] = producer[src]
         elif node.op == "call_function" and node.target in _MUL:
@@ -334,14 +363,14 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         elif node.op == "call_function" and node.target in _CAT:
             dim = _arg(node, 1, "dim", 0)
             if len(out) != 4 or dim not in (1, -3):
-                raise EdgeSparseError(f"node {node.name}: concatenation along dim {dim} of a {len(out)}-d tensor is not "
+                raise EdgeSparseError(f"node {node.name}{_in(node)}: concatenation along dim {dim} of a {len(out)}-d tensor is not "
                                       f"priced (only channel concatenation of feature maps)")
             emit(node, Op("concat", out[2], out[3], out[1], out[1], name=node.name))
         elif (node.op == "call_method" and node.target in _SPLIT_METHODS) or \
                 (node.op == "call_function" and node.target in _SPLIT_FUNCS):
             dim = _arg(node, 2, "dim", 0)
             if len(ins) != 4 or dim not in (1, -3):
-                raise EdgeSparseError(f"node {node.name}: {node.target} along dim {dim} is not priced (only channel "
+                raise EdgeSparseError(f"node {node.name}{_in(node)}: {node.target} along dim {dim} is not priced (only channel "
                                       f"splits of feature maps)")
             # onnx2tf writes a channel chunk/split as one STRIDED_SLICE per piece (measured): a copy of the piece
             for piece in (node.users if node.users else [node]):
@@ -350,7 +379,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         elif (node.op == "call_method" and node.target in _TRANSPOSE_METHODS) or \
                 (node.op == "call_function" and node.target in _TRANSPOSE_FUNCS):
             if len(ins) != 5:
-                raise EdgeSparseError(f"node {node.name}: {node.target} of a {len(ins)}-d tensor is not priced (only the "
+                raise EdgeSparseError(f"node {node.name}{_in(node)}: {node.target} of a {len(ins)}-d tensor is not priced (only the "
                                       f"5-d transpose of a channel shuffle; channels-last blocks with LayerNorm are not)")
             n, g, cg, h, w = ins
             emit(node, Op("shuffle", h, w, g * cg, g * cg, name=node.name, groups=g))
@@ -381,7 +410,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         elif (node.op == "call_function" and node.target in (torch.mean, F.adaptive_avg_pool2d)) or \
                 (node.op == "call_method" and node.target == "mean"):
             if len(ins) != 4 or tuple(out[2:]) not in ((1, 1), ()):
-                raise EdgeSparseError(f"node {node.name}: a mean over other axes than the spatial ones is not priced")
+                raise EdgeSparseError(f"node {node.name}{_in(node)}: a mean over other axes than the spatial ones is not priced")
             _, c, h, w = ins
             emit(node, Op("mean", h, w, c, c, name=node.name))
         elif node.op == "call_function" and getattr(node.target, "__name__", "") in _IDENTITY_IN_EVAL:
@@ -394,9 +423,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
                 producer[node] = producer[src]
         else:
             what = getattr(node.target, "__name__", node.target)
-            where = node.meta.get("nn_module_stack")
-            module = f" in {list(where)[-1]}" if where else ""
-            raise EdgeSparseError(f"node {node.name} ({node.op} {what}){module}: no latency class for it; priced ops "
+            raise EdgeSparseError(f"node {node.name}{_in(node)} ({node.op} {what}): no latency class for it; priced ops "
                                   f"are {PRICED}")
     return ops
 
