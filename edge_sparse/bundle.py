@@ -107,6 +107,7 @@ def metadata(b) -> dict:
                        "pgd_dense_fp32": {k: v["pgd"] for k, v in rob.get("dense_fp32", {}).get("eps", {}).items()}},
         "versions": environment_versions(),
         "build": {"git_commit": git_commit(), "seed": b.cfg.seed, "quick": b.cfg.limit_train is not None,
+                  "skipped_images": len(b.splits.skipped),  # unreadable images left out (--skip-bad-images)
                   "gates_enforced": {"parity": b.cfg.enforce_parity, "accuracy_floor": b.cfg.enforce_accuracy_floor,
                                      "latency_budget": b.cfg.fixed_sparsity is None, "size_budget": b.cfg.fixed_sparsity is None},
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # this run

@@ -82,6 +82,10 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("cosine", "onecycle", "constant"),
                    help="learning-rate schedule of the dense training and the fine-tune")
     p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--workers", type=int, help="processes decoding folder images (default: one per core, at most 8; "
+                   "0: the main process); results do not depend on it")
+    p.add_argument("--skip-bad-images", action="store_true", help="folder datasets: leave unreadable images "
+                   "(truncated, empty, not an image) out, counted in the report, instead of stopping at the first")
     p.add_argument("--precision", choices=("fp32", "bf16"),
                    help="fp32 (default) or bf16: bfloat16 autocast of the trainings' forward passes (CUDA only)")
     p.add_argument("--target-device", help="user@host (ssh) or adb[:serial]: time the search's finalists on the device "
@@ -104,7 +108,10 @@ def _config(a):
     base = BuildConfig.quick() if a.quick else BuildConfig()
     criterion = a.criterion or ("taylor" if a.no_train else "bn_scale")  # --no-train: weights not trained for sparsity
     kw = {"dataset": a.dataset, "data_dir": a.data_dir, "model": a.model, "criterion": criterion, "seed": a.seed,
-          "search": a.search, "target_device": a.target_device, "weights": a.weights, "no_train": a.no_train}
+          "search": a.search, "target_device": a.target_device, "weights": a.weights, "no_train": a.no_train,
+          "workers": a.workers, "skip_bad_images": a.skip_bad_images}
+    if a.workers is not None and a.workers < 0:
+        raise EdgeSparseError(f"--workers must be >= 0 (0: decode in the main process), got {a.workers}")
     if a.no_train and not a.weights:
         raise EdgeSparseError("--no-train needs --weights: there is nothing trained to prune")
     if a.seed < 0 or a.seed >= 2**32:

@@ -103,6 +103,8 @@ class BuildConfig:
     enforce_parity: bool = True  # parity gates (int8/float agreement, int8 accuracy loss) fail the build
     enforce_accuracy_floor: bool = True  # QUICK builds report the floor but do not fail on it
     accuracy_floor_pct: Optional[float] = None  # overrides the profile's floor (stated for its default dataset)
+    workers: Optional[int] = None  # processes decoding folder images (None: one per core, at most 8; 0: the main one)
+    skip_bad_images: bool = False  # folder datasets: leave unreadable images out (counted in metadata) instead of failing
 
     def __post_init__(self):
         if self.prune_steps < 1:

@@ -17,9 +17,10 @@ import io
 import os
 import pickle
 import struct
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -46,6 +47,11 @@ CIFAR10_CLASSES = (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
 
+def default_workers() -> int:
+    """Decoding processes for folder datasets when --workers is not given: one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 @dataclass
 class ImageSet:
     """Images as uint8 (N, H, W, C) with int64 labels; or, for folders, file paths loaded lazily."""
@@ -54,6 +60,7 @@ class ImageSet:
     y: np.ndarray  # int64 labels
     files: Optional[list[str]] = None  # image paths (folder datasets), loaded on access
     size: Optional[int] = None  # square side the folder images are resized/cropped to
+    workers: Optional[int] = None  # processes decoding folder images (None: default_workers(); 0: this process)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -62,13 +69,16 @@ class ImageSet:
         idx = np.asarray(idx, dtype=np.int64)
         if self.x is not None:
             return self.x[idx]
-        return np.stack([load_image(self.files[i], self.size) for i in idx])
+        if len(idx) <= _SMALL_READ:
+            return np.stack([_load_or_raise(self.files[i], self.size) for i in idx])
+        with Reader(self) as read:
+            return np.concatenate([x.numpy() for x in read(np.array_split(idx, -(-len(idx) // _SMALL_READ)))])
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "ImageSet":
         idx = np.asarray(idx, dtype=np.int64)
         if self.x is not None:
             return ImageSet(self.x[idx], self.y[idx])
-        return ImageSet(None, self.y[idx], [self.files[i] for i in idx], self.size)
+        return ImageSet(None, self.y[idx], [self.files[i] for i in idx], self.size, self.workers)
 
     def materialize(self) -> "ImageSet":
         return self if self.x is not None else ImageSet(self.images(np.arange(len(self))), self.y)
@@ -85,6 +95,7 @@ class Splits:
     test: ImageSet  # held out: final accuracy and eval.npz only
     mean: tuple[float, ...]  # per channel, on pixels scaled to [0, 1]
     std: tuple[float, ...]
+    skipped: tuple[str, ...] = ()  # unreadable images left out (--skip-bad-images), each "path: why"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -246,8 +257,147 @@ def load_image(path: str, size: Optional[int]) -> np.ndarray:
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise EdgeSparseError(f"{path}: cannot read image ({e})") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise EdgeSparseError(f"{path}: cannot read image ({str(e) or type(e).__name__})") from None
+
+
+BAD_IMAGE_HINT = "replace or remove it, or pass --skip-bad-images to leave unreadable images out (counted in the report)"
+
+
+def _load_or_raise(path: str, size: Optional[int]) -> np.ndarray:
+    try:
+        return load_image(path, size)
+    except EdgeSparseError as e:
+        raise EdgeSparseError(f"{e}; {BAD_IMAGE_HINT}") from None
+
+
+# --------------------------------------------------------------------------- batches, decoded by worker processes
+
+_SMALL_READ = 64  # images(): up to this many decode here, more go through the workers in batches of this size
+_MIN_FOR_WORKERS = 256  # a pass over fewer images decodes in this process (a worker start costs ~0.1-0.3 s)
+
+
+class _FolderBatches:
+    """Map-style dataset whose key is a whole batch (an index array): a worker decodes one batch per task and
+    returns (uint8 NHWC tensor of the readable images, their positions in the batch, "path: why" of the others).
+    It never raises: a bad file becomes one error line in the main process, not a worker traceback."""
+
+    def __init__(self, files: list[str], size: Optional[int]):
+        self.files, self.size = files, size
+
+    def __getitem__(self, idx: np.ndarray):
+        import torch
+
+        ims, keep, bad = [], [], []
+        for k, i in enumerate(idx):
+            try:
+                ims.append(load_image(self.files[i], self.size))
+                keep.append(k)
+            except EdgeSparseError as e:
+                bad.append(str(e))
+            except Exception as e:  # anything else a decoder may raise: still one line naming the file
+                bad.append(f"{self.files[i]}: cannot read image ({type(e).__name__}: {e})")
+        x = torch.from_numpy(np.stack(ims)) if ims else torch.zeros((0, 0, 0, 0), dtype=torch.uint8)
+        return x, np.asarray(keep, np.int64), bad
+
+
+class _Keys:
+    """The DataLoader's sampler: the batches of the current pass, set by `Reader.__call__` (persistent workers
+    outlive one pass; the order always comes from the main process)."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def _identity(b):
+    return b
+
+
+def _mp_context():
+    """fork is the cheapest start, but not after TensorFlow started its threads in this process (a forked child
+    can inherit a held lock): then forkserver, whose server process imports only what the workers need."""
+    import multiprocessing as mp
+
+    if "tensorflow" in sys.modules or "onnxruntime" in sys.modules:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["numpy", "PIL.Image", "torch", "edge_sparse.data"])
+        return ctx
+    return mp.get_context("fork")
+
+
+class Reader:
+    """Batches of an ImageSet's uint8 images in the order asked for: `for x, keep in read(batches)` gives a uint8
+    NHWC tensor per batch (`keep`: positions of the images it holds, all of them unless `collect_bad`).
+
+    Folder images are decoded by `images.workers` DataLoader worker processes, one batch per task, results in
+    the order of the batches: what comes out does not depend on the worker count. Arrays are sliced in this
+    process (as fast as it gets). An unreadable image raises one EdgeSparseError naming the file; with
+    `collect_bad` it is left out of its batch and its "path: why" added to `self.bad`. `pin_memory` (CUDA) pins
+    the batches so the copy to the device can be non-blocking. Workers start on the first pass, and for a pass of
+    fewer than `_MIN_FOR_WORKERS` images not at all unless `persistent` (a training's reader: one start serves
+    every epoch). Use as a context manager, or `close()` (workers end there).
+    """
+
+    def __init__(self, images: ImageSet, *, pin_memory: bool = False, collect_bad: bool = False,
+                 persistent: bool = False):
+        self.images, self.pin_memory, self.collect_bad, self.persistent = images, pin_memory, collect_bad, persistent
+        self.bad: list[str] = []
+        w = images.workers
+        self.workers = 0 if images.x is not None else (default_workers() if w is None else int(w))
+        self._loader = self._keys = None
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None:
+            it._shutdown_workers()
+        self._loader = None
+
+    def _batches(self, batches: Iterable[np.ndarray]):
+        s = self.images
+        if s.x is not None:
+            import torch
+
+            for idx in batches:
+                yield torch.from_numpy(s.x[np.asarray(idx, np.int64)]), None, []
+            return
+        batches = [np.asarray(idx, np.int64) for idx in batches]
+        if self.workers == 0 or (not self.persistent and sum(map(len, batches)) < _MIN_FOR_WORKERS):
+            ds = _FolderBatches(s.files, s.size)  # (a few images: not worth starting processes for)
+            for idx in batches:
+                yield ds[idx]
+            return
+        if self._loader is None:
+            from torch.utils.data import DataLoader
+
+            self._keys = _Keys()
+            self._loader = DataLoader(_FolderBatches(s.files, s.size), batch_size=None, sampler=self._keys,
+                                      num_workers=self.workers, collate_fn=_identity, pin_memory=self.pin_memory,
+                                      persistent_workers=True, multiprocessing_context=_mp_context(), prefetch_factor=4)
+        self._keys.batches = batches
+        yield from self._loader
+
+    def __call__(self, batches: Iterable[np.ndarray]) -> Iterator:
+        for x, keep, bad in self._batches(batches):
+            if bad:
+                if not self.collect_bad:
+                    raise EdgeSparseError(f"{bad[0]}; {BAD_IMAGE_HINT}")
+                self.bad.extend(bad)
+            if self.collect_bad:
+                yield x, keep
+            else:
+                yield x
 
 
 def _scan_folder(root: Path, classes: Optional[tuple[str, ...]] = None):
@@ -272,17 +422,37 @@ def _scan_folder(root: Path, classes: Optional[tuple[str, ...]] = None):
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-def load_folder(data_dir: Path, size: int):
+def _drop_unreadable(s: ImageSet) -> tuple[ImageSet, list[str]]:
+    """`s` without the images that do not decode (each decoded once, by the workers), and their "path: why"."""
+    ok = np.zeros(len(s), bool)
+    with Reader(s, collect_bad=True) as read:
+        chunks = np.array_split(np.arange(len(s)), max(1, -(-len(s) // _SMALL_READ)))
+        for idx, (_, keep) in zip(chunks, read(chunks)):
+            ok[idx[keep]] = True
+        bad = read.bad
+    return s.subset(np.flatnonzero(ok)), bad
+
+
+def load_folder(data_dir: Path, size: int, *, workers: Optional[int] = None, skip_bad_images: bool = False):
     d = Path(data_dir)
     files, y, classes = _scan_folder(d / "train")
-    train = ImageSet(None, y, files, size)
+    train = ImageSet(None, y, files, size, workers)
     test = None
     for name in ("test", "val"):
         if (d / name).is_dir():
             f, yy, _ = _scan_folder(d / name, classes)
-            test = ImageSet(None, yy, f, size)
+            test = ImageSet(None, yy, f, size, workers)
             break
-    return train, test, classes
+    skipped = []
+    if skip_bad_images:
+        train, bad = _drop_unreadable(train)
+        skipped += bad
+        if test is not None:
+            test, bad = _drop_unreadable(test)
+            skipped += bad
+        if not len(train):
+            raise EdgeSparseError(f"image folder {d / 'train'}: no image is readable ({skipped[0]})")
+    return train, test, classes, skipped
 
 
 # --------------------------------------------------------------------------- splits
@@ -313,17 +483,25 @@ def load(
     limit_train: Optional[int] = None,
     limit_eval: Optional[int] = None,
     image_size: int = 64,
+    workers: Optional[int] = None,
+    skip_bad_images: bool = False,
 ) -> Splits:
     """Load a dataset and split it deterministically by seed.
 
-    `limit_train` / `limit_eval` take class-balanced slices (QUICK builds, tests).
+    `limit_train` / `limit_eval` take class-balanced slices (QUICK builds, tests). Folder datasets: `workers`
+    processes decode the images (None: `default_workers()`, 0: this process; results never depend on it); an
+    unreadable image fails the first read of it, naming the file, unless `skip_bad_images`: then every image is
+    decoded once here, the unreadable ones are left out before the splits are drawn and listed in `Splits.skipped`.
     """
+    if workers is not None and workers < 0:
+        raise EdgeSparseError(f"--workers must be >= 0 (0: decode in the main process), got {workers}")
     if name not in DATASETS:
         raise EdgeSparseError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if name != "fashion-mnist" and not data_dir:
         raise EdgeSparseError(f"dataset {name!r} needs --data-dir (DATA_DIR=) pointing at the user's copy")
     if data_dir and not Path(data_dir).is_dir():
         raise EdgeSparseError(f"data directory {data_dir} does not exist")
+    skipped = []
     if name == "fashion-mnist":
         train, test, classes = load_fashion_mnist(Path(data_dir) if data_dir else None)
     elif name == "cifar10":
@@ -331,7 +509,8 @@ def load(
     elif name == "cifar100":
         train, test, classes = load_cifar100(Path(data_dir))
     else:
-        train, test, classes = load_folder(Path(data_dir), image_size)
+        train, test, classes, skipped = load_folder(Path(data_dir), image_size, workers=workers,
+                                                    skip_bad_images=skip_bad_images)
 
     rng = np.random.default_rng(seed)
     if test is None:  # folder without test/: hold out a stratified slice of train
@@ -354,7 +533,7 @@ def load(
         val = val.subset(_stratified_pick(val.y, min(limit_eval, len(val)), rng))
         test = test.subset(_stratified_pick(test.y, min(limit_eval, len(test)), rng))
     mean, std = _channel_stats(train, rng)
-    return Splits(name, tuple(classes), train, val, test, mean, std)
+    return Splits(name, tuple(classes), train, val, test, mean, std, tuple(skipped))
 
 
 def _channel_stats(s: ImageSet, rng: np.random.Generator, n: int = 2000):
@@ -365,13 +544,14 @@ def _channel_stats(s: ImageSet, rng: np.random.Generator, n: int = 2000):
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(v), 4) for v in std)
 
 
-def to_tensor(x_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]):
-    """uint8 NHWC -> normalised float32 NCHW torch tensor."""
+def to_tensor(x_uint8, mean: Sequence[float], std: Sequence[float]):
+    """uint8 NHWC (numpy array, or torch tensor on any device) -> normalised float32 NCHW torch tensor there."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(x_uint8)).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = x_uint8 if isinstance(x_uint8, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x_uint8))
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
 
 

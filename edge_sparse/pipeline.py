@@ -111,8 +111,10 @@ def stage_train(b: Build, d: Path) -> dict:
     hist = [] if b.cfg.no_train else fit(model, b.splits, b.cfg.train.replace(seed=b.cfg.seed), ckpt_dir=ckpt_dir,
                                          resume=True)
     models.save(model, d / "dense", arch=b.cfg.model, kwargs=b.arch_kwargs)
-    res = {"history": hist, "weights_notes": notes, "val_acc": accuracy(model, b.splits.val, b.splits.mean, b.splits.std),
-           "test_acc": accuracy(model, b.splits.test, b.splits.mean, b.splits.std)}
+    dev = b.cfg.train.device
+    res = {"history": hist, "weights_notes": notes,
+           "val_acc": accuracy(model, b.splits.val, b.splits.mean, b.splits.std, device=dev),
+           "test_acc": accuracy(model, b.splits.test, b.splits.mean, b.splits.std, device=dev)}
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return res
 
@@ -177,13 +179,15 @@ def stage_search(b: Build, d: Path) -> dict:
          + (f", searched under {pr.effective_budget_ms:.4g} ms (a {pr.margin:.0%} margin for the prediction's error)" if pr.margin else ""))
     if b.cfg.fixed_sparsity is not None or b.cfg.search == "global":
         chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
-                                    fixed=b.cfg.fixed_sparsity, pricer=pr, taylor_batch=_taylor_batch(b))
+                                    fixed=b.cfg.fixed_sparsity, pricer=pr, taylor_batch=_taylor_batch(b),
+                                    device=b.cfg.train.device)
     else:
         on_device = None
         if b.cfg.target_device or b.target.latency_table == "host":  # the host target's device is this machine
             on_device = _finalist_timer(b, dense, pr)
         chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device,
-                                                taylor_batch=_taylor_batch(b), criterion=b.cfg.criterion)
+                                                taylor_batch=_taylor_batch(b), criterion=b.cfg.criterion,
+                                                device=b.cfg.train.device)
     rel = "<=" if chosen.fits_latency else "> (fixed sparsity: reported, not enforced)"
     _log(f"  chosen: {chosen.method} sparsity {chosen.sparsity:.2f} (predicted p90 {chosen.predicted_p90_ms:.4f} ms {rel} "
          f"{pr.effective_budget_ms:.4g} ms, {chosen.predicted_p90_ms / pr.budget_ms:.0%} of the budget, {chosen.predicted_p90_ms / pr.effective_budget_ms:.0%} of what the margin leaves)")
@@ -233,7 +237,8 @@ def stage_finetune(b: Build, d: Path) -> dict:
     final = {"sparsity": sparsity, "params": params, "macs": macs, "layers": len(layers),
              "predicted_p90_ms": round(lat["p90"], 5), "predicted_p50_ms": round(lat["p50"], 5),
              "prune_steps": b.cfg.prune_steps}
-    return {"history": hist, "val_acc": accuracy(student, b.splits.val, b.splits.mean, b.splits.std), "final": final}
+    return {"history": hist, "val_acc": accuracy(student, b.splits.val, b.splits.mean, b.splits.std, device=cfg.device),
+            "final": final}
 
 
 def stage_reference(b: Build, d: Path) -> dict:
@@ -256,7 +261,7 @@ def stage_reference(b: Build, d: Path) -> dict:
         dense = load_weights(models.create(spec["arch"], **spec["kwargs"]), b.cfg.weights).eval()
         models.save(dense, d / "dense", arch=spec["arch"], kwargs=spec["kwargs"])
         return {"history": [], "epochs": 0, "same_budget": False, "given": True, "kind": "given",
-                "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std)}
+                "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std, device=cfg.device)}
     if kind == "retrain" and cfg.epochs > 0:
         extra = cfg.epochs
         if b.results["search"]["chosen"]["sparsity"] == 0:  # the shipped model is this very run: reuse it
@@ -271,7 +276,7 @@ def stage_reference(b: Build, d: Path) -> dict:
         hist = b.results["train"].get("history", [])
     models.save(dense, d / "dense", arch=spec["arch"], kwargs=spec["kwargs"])
     return {"history": hist, "epochs": b.cfg.train.epochs + extra, "same_budget": extra > 0, "kind": kind,
-            "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std)}
+            "val_acc": accuracy(dense, b.splits.val, b.splits.mean, b.splits.std, device=cfg.device)}
 
 
 def _calibration(b: Build) -> np.ndarray:
@@ -452,7 +457,8 @@ def _keys(b: Build) -> dict:
     c, t = b.cfg, b.target
     data_key = {"dataset": c.dataset, "data_dir": str(Path(c.data_dir).resolve()) if c.data_dir else None,
                 "files": data_fingerprint(c.dataset, c.data_dir),
-                "limit_train": c.limit_train, "limit_eval": c.limit_eval, "image_size": c.image_size, "seed": c.seed}
+                "limit_train": c.limit_train, "limit_eval": c.limit_eval, "image_size": c.image_size, "seed": c.seed,
+                **({"skip_bad_images": True} if c.skip_bad_images else {})}
     keys = {}
     from edge_sparse import usermodel
 
@@ -558,7 +564,10 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
          f"budget p90 <= {target.describe_budget()}")
     t = time.time()
     b.splits = data_mod.load(cfg.dataset, cfg.data_dir, seed=cfg.seed, limit_train=cfg.limit_train,
-                             limit_eval=cfg.limit_eval, image_size=cfg.image_size)
+                             limit_eval=cfg.limit_eval, image_size=cfg.image_size, workers=cfg.workers,
+                             skip_bad_images=cfg.skip_bad_images)
+    if b.splits.skipped:
+        _log(f"  --skip-bad-images: left out {len(b.splits.skipped)} unreadable image(s), first: {b.splits.skipped[0]}")
     b.times["data"] = time.time() - t
     _preflight(b)
     if target.latency_table == "host":  # probe (or re-probe, if this machine drifted) before keying the search on it;

@@ -40,8 +40,13 @@ def drop_held_out(x: np.ndarray, splits: Splits) -> np.ndarray:
     """`x` without the images that also appear (byte for byte) in the validation or test split."""
     import hashlib
 
-    held = {hashlib.sha256(im.tobytes()).digest() for split in (splits.val, splits.test)
-            for im in split.images(np.arange(len(split)))}
+    from edge_sparse.data import Reader
+
+    held = set()
+    for split in (splits.val, splits.test):  # streamed in batches (folder images decoded by the workers)
+        with Reader(split) as read:
+            for xb in read(np.array_split(np.arange(len(split)), max(1, -(-len(split) // 256)))):
+                held.update(hashlib.sha256(im.tobytes()).digest() for im in xb.numpy())
     keep = np.array([hashlib.sha256(im.tobytes()).digest() not in held for im in x], dtype=bool)
     return x[keep]
 

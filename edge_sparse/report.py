@@ -105,7 +105,8 @@ def write(b, meta: dict, d: Path) -> None:
     L.append(f"# edge_sparse build report: {t.name}\n")
     L.append(f"{t.device} ({t.cpu}); runtime {t.runtime}, {t.threads} threads. Dataset {b.cfg.dataset}, "
              f"model {b.cfg.model}, criterion {b.cfg.criterion}, channel multiple {t.channel_multiple}"
-             f"{', QUICK build (small slice, short epochs)' if meta['build']['quick'] else ''}.\n")
+             f"{', QUICK build (small slice, short epochs)' if meta['build']['quick'] else ''}"
+             f"{f', {n} unreadable images skipped (--skip-bad-images)' if (n := meta['build'].get('skipped_images')) else ''}.\n")
     lat = meta["latency_ms"]
     verdict = "meets" if ch["predicted_p90_ms"] <= lat["budget"] else "MISSES"
     label = "**estimate**" if lat["source"] == "estimate" else "measured"

@@ -61,7 +61,8 @@ def estimate_size_kb(params: int, channels: int) -> float:
 
 def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, sparsity: float, criterion: str,
                        example: torch.Tensor, pricer=None, pruned: Optional[PruneResult] = None,
-                       method: str = "global", taylor_batch=None) -> tuple[Candidate, Optional[PruneResult]]:
+                       method: str = "global", taylor_batch=None,
+                       device: Optional[str] = None) -> tuple[Candidate, Optional[PruneResult]]:
     if pricer is None:
         from edge_sparse.latency.predict import resolve
 
@@ -82,11 +83,11 @@ def evaluate_candidate(dense: torch.nn.Module, splits: Splits, target: Target, s
     lat = pricer.predict(model, example)
     pred = round(lat["p90"], 5)
     size = estimate_size_kb(params, sum(l.out_channels for l in layers))
-    acc = accuracy(model, splits.val, splits.mean, splits.std)
+    acc = accuracy(model, splits.val, splits.mean, splits.std, device=device)
     if res is not None:  # re-estimate BN statistics for the new widths; keep them only where that helps
         saved = {k: v.clone() for k, v in res.model.state_dict().items()}
-        recalibrate_bn(res.model, splits.train, splits.mean, splits.std)
-        recal = accuracy(res.model, splits.val, splits.mean, splits.std)
+        recalibrate_bn(res.model, splits.train, splits.mean, splits.std, device=device)
+        recal = accuracy(res.model, splits.val, splits.mean, splits.std, device=device)
         if recal > acc:
             acc = recal
         else:
@@ -104,7 +105,7 @@ def describe(c: Candidate) -> str:
 
 def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: Sequence[float], criterion: str,
            log=print, fixed: Optional[float] = None, pricer=None,
-           taylor_batch=None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+           taylor_batch=None, device: Optional[str] = None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
     """Try every candidate sparsity (plus 0: the dense model); pick the most accurate one that fits.
     `taylor_batch=(images, labels)`: the batch whose loss gradient ranks channels when `criterion` is "taylor".
 
@@ -125,7 +126,8 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
         pricer = resolve(target, dense, example, log=log)
     tried: list[tuple[Candidate, Optional[PruneResult]]] = []
     for s in sorted({0.0, *map(float, sparsities)}):
-        c, res = evaluate_candidate(dense, splits, target, s, criterion, example, pricer, taylor_batch=taylor_batch)
+        c, res = evaluate_candidate(dense, splits, target, s, criterion, example, pricer, taylor_batch=taylor_batch,
+                                    device=device)
         mark = "fits" if c.fits else ("over latency" if not c.fits_latency else "over size")
         log(f"  candidate {describe(c)} -> {mark}")
         tried.append((c, res))
@@ -147,7 +149,8 @@ def search(dense: torch.nn.Module, splits: Splits, target: Target, sparsities: S
 
 def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, pricer, log=print,
                        max_layer_sparsity: float = 0.9, time_on_device=None,
-                       taylor_batch=None, criterion: str = "bn_scale") -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
+                       taylor_batch=None, criterion: str = "bn_scale",
+                       device: Optional[str] = None) -> tuple[Candidate, Optional[PruneResult], list[Candidate]]:
     """Per-group widths under the budget (three scorings), ranked by accuracy after BN re-estimation.
 
     `time_on_device(models: dict[name, nn.Module]) -> dict[name, p90 ms]` (for a relative budget, scaled to the
@@ -158,7 +161,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
 
     example = torch.zeros(1, *splits.input_shape)
     budget = pricer.effective_budget_ms
-    dense_c, _ = evaluate_candidate(dense, splits, target, 0.0, "bn_scale", example, pricer, method="dense")
+    dense_c, _ = evaluate_candidate(dense, splits, target, 0.0, "bn_scale", example, pricer, method="dense", device=device)
     log(f"  candidate {describe(dense_c)} -> {'fits' if dense_c.fits else 'over budget'}")
     if dense_c.fits:
         log("  the dense model already meets the budget: shipping it unpruned")
@@ -182,7 +185,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
             seen.add(key)
             res = al.apply(a)
             c, res = evaluate_candidate(dense, splits, target, al.sparsity(a), "bn_scale", example, pricer, pruned=res,
-                                        method=f"allocate/{scoring}{tag}")
+                                        method=f"allocate/{scoring}{tag}", device=device)
             log(f"  candidate {describe(c)} -> {'fits' if c.fits else 'over budget'}")
             tried.append((c, res))
             new.append(len(tried) - 1)
