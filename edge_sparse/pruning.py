@@ -51,27 +51,53 @@ def _bn_scale():
     return BNScaleOrMagnitude()
 
 
-@contextlib.contextmanager
-def _tolerant_reshapes():
-    """Torch-Pruning maps channel indices through a reshape by the widths on either side; where its shape inference
-    finds 0 for one side (torchvision's ShuffleNetV2 shuffle: 'residual connection to model inputs') it divides by
-    zero and the whole graph fails to build. Such a reshape is left unmapped here: the layers on a channel shuffle's
-    sides are kept whole anyway (`_channel_shuffles`), and the shrink check verifies every pruned network."""
+_UNBUILDABLE: list = []  # root modules whose group Torch-Pruning could not build in the current prune() call
+
+
+def _tolerate_torch_pruning() -> None:
+    """Make two of Torch-Pruning's failures on shuffle networks local instead of fatal (installed once per process;
+    nothing changes for graphs it handles):
+
+    - mapping channel indices through a reshape, it divides by a width its shape inference finds to be 0
+      (torchvision's ShuffleNetV2 shuffle, "residual connection to model inputs"): that reshape is left unmapped;
+    - building one group, its concat index mapping runs past a list (the chunk + concat around a shuffle): that
+      group is skipped, its root recorded in `_UNBUILDABLE`, and `prune` keeps its layers whole and lists them.
+    The layers on a channel shuffle's sides are kept whole anyway (`_channel_shuffles`), and the shrink check verifies
+    every pruned network, so an unmapped or skipped piece cannot ship a wrong network.
+    """
     from torch_pruning.dependency import index_mapping
+    from torch_pruning.dependency.graph import DependencyGraph
 
-    plain = index_mapping.update_reshape_index_mapping
+    if getattr(DependencyGraph, "_edge_sparse_tolerant", False):
+        return
+    plain_reshape = index_mapping.update_reshape_index_mapping
 
-    def tolerant(graph, node):
+    def reshape(graph, node):
         try:
-            return plain(graph, node)
+            return plain_reshape(graph, node)
         except ZeroDivisionError:
             return None
 
-    index_mapping.update_reshape_index_mapping = tolerant
-    try:
-        yield
-    finally:
-        index_mapping.update_reshape_index_mapping = plain
+    plain_group = DependencyGraph.get_pruning_group
+
+    def group(self, module, fn, idxs):
+        try:
+            return plain_group(self, module, fn, idxs)
+        except IndexError:
+            _UNBUILDABLE.append(module)
+            from torch_pruning.dependency.group import Group
+
+            return Group()  # empty: get_all_groups (below) drops it
+
+    plain_all = DependencyGraph.get_all_groups
+
+    def all_groups(self, *a, **kw):
+        return (g for g in plain_all(self, *a, **kw) if len(g))
+
+    index_mapping.update_reshape_index_mapping = reshape
+    DependencyGraph.get_pruning_group = group
+    DependencyGraph.get_all_groups = all_groups
+    DependencyGraph._edge_sparse_tolerant = True
 
 
 @CRITERIA.register("l1")
@@ -396,7 +422,7 @@ def prune(
 
     def make_pruner():
         try:
-            with warnings.catch_warnings(), _tolerant_reshapes():
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return _pruner_class()(
                     work, example_input[:1], importance=imp_factory(), global_pruning=global_pruning,
@@ -412,8 +438,14 @@ def prune(
                 f"the model must run on example_input of shape {tuple(example_input.shape)} with traceable ops"
             ) from None
 
+    _tolerate_torch_pruning()
+    _UNBUILDABLE.clear()
     pruner = make_pruner()
     unprunable = _unmappable_groups(pruner, work, ignored, imp_factory(), shuffled, taylor=criterion == "taylor")
+    name_of_module = {m: n for n, m in named.items()}
+    unprunable += [{"layers": [name_of_module[m]], "why": "Torch-Pruning could not build its coupled group (its index "
+                    "mapping through a concat ran out of range)"}
+                   for m in dict.fromkeys(_UNBUILDABLE) if m in name_of_module]
     if unprunable:  # kept whole, and said so: the rest of the network is still pruned
         ignored = ignored + [named[n] for u in unprunable for n in u["layers"]]
         pruner = make_pruner()
@@ -489,7 +521,8 @@ def replay(dense_model: nn.Module, record: dict, example_input: Optional[torch.T
     model = copy.deepcopy(dense_model).eval()
     if example_input is None:
         example_input = torch.zeros(1, *record["input_shape"])
-    with warnings.catch_warnings(), _tolerant_reshapes():
+    _tolerate_torch_pruning()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dg = tp.DependencyGraph().build_dependency(model, example_input[:1], verbose=False)
         try:
