@@ -207,7 +207,8 @@ def markdown(res: dict) -> str:
     missing = [m for m in ORDER if not all((m, b) in done for b in BUDGETS)]
     L = [f"<!-- {TAG}:begin -->", "## Model zoo (`make zoo`)", "",
          f"Measured {res.get('date', '?')} on {mach.get('cpu', '?')} ({mach.get('cores', '?')} cores, AVX-512 VNNI "
-         f"{'yes' if mach.get('avx512_vnni') else 'no'}), shared with other jobs, by `make zoo` "
+         f"{'yes' if mach.get('avx512_vnni') else 'no'}), shared with other jobs, at commit "
+         f"{', '.join(sorted({r['commit'] for r in res.get('results', []) if r.get('commit')})) or '?'}, by `make zoo` "
          f"(`python -m benchmarks.zoo --write`; resumable, every number from benchmarks/zoo.json). Each model untrained "
          f"from torchvision 0.28 / timm 1.0.31 (`benchmarks/zoo_factories.py`) or registered here, one QUICK build per "
          f"budget: `edge-sparse build --quick --dataset folder --image-size 96` on 2,000 + 500 Fashion-MNIST images as "

@@ -94,6 +94,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
                    help="side length for folder datasets (default 64); must be what your model expects")
     p.add_argument("--accuracy-floor", type=float, help="minimum int8 top-1 (%%) the shipped model must reach; the "
                    "profile's floor is stated for its default dataset: set your own for your data")
+    p.add_argument("--robust-n", type=int, help="test images attacked in the robustness stage (default 500, QUICK "
+                   "200; 0 skips the stage: no robustness numbers in the bundle, e.g. for `make zoo`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small slice, one short epoch: a valid bundle in minutes")
     p.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on (ignore its cache)")
@@ -124,6 +126,10 @@ def _config(a):
         if not 0 <= a.accuracy_floor <= 100:
             raise EdgeSparseError(f"--accuracy-floor must be a percentage in [0, 100], got {a.accuracy_floor:g}")
         kw["accuracy_floor_pct"] = a.accuracy_floor
+    if a.robust_n is not None:
+        if a.robust_n < 0:
+            raise EdgeSparseError(f"--robust-n must be >= 0 (0 skips the robustness stage), got {a.robust_n}")
+        kw["robust_n"] = a.robust_n
     if a.image_size is not None:
         if not 8 <= a.image_size <= 1024:
             raise EdgeSparseError(f"--image-size must be between 8 and 1024 pixels, got {a.image_size}")

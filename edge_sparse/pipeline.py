@@ -398,6 +398,9 @@ def stage_robustness(b: Build, d: Path) -> dict:
     from edge_sparse import verify
     from edge_sparse.robustness import robust_accuracy
 
+    if b.cfg.robust_n == 0:  # --robust-n 0: skipped (the report and metadata then carry no robustness numbers)
+        return {}
+
     eps = list(b.cfg.robust_eps)
     if b.target.robust_eps and b.target.robust_eps not in eps:
         eps.append(b.target.robust_eps)
