@@ -147,7 +147,8 @@ def build_one(model: str, budget: str, targets: Path) -> dict:
             "dense_params": meta["dense"]["params"], "params": meta["model"]["params"], "size_kb": meta["model"]["size_kb"],
             "predicted_p90_ms": lat["predicted_p90"], "dense_predicted_p90_ms": lat["dense_predicted_p90"],
             "budget_ms": lat["budget"], "latency_source": lat["source"], "host_measured_p90_ms": measured["p90"],
-            "host_measured_p50_ms": measured["p50"], "int8_agreement_pct": acc.get("int8_agreement_pct"),
+            "host_measured_p50_ms": measured["p50"], "load_avg_1min": round(os.getloadavg()[0], 2),  # others' jobs
+            "int8_agreement_pct": acc.get("int8_agreement_pct"),
             "tflite_int8_acc": _num(acc.get("tflite_int8")), "torch_fp32_acc": _num(acc.get("torch_fp32")),
             "stage_seconds": meta["build"]["stage_seconds"]}
 
