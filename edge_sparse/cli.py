@@ -95,7 +95,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accuracy-floor", type=float, help="minimum int8 top-1 (%%) the shipped model must reach; the "
                    "profile's floor is stated for its default dataset: set your own for your data")
     p.add_argument("--robust-n", type=int, help="test images attacked in the robustness stage (default 500, QUICK "
-                   "200; 0 skips the stage: no robustness numbers in the bundle, e.g. for `make zoo`)")
+                   "200; 0 skips the stage: no robustness numbers in the bundle, e.g. for `make zoo`); `study`: per "
+                   "sparsity point (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="small slice, one short epoch: a valid bundle in minutes")
     p.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run from this stage on (ignore its cache)")
@@ -305,7 +306,7 @@ def cmd_study(a) -> int:
     seeds = parse_seeds(a.seeds) if a.seeds is not None else [a.seed]
     attacks, eps = check_attacks(a.attacks.split(",")), check_eps_list(a.eps)
     run_study(a.target, _config(a), a.sparsity, Path(a.study_out), seeds=seeds, attacks=attacks, eps=eps,
-              robust_n=a.robust_n, steps=a.steps, cache_dir=a.cache)
+              robust_n=2000 if a.robust_n is None else a.robust_n, steps=a.steps, cache_dir=a.cache)
     return 0
 
 
@@ -335,7 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", help="seeds per sparsity point, e.g. 0,1,2 (default: --seed alone)")
     s.add_argument("--attacks", default="pgd,apgd-ce", help="pgd (ours, PGD-k random start) and/or apgd-ce (torchattacks)")
     s.add_argument("--eps", type=_floats, default=(2.0, 8.0), help="L-inf epsilons in pixel units /255, in (0, 255]")
-    s.add_argument("--robust-n", type=int, default=2000, help="test images attacked per point (default 2000)")
     s.add_argument("--steps", type=int, default=10, help="attack iterations (default 10)")
     sub.add_parser("targets", help="list target profiles and budgets", formatter_class=raw,
                    epilog=_example("edge-sparse targets"))

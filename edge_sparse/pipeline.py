@@ -399,7 +399,7 @@ def stage_robustness(b: Build, d: Path) -> dict:
     from edge_sparse.robustness import robust_accuracy
 
     if b.cfg.robust_n == 0:  # --robust-n 0: skipped (the report and metadata then carry no robustness numbers)
-        return {}
+        return {"skipped": "--robust-n 0"}
 
     eps = list(b.cfg.robust_eps)
     if b.target.robust_eps and b.target.robust_eps not in eps:
@@ -540,7 +540,7 @@ def _gates(b: Build) -> None:
             raise GateError("build gates failed: " + "; ".join(fails))
         b.results["verify_gated"] = True
     r = b.results.get("robustness")
-    if r and b.target.robust_eps and b.target.robust_accuracy_floor_pct:
+    if r and "sparse_fp32" in r and b.target.robust_eps and b.target.robust_accuracy_floor_pct:
         key = f"{b.target.robust_eps:g}"
         got = r["sparse_fp32"]["eps"][key]["tflite_int8_pgd_transfer"]
         if got < b.target.robust_accuracy_floor_pct:

@@ -56,7 +56,7 @@ def _plots(b, meta, d: Path) -> list[str]:
         plt.close(fig)
         made.append("channels.png")
     rob = r.get("robustness")
-    if rob:
+    if rob and "sparse_fp32" in rob:  # absent when the stage was skipped (--robust-n 0)
         eps = [float(e) for e in rob["sparse_fp32"]["eps"]]
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, src, key, clean in (
@@ -193,7 +193,7 @@ def write(b, meta: dict, d: Path) -> None:
     L.append(f"\n.tflite ops: {', '.join(f'{k}×{v}' for k, v in sorted(lint['ops'].items()))}; "
              f"I/O {lint['input_dtype']}/{lint['output_dtype']}; no custom/Flex ops; conv channels equal the shrunk torch model's.\n")
     rob = r.get("robustness")
-    if rob:
+    if rob and "sparse_fp32" in rob:  # absent when the stage was skipped (--robust-n 0)
         L.append(f"## Robustness ({rob['n']} test images, L∞, PGD-{rob['steps']} with random start)\n")
         L.append("![robustness](robustness.png)\n")
         L.append("| eps (/255) | dense fp32 FGSM | dense fp32 PGD | sparse fp32 FGSM | sparse fp32 PGD | int8 .tflite (PGD transfer) | int8 .onnx (PGD transfer) |\n|---|---|---|---|---|---|---|")

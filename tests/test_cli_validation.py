@@ -14,6 +14,7 @@ BAD_FLAGS = [(c.argv[len(BUILD):], c.words) for c in CASES if c.area == "build f
     (["--weights", "/nonexistent/w.safetensors"], "--weights /nonexistent/w.safetensors: no such file"),
     (["--no-train"], "--no-train needs --weights"),
     (["--model", "/nonexistent/net.py:make"], "/nonexistent/net.py"),
+    (["--robust-n", "-1"], "--robust-n must be >= 0"),
 ]
 
 
