@@ -379,13 +379,23 @@ def _full_test(b: Build, model: torch.nn.Module, dense: torch.nn.Module) -> dict
     from edge_sparse import verify
     from edge_sparse.train import predict
 
-    test = b.splits.test.materialize()
-    x, y = test.x, test.y
+    test, y = b.splits.test, b.splits.test.y
     e, mean, std = b.dirs["export"], b.splits.mean, b.splits.std
-    logits = {"torch_fp32": predict(model, test, mean, std), "torch_fp32_dense": predict(dense, test, mean, std),
-              "tflite_int8": verify.run_tflite(e / "model.tflite", x, mean, std),
-              "onnx_int8": verify.run_onnx(e / "model.onnx", x, mean, std),
-              "dense_tflite_int8": verify.run_tflite(e / "dense_int8.tflite", x, mean, std)}
+    parts: dict[str, list] = {}
+    chunk = 2000  # streamed (never the whole split in memory); a multiple of predict's batches: the same logits
+    chunks = [np.arange(i, min(i + chunk, len(test))) for i in range(0, len(test), chunk)]
+    with data_mod.Reader(test) as read:
+        for idx, xb in zip(chunks, read(chunks)):
+            x = xb.numpy()
+            part = data_mod.ImageSet(x, y[idx])
+            dev = b.cfg.train.device
+            for k, v in (("torch_fp32", predict(model, part, mean, std, device=dev)),
+                         ("torch_fp32_dense", predict(dense, part, mean, std, device=dev)),
+                         ("tflite_int8", verify.run_tflite(e / "model.tflite", x, mean, std)),
+                         ("onnx_int8", verify.run_onnx(e / "model.onnx", x, mean, std)),
+                         ("dense_tflite_int8", verify.run_tflite(e / "dense_int8.tflite", x, mean, std))):
+                parts.setdefault(k, []).append(v)
+    logits = {k: np.concatenate(v) for k, v in parts.items()}
     out = {k: verify.top1(v, y) for k, v in logits.items()}
     out["n"] = int(len(y))
     out["int8_agreement_pct"] = round(float((logits["tflite_int8"].argmax(1) == logits["torch_fp32"].argmax(1)).mean() * 100), 3)
