@@ -32,6 +32,7 @@ help:  ## list the targets of this Makefile
 	@echo "make benchmarks                  dense vs shipped, side by side -> BENCHMARKS.md"
 	@echo "make compare [QUICK=1] [DATASET=… DATA_DIR=…]  shipped vs width multiplier / Torch-Pruning / dense at equal latency"
 	@echo "make study TARGET=<name>         sparsity x accuracy x robustness x latency sweep -> docs/study/"
+	@echo "make bench-train                 the train stage's images/s vs a plain DataLoader loop -> BENCHMARKS.md"
 	@echo "make clean                       remove build/, dist/ (keeps .venv)"
 	@echo "targets: $$(ls targets | sed 's/.toml//' | tr '\n' ' ')"
 
@@ -144,6 +145,12 @@ zoo-deps: $(STAMP)
 zoo: data $(STAMP)
 	@test -f build/zoo-libs/timm/__init__.py || $(MAKE) zoo-deps
 	$(PY) -m benchmarks.zoo --write $(ARGS)
+
+# the train stage's images/s against a plain DataLoader loop of the same model and files, alternating in one run
+# (CPU; CUDA too when torch sees it) -> benchmarks/train_speed.json and BENCHMARKS.md; minutes on 2 cores
+.PHONY: bench-train
+bench-train: data $(STAMP)
+	$(PY) -m benchmarks.train_speed --write $(ARGS)
 
 clean:
 	rm -rf build dist
