@@ -454,6 +454,68 @@ def load_folder(data_dir: Path, size: int, *, workers: Optional[int] = None, ski
     return train, test, classes, skipped
 
 
+# --------------------------------------------------------------------------- decode once
+
+DECODED_FORMAT = 1  # bump when load_image's output for the same file changes
+
+
+def _decoded_path(s: ImageSet, cache_dir: Path) -> Path:
+    h = hashlib.sha256(f"edge_sparse.decoded/{DECODED_FORMAT}\0{s.size}\0".encode())
+    for f in s.files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return cache_dir / f"{h.hexdigest()[:24]}-{len(s)}x{s.size}.u8"
+
+
+def _decode_to(s: ImageSet, path: Path) -> np.ndarray:
+    from edge_sparse import _io
+
+    shape = (len(s), s.size, s.size, 3)
+    if not (path.is_file() and path.stat().st_size == int(np.prod(shape))):
+        with _io.atomic_path(path) as tmp:
+            mm = np.memmap(tmp, np.uint8, "w+", shape=shape)
+            chunks = np.array_split(np.arange(len(s)), max(1, -(-len(s) // 256)))
+            with Reader(s) as read:
+                for idx, xb in zip(chunks, read(chunks)):
+                    mm[idx[0] : idx[-1] + 1] = xb.numpy()
+            mm.flush()
+            del mm
+    return np.memmap(path, np.uint8, "r", shape=shape)
+
+
+def decode_once(splits: Splits, cache_dir: str | Path) -> Splits:
+    """Folder datasets: each split's images decoded once (by the workers) into a uint8 memmap under `cache_dir`,
+    keyed by the files (path, size, mtime) and the image size, then read as arrays: no epoch, evaluation or later
+    build decodes a JPEG again. The pixels are load_image's own, so every result is the same as decoding each time.
+    Other datasets come back as they are."""
+    if splits.train.x is not None:
+        return splits
+    d = Path(cache_dir)
+    sets = {}
+    for name in ("train", "val", "test"):
+        s = getattr(splits, name)
+        sets[name] = ImageSet(_decode_to(s, _decoded_path(s, d)), s.y)
+    import dataclasses
+
+    return dataclasses.replace(splits, **sets)
+
+
+def decode_once_if_room(splits: Splits, cache_dir: str | Path, max_share: float = 0.5) -> tuple[Splits, str]:
+    """`decode_once` when the decoded pixels take at most `max_share` of the free disk under `cache_dir` (else the
+    splits as they are: decoded at every read); and a line saying which."""
+    import shutil
+
+    n = len(splits.train) + len(splits.val) + len(splits.test)
+    need = n * splits.train.size ** 2 * 3
+    d = Path(cache_dir)
+    probe = next((p for p in (d, *d.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if need > max_share * free:
+        return splits, (f"images decoded at every read: decoding them once would take {need / 2**30:.1f} GiB, more "
+                        f"than half the {free / 2**30:.1f} GiB free under {d}")
+    return decode_once(splits, d), f"{n:,} images decoded once into {d} ({need / 2**20:,.0f} MiB of uint8 pixels)"
+
+
 # --------------------------------------------------------------------------- splits
 
 def _stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -583,6 +583,11 @@ def run(target_name: str, cfg: BuildConfig, *, out_dir: str | Path = "dist", cac
         _log(f"  --skip-bad-images: left out {len(b.splits.skipped)} unreadable image(s), first: {b.splits.skipped[0]}")
     b.times["data"] = time.time() - t
     _preflight(b)
+    if b.splits.train.x is None:  # folder images: decoded once into the cache, read as uint8 arrays from then on
+        t = time.time()
+        b.splits, note = data_mod.decode_once_if_room(b.splits, b.cache / "decoded")
+        b.times["data"] += time.time() - t
+        _log(f"  {note}")
     if target.latency_table == "host":  # probe (or re-probe, if this machine drifted) before keying the search on it;
         from edge_sparse.latency.predict import resolve  # the pricer needs the architecture only, so the search reuses it
 

@@ -151,3 +151,18 @@ def test_skip_bad_images_counts_and_leaves_them_out(bad_folder, jpeg_folder, mon
     rel = lambda files, root: [str(Path(f).relative_to(root)) for f in files]  # noqa: E731
     assert rel(sp.train.files, bad_folder) == rel(clean.train.files, jpeg_folder)
     assert rel(sp.test.files, bad_folder) == rel(clean.test.files, jpeg_folder)
+
+
+def test_decode_once_is_the_same_pixels_and_is_reused(jpeg_folder, tmp_path, monkeypatch):
+    sp = data.load("folder", jpeg_folder, seed=0, image_size=32, workers=2)
+    monkeypatch.setattr(data, "_MIN_FOR_WORKERS", 0)
+    dec, note = data.decode_once_if_room(sp, tmp_path / "decoded")
+    assert "decoded once" in note and len(list((tmp_path / "decoded").glob("*.u8"))) == 3
+    for name in ("train", "val", "test"):
+        s, d = getattr(sp, name), getattr(dec, name)
+        assert np.array_equal(d.x, np.stack([data.load_image(f, 32) for f in s.files])) and np.array_equal(d.y, s.y)
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "decoded").glob("*.u8")}
+    data.decode_once(sp, tmp_path / "decoded")  # the same files: read back, not decoded again
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "decoded").glob("*.u8")} == stamp
+    _, note = data.decode_once_if_room(sp, tmp_path / "decoded", max_share=1e-12)
+    assert "decoded at every read" in note
