@@ -383,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "bench":
             return cmd_bench(a, rest)
         if a.command in ("profile", "calibrate", "latency"):
+            from edge_sparse.latency import cli as latency_cli
+
             return latency_cli.dispatch(a)
         return {"targets": cmd_targets, "models": cmd_models, "calib": cmd_calib,
                 "study": cmd_study, "verify": cmd_verify}[a.command](a)

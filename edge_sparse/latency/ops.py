@@ -379,7 +379,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         elif (node.op == "call_method" and node.target in _TRANSPOSE_METHODS) or \
                 (node.op == "call_function" and node.target in _TRANSPOSE_FUNCS):
             if len(ins) != 5:
-                raise EdgeSparseError(f"node {node.name}{_in(node)}: {node.target} of a {len(ins)}-d tensor is not priced (only the "
+                raise EdgeSparseError(f"node {node.name}{_in(node)}: no latency class for it: {node.target} of a {len(ins)}-d tensor (only the "
                                       f"5-d transpose of a channel shuffle; channels-last blocks with LayerNorm are not)")
             n, g, cg, h, w = ins
             emit(node, Op("shuffle", h, w, g * cg, g * cg, name=node.name, groups=g))
