@@ -331,8 +331,8 @@ def _mp_context():
 
 
 class Reader:
-    """Batches of an ImageSet's uint8 images in the order asked for: `for x, keep in read(batches)` gives a uint8
-    NHWC tensor per batch (`keep`: positions of the images it holds, all of them unless `collect_bad`).
+    """Batches of an ImageSet's uint8 images in the order asked for: `for x in read(batches)` gives a uint8 NHWC
+    tensor per batch (with `collect_bad`: `(x, keep)`, keep = the positions in the batch of the images x holds).
 
     Folder images are decoded by `images.workers` DataLoader worker processes, one batch per task, results in
     the order of the batches: what comes out does not depend on the worker count. Arrays are sliced in this
