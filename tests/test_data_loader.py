@@ -166,3 +166,16 @@ def test_decode_once_is_the_same_pixels_and_is_reused(jpeg_folder, tmp_path, mon
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "decoded").glob("*.u8")} == stamp
     _, note = data.decode_once_if_room(sp, tmp_path / "decoded", max_share=1e-12)
     assert "decoded at every read" in note
+
+
+def test_cli_flags_reach_the_build_config():
+    import argparse
+
+    from edge_sparse import cli
+
+    p = argparse.ArgumentParser()
+    cli._build_args(p)
+    c = cli._config(p.parse_args(["--target", "rpi4", "--workers", "3", "--skip-bad-images"]))
+    assert (c.workers, c.skip_bad_images, c.train.precision, c.finetune.precision) == (3, True, "fp32", "fp32")
+    with pytest.raises(EdgeSparseError, match="--workers must be >= 0"):
+        cli._config(p.parse_args(["--target", "rpi4", "--workers", "-1"]))
