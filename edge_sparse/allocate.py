@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import extract_ops
+from edge_sparse.pruning import _channel_shuffles, _tolerate_torch_pruning
 from edge_sparse.pruning import RECORD_FORMAT, Criterion, PruneResult, _classifier_layers, count, profile
 
 SCORINGS = ("importance", "relative", "uniform")
@@ -72,9 +73,14 @@ class Allocator:
         ignored = _classifier_layers(self.dense, self.example)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _tolerate_torch_pruning()  # the same tolerance prune() has (shuffle networks)
             dg = tp.DependencyGraph().build_dependency(self.dense, self.example)
             groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
         names = {mod: n for n, mod in self.dense.named_modules()}
+        _, shuffled = _channel_shuffles(self.dense, self.example)
+        if shuffled:  # as in prune(): a shuffle's sides are kept whole (Torch-Pruning does not follow its permutation)
+            groups = [g for g in groups if not {(names.get(d.target.module), bool(dg.is_out_channel_pruning_fn(d.handler)))
+                                                for d, _ in g} & shuffled]
         if criterion not in Criterion.__args__:
             raise EdgeSparseError(f"unknown criterion {criterion!r}; valid: {', '.join(Criterion.__args__)}")
         if (criterion == "taylor") != (taylor_batch is not None):
@@ -137,6 +143,7 @@ class Allocator:
         named = dict(model.named_modules())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _tolerate_torch_pruning()
             dg = tp.DependencyGraph().build_dependency(model, self.example)
             for g in self.groups:
                 k = keep.get(g.name, g.size)
