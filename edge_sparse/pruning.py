@@ -257,16 +257,13 @@ def _channel_shuffles(model: nn.Module, example_input: torch.Tensor) -> tuple[in
     """The channel shuffles in `model` (a 4-d (N, C, H, W) viewed as (N, G, C/G, H, W)): the largest G (1 if none),
     and the (module, out-channels?) sides whose channels the shuffles permute: the output channels of the convs and
     BatchNorms that produce a shuffled tensor, the input channels of the convs that consume one."""
-    from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
+    from edge_sparse.latency.ops import _capture, _shape
 
     try:
-        gm = symbolic_trace(model)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input[:1])
-    except Exception:  # noqa: BLE001 - an untraceable model has no shuffle we can see; the shrink check still runs
+        gm = _capture(model, example_input)  # the latency model's trace: the same graph and shapes
+    except EdgeSparseError:  # an untraceable model has no shuffle we can see; the shrink check still runs
         return 1, set()
-    shape = lambda n: getattr(n.meta.get("tensor_meta"), "shape", None)  # noqa: E731
+    shape = lambda n: _shape(n) or None  # noqa: E731
     mods = dict(gm.named_modules())
     g, touched, seen = 1, set(), set()
 
