@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python benchmarks/crash_repro.py` — each shape runs in a forked child (a crash ends the child, not
 this script) and prints ok / SIGSEGV / SIGABRT. `--guarded` runs the same shapes the way the build trains them
-(edge_sparse.train's guard: strided 1x1 convs in the contiguous layout, the rest channels-last).
+(edge_sparse.train's guard: every strided 1x1 conv as a subsample and a stride-1 conv, all channels-last).
 
 Measured with torch 2.13.0+cpu on a 2-core AMD EPYC with AVX-512 VNNI (2026-12-04): the weight gradient crashes
 for kernel 1x1, stride 2, fewer than 16 input channels (1 crashed in one sweep of two), at most 16 output

@@ -206,7 +206,7 @@ def section(res: dict) -> str:
          f"images/s counts training steps only: a full batch over the median step time of an epoch (median of "
          f"{res['results'][0]['rounds']} rounds; the ratio is the median of the rounds' own ratios). Measured "
          f"{res['date']} on {m['cpu']} ({m['cores']} cores, torch {m['torch']}{', ' + m['gpu'] if m.get('gpu') else ''}"
-         f"); compare the ratios, the machine was shared.", "",
+         f"); compare the ratios: the machine is shared and noisy.", "",
          "| case | device | model, input | train images | train stage (images/s) | reference loop (images/s) | ratio |",
          "|---|---|---|---|---|---|---|"]
     for r in res["results"]:
@@ -250,12 +250,12 @@ def main(argv=None) -> int:
                     "DataLoader workers: --workers, default one per core, at most 8), which is what `fit` does for a "
                     "folder outside a build. The reference loop decodes every epoch with the issue's 2 workers on the "
                     "CPU. The train stage keeps its channels-last layout, the L1-on-BN-scales term and, at 64 px, the CPU "
-                    "crash guard (train._guard_strided_1x1: ResNet-8's first strided 1x1 shortcut, at 64x64, runs on "
-                    "clones in the contiguous layout); the reference loop is the default layout throughout (no guard "
-                    "needed), plain cross-entropy. A separate alternating run on 512 decoded images (3 rounds, the "
-                    "machine as shared) timed the reference loop in channels-last at 61, 66, 43 images/s without the "
-                    "guard and 40, 40, 48 with it, the train stage at 39, 45, 40: it points at the guard's clones, not "
-                    "the input path, as what the train stage pays at 64 px on this CPU.")}
+                    "crash guard (train._guard_strided_1x1: ResNet-8's strided 1x1 shortcuts run as a 2x subsample and a "
+                    "stride-1 conv); the reference loop is the default layout, plain cross-entropy. The first guard "
+                    "(the conv's input and weight cloned contiguous) cost the train stage ~25 % at 64 px (0.80x in the "
+                    "previous run of this benchmark; 302 -> 228 images/s in a side-by-side microbenchmark of the "
+                    "same step); the subsample costs ~1 %."
+                    " Runs of this benchmark on the quiet machine on 2026-12-04 gave the Fashion-MNIST ratio 0.99 (the new guard), 0.98 (with a foreach SGD, since reverted: no gain) and 1.03 (with the L1 step as two multi-tensor ops, ~0.5 ms a step less, the run above): rounds scatter by about +-3 %, so read ~1.0x as level, not as a margin.")}
     print(json.dumps(res, indent=1))
     if a.write:
         from edge_sparse import _io

@@ -106,12 +106,25 @@ def bn_cost_weights(model: nn.Module, input_shape) -> dict[nn.Module, float]:
     return {m: c / mean for m, c in cost.items()}
 
 
-def _sparsity_grad(model: nn.Module, cfg: TrainConfig, weights: Optional[dict] = None) -> None:
-    if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_lambda > 0:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
-                w = weights.get(m, 1.0) if weights else 1.0
-                m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=cfg.sparsity_lambda * w)
+def _sparsity_grad(model: nn.Module, cfg: TrainConfig, weights: Optional[dict] = None):
+    """The bn_l1 subgradient step as a function to call after every backward (None when there is none): the
+    BatchNorm scales are gathered once, and each call is two multi-tensor ops, not a Python loop over the modules
+    (which cost ResNet-8 ~0.5 ms a step, ~1 % of it at 28 px). Adding sign(gamma) * lambda * w equals
+    `grad.add_(sign, alpha=lambda * w)` bit for bit: a product with -1, 0 or 1 is exact."""
+    if cfg.sparsity_reg != "bn_l1" or cfg.sparsity_lambda <= 0:
+        return None
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    alphas = [cfg.sparsity_lambda * (weights.get(m, 1.0) if weights else 1.0) for m in bns]
+
+    def step() -> None:
+        have = [(m.weight, a) for m, a in zip(bns, alphas) if m.weight.grad is not None]
+        if not have:
+            return
+        signs = torch._foreach_sign([w.detach() for w, _ in have])
+        torch._foreach_mul_(signs, [a for _, a in have])
+        torch._foreach_add_([w.grad for w, _ in have], signs)
+
+    return step
 
 
 def _group_lasso(model: nn.Module) -> torch.Tensor:
@@ -162,41 +175,41 @@ def lr_schedule(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 _CRASH_MIN_SIDE = 40  # the crash was seen from 48 px (even sides); odd sides and <= 47 px never crashed
-_CRASH_CHANNELS = 32  # seen below 16 in / up to 16 out on AVX-512 (16 floats a vector): twice that, for other kinds
 
 
 def _guard_strided_1x1(model: nn.Module) -> list[nn.Module]:
-    """Run strided 1x1 convs of the crashing kind in the contiguous layout; `_unguard` undoes it.
+    """Run every strided 1x1 conv as a subsample and a stride-1 1x1 conv; `_unguard` undoes it.
 
     torch 2.13.0+cpu (oneDNN) corrupts the heap in the *weight gradient* of a channels-last Conv2d with a 1x1 kernel
     and stride 2 when it has fewer than 16 input and at most 16 output channels and an even input side of 48 px or
     more: "double free or corruption", or SIGSEGV, in `loss.backward()` (benchmarks/crash_repro.py maps it; stride
     1/3/4, 3x3/2, odd sides and contiguous memory do not crash). Pruned widths are multiples of 8 and folders default
-    to 64 px, so a pruned ResNet's downsampling shortcut reaches that shape. The guard takes a margin around the
-    mapped condition (it was mapped on one CPU kind; another may draw the line elsewhere): any strided 1x1 conv with
-    fewer than 32 inputs or at most 32 outputs, on inputs of 40 px or more, runs with its input and weight cloned
-    contiguous (autograd still reaches the channels-last parameter). Everything else keeps channels-last's speed, and
-    the default 28 px build is not touched at all.
+    to 64 px, so a pruned ResNet's downsampling shortcut reaches that shape. A 1x1 kernel reads only every s-th pixel
+    of its (padded) input, so `conv(x, stride=s) == conv(pad(x)[:, :, ::s, ::s], stride=1)`: the same function and
+    gradients, through the stride-1 kernels that never crashed, still channels-last. That costs a quarter-size copy,
+    so every strided 1x1 conv from 40 px up takes it (the map was drawn on one CPU kind; another may draw the line
+    elsewhere). The first guard (input and weight cloned contiguous) cost ResNet-8 a quarter of its training speed
+    at 64 px. The default 28 px build is not touched at all.
     """
     guarded = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and \
-                (m.in_channels < _CRASH_CHANNELS or m.out_channels <= _CRASH_CHANNELS):
-            m.forward = _contiguous_forward(m)
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1:
+            m.forward = _subsampled_forward(m)
             guarded.append(m)
     return guarded
 
 
-def _contiguous_forward(m: nn.Conv2d):
+def _subsampled_forward(m: nn.Conv2d):
     plain = m.forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if max(x.shape[-2:]) < _CRASH_MIN_SIDE:
             return plain(x)
-        # clone, not .contiguous(): a 1x1 kernel (or a 1-channel input) counts as contiguous in either layout and
-        # would keep the channels-last strides that make torch pick the crashing kernel
-        cf = torch.contiguous_format
-        return m._conv_forward(x.clone(memory_format=cf), m.weight.clone(memory_format=cf), m.bias)
+        if any(m._reversed_padding_repeated_twice):  # a padded 1x1 conv: pad first (zeros, or its padding mode)
+            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+            x = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
+        sh, sw = m.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], m.weight, m.bias, 1, 0, 1, m.groups)
 
     return forward
 
@@ -311,6 +324,7 @@ def fit(
     weights = None
     if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_weighting == "cost":
         weights = bn_cost_weights(model, splits.input_shape)
+    sparsity_step = _sparsity_grad(model, cfg, weights)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
     def diverged(losses: list, step: int, epoch: int) -> None:
@@ -373,7 +387,8 @@ def fit(
                         loss = loss + cfg.sparsity_lambda * _group_lasso(model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                _sparsity_grad(model, cfg, weights)
+                if sparsity_step is not None:
+                    sparsity_step()
                 opt.step()
                 steps_done += 1
                 loss = loss.detach().float()

@@ -254,7 +254,35 @@ print("trained")
 
 def test_strided_1x1_convs_train_without_crashing():
     """oneDNN's channels-last weight gradient of 1x1/2 convs with < 16 in and <= 16 out channels at even sides >= 48 px
-    corrupts the heap (SIGSEGV / SIGABRT, benchmarks/crash_repro.py); fit runs those convs contiguous. In a child, so a
+    corrupts the heap (SIGSEGV / SIGABRT, benchmarks/crash_repro.py); fit runs them as subsample + stride-1 conv. In a child, so a
     crash fails this test instead of killing the suite; the crash is shape-driven, so the test holds on any x86 kind."""
     r = subprocess.run([sys.executable, "-c", _CRASH_SHAPES], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "trained" in r.stdout, f"rc {r.returncode}: {r.stderr[-800:]}"
+
+
+@pytest.mark.parametrize("padding, mode, side", [(0, "zeros", 64), (0, "zeros", 49), (1, "zeros", 48), (1, "reflect", 50),
+                                                 (0, "zeros", 32)])
+def test_the_crash_guard_computes_the_same_conv(padding, mode, side):
+    """The guard swaps a strided 1x1 conv's forward for subsample + stride-1 conv: outputs and both gradients must be
+    the plain conv's (in the contiguous layout, the one that never crashed), odd sides and padding included."""
+    from edge_sparse.train import _guard_strided_1x1, _unguard
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 1, 2, padding=padding, padding_mode=mode)
+    x = torch.randn(3, 8, side, side + 1)
+    ref_x = x.clone().requires_grad_()
+    ref = conv(ref_x)
+    ref.square().sum().backward()
+    ref_w, ref_b = conv.weight.grad.clone(), conv.bias.grad.clone()
+    conv.zero_grad()
+    conv.to(memory_format=torch.channels_last)
+    assert _guard_strided_1x1(conv) == [conv]
+    got_x = x.clone().to(memory_format=torch.channels_last).requires_grad_()
+    got = conv(got_x)
+    got.square().sum().backward()
+    _unguard([conv])
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_x.grad, ref_x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, ref_w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.bias.grad, ref_b, rtol=1e-4, atol=1e-4)
