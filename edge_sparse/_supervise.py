@@ -19,8 +19,17 @@ from pathlib import Path
 STAGE_FILE_ENV = "EDGE_SPARSE_STAGE_FILE"
 
 
+_stage = ""  # the stage this process is in (for cli.main's line on an unexpected exception)
+
+
+def current_stage() -> str:
+    return _stage
+
+
 def note_stage(stage: str) -> None:
-    """Record the stage this process is entering, for the supervising parent (no-op when unsupervised)."""
+    """Record the stage this process is entering, for cli.main and for the supervising parent."""
+    global _stage
+    _stage = stage
     path = os.environ.get(STAGE_FILE_ENV)
     if path:
         try:

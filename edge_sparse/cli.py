@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, rest = argv[:i], argv[i + 1 :]
     p = build_parser()
+    from edge_sparse._supervise import note_stage
+
+    note_stage("")  # no stage yet (main may run more than once in a process: tests)
     try:
         a = p.parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad flag (2, its one line already printed)
@@ -395,10 +398,39 @@ def main(argv: list[str] | None = None) -> int:
         if e.args and isinstance(e.args[0], str) and e.args[0].startswith("unknown"):
             print(f"error: {e.args[0]}", file=sys.stderr)
             return 2
-        raise
+        print(unexpected_line(e, a), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted; finished stages are cached, re-run to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 -- not a bad input we foresaw: one line, the traceback in a file
+        print(unexpected_line(e, a), file=sys.stderr)
+        return 1
+
+
+def unexpected_line(e: BaseException, a: argparse.Namespace) -> str:
+    """One line for an exception no check foresaw (a bug here or in a library, or a model's code that the stages
+    cannot handle): its type and message, the innermost frame, the stage and model; the whole traceback goes to a
+    file (printed here instead with EDGE_SPARSE_DEBUG=1)."""
+    import tempfile
+    import traceback
+
+    from edge_sparse._supervise import current_stage
+
+    tb = "".join(traceback.format_exception(e))
+    if os.environ.get("EDGE_SPARSE_DEBUG"):
+        print(tb, file=sys.stderr, end="")
+    fd, path = tempfile.mkstemp(prefix="edge_sparse-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"edge-sparse {' '.join(sys.argv[1:])}\n{tb}")
+    frames = traceback.extract_tb(e.__traceback__)
+    at = f", at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    stage = current_stage()
+    where = f"in the {stage!r} stage of `edge-sparse {a.command}`" if stage else f"in `edge-sparse {a.command}`"
+    model = f" (model {a.model})" if getattr(a, "model", None) else ""
+    msg = " ".join(str(e).split())[:300] or "(no message)"
+    return (f"error: unexpected {type(e).__name__} {where}{model}: {msg}{at}; not an input check of ours, so likely a "
+            f"bug (or an op our stages do not handle): traceback in {path}")
 
 
 if __name__ == "__main__":

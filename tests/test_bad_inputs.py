@@ -505,8 +505,10 @@ def render() -> str:
             "containing the words shown,\nno traceback, and that nothing was half-written: the bad input untouched, no "
             "bundle, no `*.tmp*`, at most an empty\ncache lock. Exit 2 = bad input; `bench.py` also has 1 = over budget "
             "and 3 = internal error, and a runtime that\ncrashes on a damaged model crashes in a child process, never "
-            "the harness. DIR is the case's temporary directory;\nbuild cases also pass `--quick --out DIR/dist "
-            "--cache DIR/cache`.\n\n")
+            "the harness. `edge-sparse` itself: 3 = no candidate fits the budget, or the process died by a signal (one "
+            "line naming\nthe stage), 4 = a failed gate, 1 = an exception no check foresaw (one line naming type, "
+            "stage, model and frame;\nthe traceback goes to a file the line names). DIR is the case's temporary "
+            "directory; build cases also pass\n`--quick --out DIR/dist --cache DIR/cache`.\n\n")
     rows = ["| area | case | command | exit | the error line contains |", "|---|---|---|---:|---|"]
     for c in CASES:
         cmd = {"edge-sparse": "edge-sparse", "compare": "python -m benchmarks.compare", "bench.py": "python bench.py",

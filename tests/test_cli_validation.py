@@ -77,3 +77,42 @@ def test_a_signal_death_is_one_line_naming_the_stage(tmp_path):
     assert r.returncode == 3, r.stderr[-1500:]
     assert last.startswith("error: the process died by SIGSEGV in the 'train' stage"), last
     assert "Traceback" not in r.stderr and not (tmp_path / "dist").exists()
+
+
+_RAISING_NET = """
+import torch.nn as nn
+
+class Net(nn.Module):  # a forward that raises once it trains: a stand-in for an error no check of ours foresaw
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+    def forward(self, x):
+        if self.training and x.shape[0] > 1:
+            raise RuntimeError("shape mismatch in\\nthe user's own block")
+        return self.fc(self.conv(x).mean((2, 3)))
+
+def make():
+    return Net()
+"""
+
+
+def test_an_unexpected_exception_is_one_line_with_the_traceback_in_a_file(tmp_path, capsys):
+    """Not an EdgeSparseError: still one line (type, message, frame, stage, model), exit 1, the traceback in a file
+    that the line names, nothing half-written."""
+    import os
+    import re
+
+    (tmp_path / "net.py").write_text(_RAISING_NET)
+    rc = main(["build", "--target", "rpi4", "--quick", "--model", f"{tmp_path / 'net.py'}:make",
+               "--out", str(tmp_path / "dist"), "--cache", str(tmp_path / "cache")])
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
+    assert rc == 1 and len(err) == 1, err
+    line = err[0]
+    assert line.startswith("error: unexpected RuntimeError in the 'train' stage of `edge-sparse build` (model "), line
+    assert "shape mismatch in the user's own block, at net.py:" in line and "in forward" in line, line
+    path = re.search(r"traceback in (\S+)$", line).group(1)
+    tb = open(path).read()
+    os.unlink(path)
+    assert "Traceback (most recent call last)" in tb and "raise RuntimeError" in tb
+    assert not (tmp_path / "dist").exists()
