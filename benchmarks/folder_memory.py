@@ -122,6 +122,10 @@ def _stage(log: Path) -> str:
 
 def build(scale: str, folder: Path, log=print) -> dict:
     from benchmarks.compare import _targets_dir
+    from benchmarks.zoo import _snapshot
+
+    src = OUT / "src"
+    commit = _snapshot(src)  # both scales run HEAD's code, whatever happens to the working tree meanwhile
 
     targets = _targets_dir([BUDGET], model="tiny_resnet", d=OUT / "targets", dataset="folder")
     where = OUT / f"run-{scale}"
@@ -134,7 +138,7 @@ def build(scale: str, folder: Path, log=print) -> dict:
     t0 = time.time()
     peak, peak_at, peak_procs, samples = 0.0, "?", 0, []
     with open(logf, "w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "edge_sparse", *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+        p = subprocess.Popen([sys.executable, "-m", "edge_sparse", *cmd], cwd=src, stdout=f, stderr=subprocess.STDOUT,
                              env={**os.environ, "EDGE_SPARSE_TARGETS": str(targets)}, start_new_session=True)
         try:
             while p.poll() is None:
@@ -158,7 +162,7 @@ def build(scale: str, folder: Path, log=print) -> dict:
     tail = [ln for ln in logf.read_text(errors="replace").splitlines() if ln.strip()][-3:]
     # the time series, thinned to at most ~400 points, for the json (a stage's plateau is what to look at)
     step = max(1, len(samples) // 400)
-    return {"scale": scale, "images": dict(zip(("train", "test"), SCALES[scale])), "exit": rc,
+    return {"scale": scale, "images": dict(zip(("train", "test"), SCALES[scale])), "exit": rc, "commit": commit[:10],
             "command": "edge-sparse " + " ".join(cmd).replace(str(ROOT) + "/", ""),
             "wall_s": round(time.time() - t0, 1), "peak_anonymous_mib": round(peak, 1), "peak_stage": peak_at,
             "peak_processes": peak_procs, "log_tail": tail, "samples": samples[::step]}
@@ -196,7 +200,8 @@ def main(argv=None) -> int:
     res = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"results": []}
     m = _machine()
     res.update(date=time.strftime("%Y-%m-%d"), machine=f"{m['cpu']} ({m['cores']} cores, torch {m['torch']})")
-    done = {r["scale"] for r in res["results"] if r.get("exit") == 0}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()[:10]
+    done = {r["scale"] for r in res["results"] if r.get("exit") == 0 and r.get("commit") == head}  # same code only
     from edge_sparse import _io
 
     for scale in a.scales.split(","):

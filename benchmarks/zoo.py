@@ -83,21 +83,21 @@ def _targets() -> Path:
     return d
 
 
-def _snapshot() -> str:
-    """HEAD's files in build/zoo/src, which every build of this run runs: others edit the working tree during a run of
-    hours, and a build must not load half of an edit. Returns the commit."""
+def _snapshot(src: Path = SRC) -> str:
+    """HEAD's files in `src` (build/zoo/src), which every build of this run runs: others edit the working tree during
+    a run of hours, and a build must not load half of an edit. Returns the commit."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    if (SRC / ".commit").is_file() and (SRC / ".commit").read_text() == commit:
+    if (src / ".commit").is_file() and (src / ".commit").read_text() == commit:
         return commit
-    shutil.rmtree(SRC, ignore_errors=True)
-    SRC.mkdir(parents=True)
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(SRC)], input=archive, check=True)
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     for ignored in ("calib_data", "build/zoo-libs", "build/latency"):  # not in git: the checkout's own
-        shutil.rmtree(SRC / ignored, ignore_errors=True)
-        (SRC / ignored).parent.mkdir(parents=True, exist_ok=True)
-        (SRC / ignored).symlink_to(ROOT / ignored)
-    (SRC / ".commit").write_text(commit)
+        shutil.rmtree(src / ignored, ignore_errors=True)
+        (src / ignored).parent.mkdir(parents=True, exist_ok=True)
+        (src / ignored).symlink_to(ROOT / ignored)
+    (src / ".commit").write_text(commit)
     return commit
 
 
