@@ -40,6 +40,9 @@ SCALES = {"10k+5k": (10_000, 5_000), "100k+50k": (100_000, 50_000)}
 GOAL_MB = 500
 BUDGET = "rpi4:1.1x"  # tiny_resnet at 128 px: its narrowest widths predict 0.69x of dense on the Pi 4 estimate
 TIMEOUT_S = 3 * 3600
+# exit 0, or 4: a gate failed after verify (1 + 1 epochs leave int8 parity and accuracy short of the default gates);
+# every stage that reads the folder has run by then, only the bundle (a copy) is missing
+RAN_THROUGH = (0, 4)
 
 
 # --------------------------------------------------------------------------- the folders
@@ -181,11 +184,14 @@ def section(res: dict) -> str:
         L.append(f"| {r['scale']} | {r['peak_anonymous_mib']:,.0f} | {r['peak_stage']} | {r['peak_processes']} | "
                  f"{r['wall_s'] / 60:.0f} min | {r['exit']} |")
     by = {r["scale"]: r for r in rows}
-    if len(by) == 2 and all(r["exit"] == 0 for r in rows):
+    if len(by) == 2 and all(r["exit"] in RAN_THROUGH for r in rows):
         d = by["100k+50k"]["peak_anonymous_mib"] - by["10k+5k"]["peak_anonymous_mib"]
         ok = d * 1.048576 <= GOAL_MB
         L += ["", f"Difference: {d:+,.0f} MiB ({d * 1.048576:+,.0f} MB): goal {'met' if ok else 'missed'}."]
-    L += ["", res.get("note", ""), f"<!-- {TAG}:end -->"]
+    L += ["", "Exit 4: the build ran through verify and stopped at its gates (1 + 1 epochs at 128 px leave int8 "
+          "parity and accuracy below the default gates); every stage that reads the folder had run. Anonymous memory "
+          "is the processes' own (heap, tensors), not the page cache of the decoded images' memory-mapped file.",
+          f"<!-- {TAG}:end -->"]
     return "\n".join(L) + "\n"
 
 
@@ -201,7 +207,7 @@ def main(argv=None) -> int:
     m = _machine()
     res.update(date=time.strftime("%Y-%m-%d"), machine=f"{m['cpu']} ({m['cores']} cores, torch {m['torch']})")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()[:10]
-    done = {r["scale"] for r in res["results"] if r.get("exit") == 0 and r.get("commit") == head}  # same code only
+    done = {r["scale"] for r in res["results"] if r.get("exit") in RAN_THROUGH and r.get("commit") == head}  # same code
     from edge_sparse import _io
 
     for scale in a.scales.split(","):
