@@ -179,3 +179,28 @@ def test_cli_flags_reach_the_build_config():
     assert (c.workers, c.skip_bad_images, c.train.precision, c.finetune.precision) == (3, True, "fp32", "fp32")
     with pytest.raises(EdgeSparseError, match="--workers must be >= 0"):
         cli._config(p.parse_args(["--target", "rpi4", "--workers", "-1"]))
+
+
+_AFTER_TF = """
+import sys, numpy as np
+import tensorflow as tf
+from edge_sparse import data
+tf.constant(np.ones((64, 64), np.float32)) @ tf.constant(np.ones((64, 64), np.float32))  # TF's thread pools are up
+s = data.load("folder", sys.argv[1], seed=0, image_size=32, workers=2).train
+batches = [np.arange(i, min(i + 32, len(s))) for i in range(0, len(s), 32)]
+with data.Reader(s, persistent=True) as read:
+    got = np.concatenate([x.numpy() for x in read(batches)])
+direct = np.stack([data.load_image(f, 32) for f in s.files])
+assert np.array_equal(got, direct)
+print("workers ok", len(got))
+"""
+
+
+def test_workers_start_after_tensorflow_has_run(jpeg_folder):
+    """The verify stage runs TensorFlow, then reads folders through forked DataLoader workers: they must start, decode
+    the same pixels as the main process, and end (in a child, bounded, so a deadlock fails the test, not the suite)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _AFTER_TF, str(jpeg_folder)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and "workers ok 162" in r.stdout, r.stderr[-1500:]
