@@ -140,11 +140,13 @@ zoo-deps: $(STAMP)
 	$(PY) -m edge_sparse.zoo_models
 
 # the zoo's models and the registered mobile nets through QUICK builds at rpi4 2x and host 1.5x (resumable per model and
-# budget; hours on 2 cores) -> benchmarks/zoo.json and BENCHMARKS.md; ARGS=--models a,b  ARGS=--force
+# budget; hours on 2 cores), then every shipped bundle timed again, together -> benchmarks/zoo.json and BENCHMARKS.md;
+# ARGS=--models a,b  ARGS=--force
 .PHONY: zoo
 zoo: data $(STAMP)
 	@test -f build/zoo-libs/timm/__init__.py || $(MAKE) zoo-deps
 	$(PY) -m benchmarks.zoo --write $(ARGS)
+	$(PY) -m benchmarks.zoo --write --retime
 
 # the train stage's images/s against a plain DataLoader loop of the same model and files, alternating in one run
 # (CPU; CUDA too when torch sees it) -> benchmarks/train_speed.json and BENCHMARKS.md; minutes on 2 cores
