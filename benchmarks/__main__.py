@@ -578,7 +578,28 @@ def headline(root: Path = ROOT) -> list[dict]:
         rows.append(_missing("robustness at equal latency", "robust_peers.json", cmd, "Robustness at equal latency"))
     rows.append(_zoo(root))
     rows.append(_train_speed(root))
+    rows.append(_folder_memory(root))
     return rows
+
+
+def _folder_memory(root: Path) -> dict:
+    """benchmarks/folder_memory.json (benchmarks.folder_memory): a whole build's peak anonymous memory at two folder
+    sizes, and the difference the goal bounds."""
+    claim, name, where = "memory against folder size", "folder_memory.json", "Memory against folder size"
+    cmd = "python -m benchmarks.folder_memory"
+    d = _load(root, name)
+    if not isinstance(d, dict) or "results" not in d:
+        return _other(root, claim, name, cmd, where)
+    from benchmarks.folder_memory import GOAL_MB, RAN_THROUGH
+
+    by = {r["scale"]: r for r in d["results"] if r.get("exit") in RAN_THROUGH}
+    parts = [f"{k} images: {r['peak_anonymous_mib']:,.0f} MiB" for k, r in by.items()]
+    if len(by) == 2:
+        a, b = (r["peak_anonymous_mib"] for r in by.values())
+        parts.append(f"difference {(b - a) * 1.048576:+,.0f} MB")
+    value = (f"peak anonymous memory of a whole build (tiny_resnet, 128 px JPEG folder, 1 + 1 epochs, all processes): "
+             f"{'; '.join(parts) or 'no finished run'} (goal: within {GOAL_MB} MB)")
+    return _row(claim, value, _date(root / "benchmarks" / name), cmd, where)
 
 
 def _zoo(root: Path) -> dict:
