@@ -46,22 +46,26 @@ def test_nan_loss_stops_training_naming_epoch_and_recipe(fmnist_small):
     assert m.conv1.weight.is_contiguous()  # trained channels-last, and given back in the default layout even so
 
 
-_SEGFAULTING_NET = """
+_FAILING_NET = """
 import os, signal, torch.nn as nn
 
-class Net(nn.Module):  # a forward that dies by SIGSEGV once it trains: a stand-in for a crash in native code
+class Net(nn.Module):  # a forward that fails once it trains: {why}
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 8, 3, padding=1)
         self.fc = nn.Linear(8, 10)
     def forward(self, x):
         if self.training and x.shape[0] > 1:
-            os.kill(os.getpid(), signal.SIGSEGV)
+            {fail}
         return self.fc(self.conv(x).mean((2, 3)))
 
 def make():
     return Net()
 """
+_SEGFAULTING_NET = _FAILING_NET.format(why="dies by SIGSEGV, a stand-in for a crash in native code",
+                                       fail="os.kill(os.getpid(), signal.SIGSEGV)")
+_RAISING_NET = _FAILING_NET.format(why="raises, a stand-in for an error no check of ours foresaw",
+                                   fail="raise RuntimeError(\"shape mismatch in\\nthe user's own block\")")
 
 
 def test_a_signal_death_is_one_line_naming_the_stage(tmp_path):
@@ -77,24 +81,6 @@ def test_a_signal_death_is_one_line_naming_the_stage(tmp_path):
     assert r.returncode == 3, r.stderr[-1500:]
     assert last.startswith("error: the process died by SIGSEGV in the 'train' stage"), last
     assert "Traceback" not in r.stderr and not (tmp_path / "dist").exists()
-
-
-_RAISING_NET = """
-import torch.nn as nn
-
-class Net(nn.Module):  # a forward that raises once it trains: a stand-in for an error no check of ours foresaw
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 10)
-    def forward(self, x):
-        if self.training and x.shape[0] > 1:
-            raise RuntimeError("shape mismatch in\\nthe user's own block")
-        return self.fc(self.conv(x).mean((2, 3)))
-
-def make():
-    return Net()
-"""
 
 
 def test_an_unexpected_exception_is_one_line_with_the_traceback_in_a_file(tmp_path, capsys):
