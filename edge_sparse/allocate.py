@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import extract_ops
-from edge_sparse.pruning import _channel_shuffles, _tolerate_torch_pruning
+from edge_sparse.pruning import _channel_shuffles, _tolerate_torch_pruning, bn_scale_importance, renormalized_batchnorms
 from edge_sparse.pruning import RECORD_FORMAT, Criterion, PruneResult, _classifier_layers, count, profile
 
 SCORINGS = ("importance", "relative", "uniform")
@@ -86,7 +86,8 @@ class Allocator:
         if (criterion == "taylor") != (taylor_batch is not None):
             raise EdgeSparseError("criterion 'taylor' needs a batch of images and labels (taylor_batch), and only it "
                                   f"uses one (criterion {criterion!r}, taylor_batch {'given' if taylor_batch else 'none'})")
-        imp_fn = tp.importance.BNScaleImportance(normalizer=None)  # raw |gamma|: groups compete on one scale
+        # raw |gamma|: groups compete on one scale; BatchNorms that a depthwise conv's BatchNorm re-normalises are not read
+        imp_fn = bn_scale_importance(renormalized_batchnorms(self.dense, self.example), normalizer=None, fallback=False)
         self.criterion = "bn_scale"
         if criterion in ("l1", "l2"):
             imp_fn = tp.importance.GroupMagnitudeImportance(p=int(criterion[1]), normalizer=None)

@@ -33,22 +33,71 @@ RECORD_FORMAT = "edge_sparse.prune/1"
 SHRINK_TOLERANCE = 1e-4
 
 
-@CRITERIA.register("bn_scale")
-def _bn_scale():
-    """|gamma| of each channel's BatchNorm (network slimming); a group with no BatchNorm (SqueezeNet's fire modules,
-    convs with bias and no norm) is ranked by its weights' L2 norm instead, so such a model still prunes."""
+def renormalized_batchnorms(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The BatchNorms whose scale says nothing of what their channels contribute: every use of their output reaches,
+    through one-input element-wise ops only (activations), a conv that reads one channel per output channel
+    (depthwise) and is batch-normalised again. That BatchNorm undoes any per-channel scale, so gamma there only sets
+    each channel's range: MobileNet's stem and expand layers. The L1 term must leave them alone (on MobileNetV3 it
+    let the stem keep one channel at gamma 18.9 beside fifteen near 0.03 whose signal the depthwise BatchNorm
+    re-amplified: a 250x spread of ranges that per-tensor int8 cannot hold, 66 % int8 agreement), and the bn_scale
+    ranking reads the group's other BatchNorms. Empty when Torch-Pruning cannot trace the model (nothing exempt)."""
     import torch_pruning as tp
+    from torch_pruning import ops
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _tolerate_torch_pruning()
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1])
+    except Exception:
+        return []
+
+    def renormalized(node, depth: int = 0) -> bool:
+        if not node.outputs or depth > 8:
+            return False
+        for out in node.outputs:
+            m = out.module
+            if out.type == ops.OPTYPE.ELEMENTWISE and len(out.inputs) == 1:
+                if not renormalized(out, depth + 1):
+                    return False
+            elif not (isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1 and out.outputs
+                      and all(isinstance(o.module, nn.modules.batchnorm._BatchNorm) for o in out.outputs)):
+                return False
+        return True
+
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+            and m in dg.module2node and renormalized(dg.module2node[m])]
+
+
+def bn_scale_importance(skip=(), normalizer: Optional[str] = "mean", fallback: bool = True):
+    """|gamma| of each channel's BatchNorm (network slimming), over the group's BatchNorms but those in `skip`
+    (`renormalized_batchnorms`); a group with no such BatchNorm (SqueezeNet's fire modules, convs with bias and no
+    norm) is ranked by its weights' L2 norm instead, so such a model still prunes (`fallback=False`: None for it)."""
+    import torch_pruning as tp
+    from torch_pruning.dependency.group import Group
+
+    skip = frozenset(skip)
 
     class BNScaleOrMagnitude(tp.importance.BNScaleImportance):
         def __init__(self):
-            super().__init__()
-            self._magnitude = tp.importance.GroupMagnitudeImportance(p=2)
+            super().__init__(normalizer=normalizer)
+            self._magnitude = tp.importance.GroupMagnitudeImportance(p=2, normalizer=normalizer)
 
         def __call__(self, group):
-            imp = super().__call__(group)
-            return self._magnitude(group) if imp is None else imp
+            scored = group
+            if skip:
+                scored = Group()
+                scored._DG = group._DG
+                scored._group = [item for item in group._group if item.dep.layer not in skip]
+            imp = super().__call__(scored) if len(scored._group) else None
+            return self._magnitude(group) if imp is None and fallback else imp
 
     return BNScaleOrMagnitude()
+
+
+@CRITERIA.register("bn_scale")
+def _bn_scale(skip=()):
+    return bn_scale_importance(skip)
 
 
 _UNBUILDABLE: list = []  # root modules whose group Torch-Pruning could not build in the current prune() call
@@ -414,6 +463,8 @@ def prune(
             ratio_dict[named[n]] = r
 
     shuffle_groups, shuffled = _channel_shuffles(work, example_input)
+    renormalized = renormalized_batchnorms(work, example_input) if criterion == "bn_scale" else []
+    importance = (lambda: imp_factory(renormalized)) if renormalized else imp_factory
     if shuffle_groups > 1:  # a channel shuffle views C as (G, C/G): every width it sees must stay divisible by G
         round_to = math.lcm(round_to or 1, shuffle_groups)
 
@@ -422,7 +473,7 @@ def prune(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return _pruner_class()(
-                    work, example_input[:1], importance=imp_factory(), global_pruning=global_pruning,
+                    work, example_input[:1], importance=importance(), global_pruning=global_pruning,
                     pruning_ratio=float(sparsity), pruning_ratio_dict=ratio_dict,
                     max_pruning_ratio=max_layer_sparsity, ignored_layers=ignored, round_to=round_to,
                     iterative_steps=iterative_steps,
@@ -438,7 +489,7 @@ def prune(
     _tolerate_torch_pruning()
     _UNBUILDABLE.clear()
     pruner = make_pruner()
-    unprunable = _unmappable_groups(pruner, work, ignored, imp_factory(), shuffled, taylor=criterion == "taylor")
+    unprunable = _unmappable_groups(pruner, work, ignored, importance(), shuffled, taylor=criterion == "taylor")
     name_of_module = {m: n for n, m in named.items()}
     unprunable += [{"layers": [name_of_module[m]], "why": "Torch-Pruning could not build its coupled group (its index "
                     "mapping through a concat ran out of range)"}

@@ -7,7 +7,8 @@ Run: `edge-sparse train --model resnet8 --epochs 4 --out runs/dense`
 
 Sparsity objective: `bn_l1` adds lambda * sign(gamma) to every BatchNorm scale's gradient (network
 slimming, Liu et al. 2017), so channels that do not help the task get gamma -> 0 and are the first the
-`bn_scale` criterion removes; `group_lasso` adds lambda * sum_c ||W_c||_2 over conv output channels.
+`bn_scale` criterion removes; BatchNorms whose output a depthwise conv's BatchNorm re-normalises are left out
+(`pruning.renormalized_batchnorms`: there gamma sets only a channel's int8 range, not its worth); `group_lasso` adds lambda * sum_c ||W_c||_2 over conv output channels.
 
 Resume is exact: each epoch's shuffling and augmentation come from (seed, epoch), and the checkpoint
 holds model, optimizer, schedule position and history, so a run killed mid-epoch and resumed with
@@ -104,6 +105,18 @@ def bn_cost_weights(model: nn.Module, input_shape) -> dict[nn.Module, float]:
     channels = {m: s[1] for m, s in shapes.items()}
     mean = sum(cost[m] * channels[m] for m in cost) / max(1, sum(channels.values()))
     return {m: c / mean for m, c in cost.items()}
+
+
+def _renormalized(model: nn.Module, input_shape) -> list:
+    """`pruning.renormalized_batchnorms` on a zero input of `input_shape` (eval mode, restored after)."""
+    from edge_sparse.pruning import renormalized_batchnorms
+
+    was = model.training
+    try:
+        model.eval()
+        return renormalized_batchnorms(model, torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was)
 
 
 def _sparsity_grad(model: nn.Module, cfg: TrainConfig, weights: Optional[dict] = None):
@@ -324,6 +337,15 @@ def fit(
     weights = None
     if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_weighting == "cost":
         weights = bn_cost_weights(model, splits.input_shape)
+    if cfg.sparsity_reg == "bn_l1" and cfg.sparsity_lambda > 0:
+        exempt = _renormalized(model, splits.input_shape)
+        if exempt:
+            weights = {**(weights or {}), **{m: 0.0 for m in exempt}}
+            if rank == 0:
+                names = {m: n for n, m in model.named_modules()}
+                print(f"  bn_l1 leaves out {len(exempt)} BatchNorm(s) that a depthwise conv's BatchNorm re-normalises: "
+                      + ", ".join(names[m] for m in exempt[:4]) + (" ..." if len(exempt) > 4 else ""),
+                      file=sys.stderr, flush=True)
     sparsity_step = _sparsity_grad(model, cfg, weights)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
