@@ -225,3 +225,26 @@ def test_mobile_blocks_prune_coupled_and_shuffles_are_kept_and_listed():
     assert {"conv.0", "units.0.left.2"} <= kept and all("channel shuffle" in u["why"] for u in sh.record["unprunable"])
     assert sh.macs < sh.dense_macs and sh.shrink_max_abs_diff <= 1e-4
     assert all(c % 2 == 0 for c in (m.out_channels for m in sh.model.modules() if isinstance(m, nn.Conv2d)))
+
+
+def test_bn_scale_ranking_does_not_read_a_renormalised_batchnorm():
+    """The stem's BatchNorm is coupled to the first depthwise BatchNorm, which re-normalises it: a channel the
+    depthwise BatchNorm has switched off ranks last however large its stem gamma."""
+    import torch_pruning as tp
+    from edge_sparse.pruning import bn_scale_importance, renormalized_batchnorms
+
+    torch.manual_seed(0)
+    m = models.create("tiny_mbv3", in_channels=1, num_classes=10, input_size=28).eval()
+    stem_bn, dw_bn = m.features[0][1], m.features[1].block[1]
+    with torch.no_grad():
+        stem_bn.weight.fill_(1.0)
+        stem_bn.weight[3] = 50.0
+        dw_bn.weight.copy_(torch.linspace(0.5, 1.5, 16))
+        dw_bn.weight[3] = 0.0
+    x = torch.zeros(1, 1, 28, 28)
+    skip = renormalized_batchnorms(m, x)
+    assert stem_bn in skip and dw_bn not in skip
+    dg = tp.DependencyGraph().build_dependency(m, example_inputs=x)
+    group = dg.get_pruning_group(m.features[0][0], tp.prune_conv_out_channels, idxs=list(range(16)))
+    assert int(bn_scale_importance(skip, normalizer=None)(group).argmin()) == 3
+    assert int(bn_scale_importance((), normalizer=None)(group).argmax()) == 3  # read naively: the most important

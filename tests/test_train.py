@@ -39,6 +39,44 @@ def test_bn_l1_drives_scales_down(fmnist_small):
     assert bn_small_fraction(sparse, 0.3) > bn_small_fraction(plain, 0.3) + 0.1
 
 
+def test_bn_l1_leaves_out_the_batchnorms_a_depthwise_batchnorm_renormalises(fmnist_small):
+    """MobileNet's stem and expand BatchNorms feed (through an activation) only a depthwise conv whose own BatchNorm
+    undoes any per-channel scale: L1 there sets int8 ranges, not worth, so it leaves them alone; every other
+    BatchNorm is still driven down."""
+    from edge_sparse.pruning import renormalized_batchnorms
+
+    torch.manual_seed(0)
+    m = models.create("tiny_mbv3", in_channels=1, num_classes=10, input_size=28)
+    names = {b: n for n, b in m.named_modules()}
+    exempt = renormalized_batchnorms(m.eval(), torch.zeros(1, 1, 28, 28))
+    assert sorted(names[b] for b in exempt) == ["features.0.1", "features.2.block.1", "features.3.block.1"]
+    assert renormalized_batchnorms(_tiny().eval(), torch.zeros(1, 1, 28, 28)) == []  # no depthwise conv
+
+
+    class Fork(nn.Module):  # the same BatchNorm -> ReLU -> depthwise -> BatchNorm, but also added to the result
+        def __init__(self, skip: bool):
+            super().__init__()
+            self.skip = skip
+            self.conv, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.dw, self.dw_bn = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            a = torch.relu(self.bn(self.conv(x)))
+            y = self.dw_bn(self.dw(a))
+            return (y + a if self.skip else y).mean((2, 3))
+
+    plain, forked = Fork(False).eval(), Fork(True).eval()
+    assert renormalized_batchnorms(plain, torch.zeros(1, 1, 8, 8)) == [plain.bn]
+    assert renormalized_batchnorms(forked, torch.zeros(1, 1, 8, 8)) == []  # its range reaches the add as it is
+
+    fit(m, fmnist_small, TrainConfig(epochs=2, batch_size=64, lr=0.05, augment="none", sparsity_reg="bn_l1",
+                                     sparsity_lambda=2.0, schedule="constant"), progress=False)
+    gammas = lambda bns: torch.cat([b.weight.detach().abs() for b in bns])  # noqa: E731
+    others = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d) and b not in exempt]
+    assert gammas(others).median() < 0.25  # from 1: 38 steps of lr 0.05 x lambda 2 (with momentum) hold it near 0
+    assert gammas(exempt).median() > 0.75
+
+
 def test_group_lasso_runs(fmnist_small):
     m = _tiny()
     hist = fit(m, fmnist_small, TrainConfig(epochs=1, batch_size=128, sparsity_reg="group_lasso", sparsity_lambda=1e-3),
