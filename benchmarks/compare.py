@@ -347,7 +347,8 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
                                          "predicted_p90_ms": b.results["finetune"]["final"]["predicted_p90_ms"],
                                          "recipe": f"default build ({cfg.train.epochs} dense + {cfg.finetune.epochs} fine-tune epochs)",
                                          "train_seconds": round(sum(b.results[s].get("_seconds", 0) for s in
-                                                                    ("train", "search", "finetune", "reference")), 1)}}
+                                                                    ("train", "search", "finetune", "reference")), 1),
+                                         **_int8_parity(b.results["verify"])}}
     # rows kept from an earlier run were paired image by image against the shipped model of that run: if this run's
     # shipped model is another one (a code change, another CPU's float kernels) and a peer's model is not on this
     # machine to be paired again, the peer is trained again rather than left paired against a model no longer shown
@@ -475,6 +476,29 @@ def run_point(budget: str, seed: int, quick: bool, methods: list[str], points: l
     save()
 
 
+def _int8_parity(verify_result: dict) -> dict:
+    """The shipped model's fp32 top-1 and its int8 .tflite's agreement with it, on the whole test split (the build's
+    verify stage measures both)."""
+    test = verify_result.get("accuracy", {}).get("test", {})
+    if "int8_agreement_pct" not in test:
+        return {}
+    return {"fp32_top1_pct": test["torch_fp32"]["acc"], "int8_agreement_pct": test["int8_agreement_pct"]}
+
+
+def parity_lines(points: list[dict]) -> list[str]:
+    """One line per budget whose shipped rows recorded their int8 agreement: mean and per seed."""
+    out = []
+    for k in dict.fromkeys(_label(p) for p in points):
+        rs = sorted((p for p in points if _label(p) == k and p["method"] == "shipped" and "int8_agreement_pct" in p),
+                    key=lambda p: p["seed"])
+        if rs:
+            out.append(f"- {k}: {statistics.fmean(p['int8_agreement_pct'] for p in rs):.2f} % ("
+                       + ", ".join(f"seed {p['seed']}: {p['int8_agreement_pct']:.2f} %, fp32 {p['fp32_top1_pct']:.2f} % "
+                                   f"→ int8 {p['top1']['acc']:.2f} %" for p in rs) + ")")
+    return ["\nThe shipped model's int8 agreement with its own fp32 model (same top-1 class, whole test split), where "
+            "recorded:"] + out if out else []
+
+
 PEERS = ("width", "width-time", "tp")  # trained by this benchmark, kept in its work folder (the others: build cache)
 
 
@@ -539,6 +563,7 @@ def markdown(points: list[dict]) -> str:
              "which more seeds do not narrow). Recipes: "
              + "; ".join(f"`{m}`: {next((p['recipe'] for p in points if p['method'] == m and 'recipe' in p), '–')}"
                          for m in METHODS) + ".")
+    L += parity_lines(points)
     quick = any(p["quick"] for p in points)
     if not quick:
         L.append(wall_time_note(points))
