@@ -61,9 +61,12 @@ def renormalized_batchnorms(model: nn.Module, example: torch.Tensor) -> list[nn.
                 if not renormalized(out, depth + 1):
                     return False
             elif not (isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1 and out.outputs
-                      and all(isinstance(o.module, nn.modules.batchnorm._BatchNorm) for o in out.outputs)):
+                      and all(batch_norm(o) for o in out.outputs)):
                 return False
         return True
+
+    def batch_norm(node) -> bool:  # timm's BatchNormAct2d: the module's node is its activation, the norm an op before
+        return isinstance(node.module, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(node.grad_fn).__name__
 
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
             and m in dg.module2node and renormalized(dg.module2node[m])]

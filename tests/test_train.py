@@ -65,9 +65,15 @@ def test_bn_l1_leaves_out_the_batchnorms_a_depthwise_batchnorm_renormalises(fmni
             y = self.dw_bn(self.dw(a))
             return (y + a if self.skip else y).mean((2, 3))
 
+    class BNAct(nn.BatchNorm2d):  # timm's BatchNormAct2d: the activation inside the norm's module
+        def forward(self, x):
+            return torch.nn.functional.relu6(super().forward(x))
+
     plain, forked = Fork(False).eval(), Fork(True).eval()
     assert renormalized_batchnorms(plain, torch.zeros(1, 1, 8, 8)) == [plain.bn]
     assert renormalized_batchnorms(forked, torch.zeros(1, 1, 8, 8)) == []  # its range reaches the add as it is
+    plain.bn, plain.dw_bn = BNAct(8), BNAct(8)
+    assert renormalized_batchnorms(plain.eval(), torch.zeros(1, 1, 8, 8)) == [plain.bn]
 
     fit(m, fmnist_small, TrainConfig(epochs=2, batch_size=64, lr=0.05, augment="none", sparsity_reg="bn_l1",
                                      sparsity_lambda=2.0, schedule="constant"), progress=False)
