@@ -552,6 +552,16 @@ def headline(root: Path = ROOT) -> list[dict]:
                   f"{'met' if verdicts and all(m >= 0.5 for m, _, _ in verdicts) else 'missed'}")
         rows.append(_row("shipped vs width multiplier and Torch-Pruning at equal latency", value,
                          _date(bm / "compare.json"), "make compare", "The shipped model against the alternatives"))
+        mb = group("host:1.5x", "mobilenetv3")
+        agree = [p["int8_agreement_pct"] for p in mb.get("shipped", {}).values() if "int8_agreement_pct" in p]
+        if agree:
+            acc = [p["top1"]["acc"] for p in mb["shipped"].values() if "top1" in p]
+            rows.append(_row(
+                "MobileNetV3 (SE, hard-swish) in int8",
+                f"host 1.5× ({_seeds(mb['shipped'])}): shipped int8 {statistics.fmean(acc):.2f} %, "
+                f"int8 agreement {min(agree):.2f}–{max(agree):.2f} % (goal ≥ 99 %: "
+                f"{'met' if min(agree) >= 99 else 'missed'}); {vs(mb, 'width', 'width multiplier')}",
+                _date(bm / "compare.json"), "make compare ARGS='--model mobilenetv3 --budgets host:1.5x --seeds 0,1,2 --methods shipped,width'", "The shipped model against the alternatives"))
     else:
         rows.append(_missing("shipped vs width multiplier and Torch-Pruning", "compare.json", "make compare", "The shipped model against the alternatives"))
     rob = _load(root, "robust_peers.json")

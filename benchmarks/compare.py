@@ -493,7 +493,7 @@ def parity_lines(points: list[dict]) -> list[str]:
                     key=lambda p: p["seed"])
         if rs:
             out.append(f"- {k}: {statistics.fmean(p['int8_agreement_pct'] for p in rs):.2f} % ("
-                       + ", ".join(f"seed {p['seed']}: {p['int8_agreement_pct']:.2f} %, fp32 {p['fp32_top1_pct']:.2f} % "
+                       + "; ".join(f"seed {p['seed']}: {p['int8_agreement_pct']:.2f} %, fp32 {p['fp32_top1_pct']:.2f} % "
                                    f"→ int8 {p['top1']['acc']:.2f} %" for p in rs) + ")")
     return ["\nThe shipped model's int8 agreement with its own fp32 model (same top-1 class, whole test split), where "
             "recorded:"] + out if out else []
