@@ -8,7 +8,8 @@ Run: `edge-sparse train --model resnet8 --epochs 4 --out runs/dense`
 Sparsity objective: `bn_l1` adds lambda * sign(gamma) to every BatchNorm scale's gradient (network
 slimming, Liu et al. 2017), so channels that do not help the task get gamma -> 0 and are the first the
 `bn_scale` criterion removes; BatchNorms whose output a depthwise conv's BatchNorm re-normalises are left out
-(`pruning.renormalized_batchnorms`: there gamma sets only a channel's int8 range, not its worth); `group_lasso` adds lambda * sum_c ||W_c||_2 over conv output channels.
+(`pruning.renormalized_batchnorms`: there gamma sets only a channel's int8 range, not its worth); `group_lasso`
+adds lambda * sum_c ||W_c||_2 over conv output channels.
 
 Resume is exact: each epoch's shuffling and augmentation come from (seed, epoch), and the checkpoint
 holds model, optimizer, schedule position and history, so a run killed mid-epoch and resumed with
@@ -126,7 +127,8 @@ def _sparsity_grad(model: nn.Module, cfg: TrainConfig, weights: Optional[dict] =
     `grad.add_(sign, alpha=lambda * w)` bit for bit: a product with -1, 0 or 1 is exact."""
     if cfg.sparsity_reg != "bn_l1" or cfg.sparsity_lambda <= 0:
         return None
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+           and (weights.get(m, 1.0) if weights else 1.0) > 0]  # weight 0: left out (`_renormalized`)
     alphas = [cfg.sparsity_lambda * (weights.get(m, 1.0) if weights else 1.0) for m in bns]
 
     def step() -> None:
