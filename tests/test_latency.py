@@ -318,12 +318,29 @@ def _pricer(m, ex, multiple=8):
     return pr
 
 
-@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mobilenet"])
+class _Fire(torch.nn.Module):
+    """SqueezeNet's fire modules: a squeeze conv, two expand convs concatenated, read whole by the next conv."""
+
+    def __init__(self):
+        super().__init__()
+        cbr = lambda i, o, k: torch.nn.Sequential(torch.nn.Conv2d(i, o, k, padding=k // 2, bias=False),  # noqa: E731
+                                                   torch.nn.BatchNorm2d(o), torch.nn.ReLU())
+        self.stem, self.squeeze = cbr(1, 32, 3), cbr(32, 16, 1)
+        self.e1, self.e3 = cbr(16, 32, 1), cbr(16, 32, 3)
+        self.head = cbr(64, 32, 1)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        s = self.squeeze(self.stem(x))
+        return self.fc(self.head(torch.cat([self.e1(s), self.e3(s)], 1)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mobilenet", "fire"])
 def test_allocation_fills_the_budget_with_kernel_friendly_widths(name):
     from edge_sparse.allocate import SCORINGS, Allocator
     from edge_sparse.pruning import replay
 
-    m, ex = _tiny(name)
+    m, ex = _tiny(name) if name != "fire" else (_Fire().eval(), torch.zeros(1, 1, 28, 28))
     pr = _pricer(m, ex)
     al = Allocator(m, ex, pr, 8)
     floor = al.price({g.name: g.min_keep for g in al.groups})["p90"]
