@@ -100,12 +100,21 @@ class Allocator:
             self.criterion = "taylor"
         self.groups: list[Group] = []
         self.handlers = {}
+        self.unprunable: list[dict] = []  # groups kept whole, with why (as `pruning.prune` lists them)
         for g in groups:
             root = g[0].dep.target.module
             n = len(g[0].idxs)
             if n <= self.m:
                 continue
-            imp = imp_fn(g)
+            try:
+                imp = imp_fn(g)
+            except (IndexError, RuntimeError) as e:  # Torch-Pruning's index mapping through a slice (GhostNet)
+                self.unprunable.append({
+                    "layers": list(dict.fromkeys(names[d.target.module] for d, _ in g if d.target.module in names
+                                                 and isinstance(d.target.module, (nn.Conv2d, nn.Linear)))),
+                    "why": f"Torch-Pruning cannot map this group's channels through the graph: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+                continue
             if imp is None:  # no BN in the group: fall back to the L1 norm of the root's filters
                 imp = root.weight.detach().abs().flatten(1).sum(1)
             imp = imp.detach().float()
@@ -120,6 +129,9 @@ class Allocator:
             raise EdgeSparseError("no prunable channel group wider than the channel multiple "
                                   f"{self.m}: nothing to allocate")
         self._map_ops()
+        if not self.groups:
+            raise EdgeSparseError("Torch-Pruning cannot prune any channel group of this model: "
+                                  + "; ".join(f"{u['layers'][0]}: {u['why']}" for u in self.unprunable[:3]))
 
     # how each group moves each op's input and output width: prune each group by one multiple and look. A width is
     # linear in the groups' widths: a concat's consumer reads the sum of its inputs' groups, a flatten's FC reads
@@ -127,9 +139,23 @@ class Allocator:
     def _map_ops(self) -> None:
         self.cin_of: list[dict[str, float]] = [{} for _ in self.ops]
         self.cout_of: list[dict[str, float]] = [{} for _ in self.ops]
-        for g in self.groups:
-            m = self._pruned({g.name: g.size - self.m})
-            ops = extract_ops(m, self.example)
+        for g in list(self.groups):
+            why = None
+            try:
+                m = self._pruned({g.name: g.size - self.m})
+                root = dict(m.named_modules())[g.name]
+                width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+                if width != g.size - self.m:  # Torch-Pruning mapped the indices wrongly (GhostNet's stem: to 0)
+                    why = f"pruning {self.m} of its {g.size} channels left {g.name} {width} wide"
+                else:
+                    ops = extract_ops(m, self.example)
+            except (EdgeSparseError, IndexError, RuntimeError) as e:
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            if why is not None:  # kept whole and listed, as `pruning.prune` keeps the groups it cannot map
+                self.unprunable.append({"layers": [g.name], "why": f"Torch-Pruning cannot prune this group: {why}"})
+                self.groups.remove(g)
+                self.handlers.pop(g.name, None)
+                continue
             if len(ops) != len(self.ops):
                 raise EdgeSparseError(f"pruning group {g.name} changed the op graph ({len(self.ops)} -> {len(ops)} ops)")
             for i, (a, b) in enumerate(zip(self.ops, ops)):
@@ -241,7 +267,7 @@ class Allocator:
         record = {"format": RECORD_FORMAT, "criterion": self.criterion, "method": f"allocate/{alloc.scoring}",
                   "sparsity": self.sparsity(alloc), "round_to": self.m, "global_pruning": False,
                   "input_shape": list(self.example.shape[1:]), "iterative_steps": 1, "history": history,
-                  "plan": [alloc.describe()], "keep": alloc.keep,
+                  "plan": [alloc.describe()], "keep": alloc.keep, "unprunable": self.unprunable,
                   "channels": {s.name: [s.in_channels, s.out_channels] for s in layers}}
         return PruneResult(model.eval(), params, macs, dense_params, dense_macs, record, 0.0, layers,
                            profile(self.dense, self.example))
