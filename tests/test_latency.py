@@ -360,6 +360,56 @@ def test_allocation_fills_the_budget_with_kernel_friendly_widths(name):
         assert torch.allclose(rebuilt(x), res.model(x), atol=1e-5)
 
 
+class _GroupedBlock(torch.nn.Module):
+    """RegNet-X's block: 1x1, a 3x3 conv in 3 groups of 16 channels, 1x1, a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        cbr = lambda i, o, k, g=1: torch.nn.Sequential(  # noqa: E731
+            torch.nn.Conv2d(i, o, k, padding=k // 2, groups=g, bias=False), torch.nn.BatchNorm2d(o), torch.nn.ReLU())
+        self.stem, self.a, self.b = cbr(1, 24, 3), cbr(24, 48, 1), cbr(48, 48, 3, g=3)
+        self.c = torch.nn.Sequential(torch.nn.Conv2d(48, 24, 1, bias=False), torch.nn.BatchNorm2d(24))
+        self.fc = torch.nn.Linear(24, 10)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self.fc(torch.relu(s + self.c(self.b(self.a(s)))).mean((2, 3)))
+
+
+def test_allocation_narrows_a_grouped_conv_evenly():
+    """A grouped conv's channels go one position of every group at a time, so the shrunk conv still has its 3 equal
+    groups (removing the least important channels wherever they were left it 45 channels in 3 groups of 16 inputs,
+    and the pruned network did not run: RegNet's failure in the zoo)."""
+    from edge_sparse.allocate import Allocator
+    from edge_sparse.pruning import replay
+
+    torch.manual_seed(0)
+    m, ex = _GroupedBlock().eval(), torch.zeros(1, 1, 16, 16)
+    with torch.no_grad():  # every slice's weakest channels sit at different positions: an uneven pick is the easy one
+        m.a[1].weight.copy_(torch.rand(48) + 0.1)
+        m.b[1].weight.copy_(torch.rand(48) + 0.1)
+    pr = _pricer(m, ex)
+    al = Allocator(m, ex, pr, 8)
+    steps = {g.name: g.step for g in al.groups}
+    assert steps.pop("a.0") == steps.pop("b.0") == 24 and set(steps.values()) == {8}, steps  # lcm(8, 3 groups)
+    floor = al.price({g.name: g.min_keep for g in al.groups})["p90"]
+    a = al.allocate(floor + 0.3 * (pr.dense_p90_ms - floor), "importance")
+    assert a is not None and a.keep["a.0"] < 48 and a.keep["b.0"] < 48, a
+    res = al.apply(a)
+    b = res.model.b[0]
+    assert b.groups == 3 and b.out_channels == a.keep["b.0"] and b.in_channels == a.keep["a.0"]
+    assert b.weight.shape[1] == b.in_channels // 3
+    x = torch.randn(2, *ex.shape[1:])
+    assert torch.allclose(replay(m, res.record, ex)(x), res.model(x), atol=1e-5)
+    assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
+    # within each group of b's outputs, the kept positions are the same, and they are the best on average
+    kept = sorted(set(range(48)) - {i for n, out, idx in res.record["history"] if n == "b.0" and out for i in idx})
+    per = [[i % 16 for i in kept if i // 16 == s] for s in range(3)]
+    assert per[0] == per[1] == per[2]
+    mean = m.b[1].weight.detach().view(3, 16).mean(0)
+    assert min(mean[per[0]]) >= max(mean[[p for p in range(16) if p not in per[0]]])
+
+
 def test_allocation_keeps_the_important_channels():
     """With one group's BN scales tiny, the importance scoring prunes that group first."""
     from edge_sparse.allocate import Allocator
@@ -488,3 +538,17 @@ def test_profile_refuses_emulated_and_wrong_thread_timings():
         table_from_run(suite, {**base, "threads": 2}, t, "pi")
     with pytest.raises(EdgeSparseError, match="not a bench.py --probes result"):
         table_from_run(suite, {"threads": 4}, t, "pi")
+
+
+def test_extract_ops_tells_a_model_that_does_not_run_from_one_fx_cannot_trace():
+    """A graph that traces but does not run (wrong channel count) is named as that, not as a tracing failure."""
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    m = _GroupedBlock().eval()
+    with pytest.raises(EdgeSparseError, match=r"_GroupedBlock does not run on a \(3, 16, 16\) input \(fx node stem_0: "
+                                              r"RuntimeError: .*expected input.*3 channels"):
+        extract_ops(m, torch.zeros(1, 3, 16, 16))
+    with pytest.raises(EdgeSparseError, match="cannot trace Branchy with torch.fx"):
+        extract_ops(Branchy(), torch.zeros(1, 3, 16, 16))

@@ -170,14 +170,22 @@ def _capture(model: nn.Module, example: torch.Tensor):
 
     try:
         gm = symbolic_trace(model)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example[:1])
     except Exception as e:  # noqa: BLE001 - any tracing failure is the same user-facing problem
         first = str(e).splitlines()[0] if str(e) else ""
         raise EdgeSparseError(
             f"cannot trace {type(model).__name__} with torch.fx to price its layers{_where(model, e)} "
             f"({type(e).__name__}: {first[:160]}); the latency model needs a forward without Python control flow on "
             f"traced values") from None
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example[:1])
+    except Exception as e:  # noqa: BLE001 - the traced graph does not run: a layer's shapes do not fit
+        cause = e.__cause__ or e  # ShapeProp wraps the layer's own error; name that one
+        first = str(cause).splitlines()[0] if str(cause) else ""
+        node = str(e).split("node=%", 1)[1].split(" ", 1)[0] if "node=%" in str(e) else "?"
+        raise EdgeSparseError(
+            f"{type(model).__name__} does not run on a {tuple(example.shape[1:])} input (fx node {node}: "
+            f"{type(cause).__name__}: {first[:160]})") from None
     return gm
 
 
