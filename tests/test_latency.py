@@ -541,14 +541,50 @@ def test_profile_refuses_emulated_and_wrong_thread_timings():
 
 
 def test_extract_ops_tells_a_model_that_does_not_run_from_one_fx_cannot_trace():
-    """A graph that traces but does not run (wrong channel count) is named as that, not as a tracing failure."""
-    class Branchy(torch.nn.Module):
+    """A graph that traces but does not run (wrong channel count) is named as that, not as a tracing failure; a
+    forward no tracer can follow (a loop over a tensor's value) is named with its line."""
+    class Loop(torch.nn.Module):
         def forward(self, x):
-            return x if x.sum() > 0 else -x
+            for _ in range(x.sum().long()):
+                x = x + 1
+            return x
 
     m = _GroupedBlock().eval()
     with pytest.raises(EdgeSparseError, match=r"_GroupedBlock does not run on a \(3, 16, 16\) input \(fx node stem_0: "
                                               r"RuntimeError: .*expected input.*3 channels"):
         extract_ops(m, torch.zeros(1, 3, 16, 16))
-    with pytest.raises(EdgeSparseError, match="cannot trace Branchy with torch.fx"):
-        extract_ops(Branchy(), torch.zeros(1, 3, 16, 16))
+    with pytest.raises(EdgeSparseError, match=r"cannot trace Loop with torch.fx .*`for _ in range\(x.sum"):
+        extract_ops(Loop(), torch.zeros(1, 3, 16, 16))
+
+
+class _ShapeBranches(torch.nn.Module):
+    """What timm's MobileViT and EfficientViT blocks do: branch on the input's shape, read `x.device`, unpack
+    `x.shape`, reshape by it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.pw = torch.nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        if x.shape[-1] % 2:  # plain fx: "symbolically traced variables cannot be used as inputs to control flow"
+            x = torch.nn.functional.pad(x, (0, 1, 0, 1))
+        y = torch.relu(self.conv(x))
+        if y.device.type != "meta" and len(y) == 1:
+            b, c, h, w = y.shape
+            y = y.reshape(b, c, h * w).reshape(b, c, h, w)
+        return self.pw(y).mean((2, 3))
+
+
+def test_a_forward_that_branches_on_its_shape_is_priced_on_the_path_its_input_takes():
+    from torch.fx import symbolic_trace
+    from torch.fx.proxy import TraceError
+
+    m = _ShapeBranches().eval()
+    with pytest.raises(TraceError):
+        symbolic_trace(m)
+    ops = extract_ops(m, torch.zeros(1, 3, 16, 16))
+    assert [(o.kind, o.cin, o.cout, o.h) for o in ops if o.kind in ("conv", "pad")] == [
+        ("conv", 3, 16, 16), ("conv", 16, 16, 16)], ops
+    with pytest.raises(EdgeSparseError, match=r"node pad \(call_function pad\): no latency class"):
+        extract_ops(m, torch.zeros(1, 3, 15, 15))  # an odd image takes the other branch, whose F.pad is not priced

@@ -166,16 +166,29 @@ def _capture(model: nn.Module, example: torch.Tensor):
     one line naming the model and the reason.
     """
     from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
+
+    from edge_sparse.latency.concrete import concrete_trace
 
     try:
         gm = symbolic_trace(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure is the same user-facing problem
+        try:  # a branch on the input's shape: trace again with the example's concrete shapes
+            gm = concrete_trace(model, example)
+        except Exception:  # noqa: BLE001 - report plain fx's failure: it names the line that stopped it
+            gm = None
+        if gm is not None:
+            return _propagate(model, gm, example)
         first = str(e).splitlines()[0] if str(e) else ""
         raise EdgeSparseError(
             f"cannot trace {type(model).__name__} with torch.fx to price its layers{_where(model, e)} "
             f"({type(e).__name__}: {first[:160]}); the latency model needs a forward without Python control flow on "
             f"traced values") from None
+    return _propagate(model, gm, example)
+
+
+def _propagate(model: nn.Module, gm, example: torch.Tensor):
+    from torch.fx.passes.shape_prop import ShapeProp
+
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(example[:1])
