@@ -125,6 +125,37 @@ def test_block_exports_full_integer_with_parity(name, rgb, tmp_path):
         assert np.abs(ya - yb).max() <= 1e-4 * max(1.0, np.abs(ya).max()), (name, i)
 
 
+class ResidualThenDepthwise(nn.Module):
+    """MobileNetV4's UIR block start: a depthwise conv reads a residual add. onnx2tf writes that depthwise conv as a
+    CONV_2D in 16 groups of one channel (which XNNPACK runs with its depthwise kernel); the lint took it for a dense
+    16 -> 16 conv and stopped mobilenetv4_conv_small's build ("channel counts differ from the shrunk torch model")."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        bn = nn.BatchNorm2d
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), bn(c), nn.ReLU())
+        self.res = nn.Sequential(nn.Conv2d(c, 2 * c, 1), bn(2 * c), nn.ReLU(), nn.Conv2d(2 * c, c, 1), bn(c))
+        self.dw = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c), bn(c))
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.fc(torch.relu(self.dw(x + self.res(x))).mean((2, 3)))
+
+
+def test_a_depthwise_conv_after_a_residual_add_is_linted_and_priced_as_depthwise(rgb, tmp_path):
+    from edge_sparse.latency.ops import extract_ops, tflite_ops
+    from edge_sparse.pruning import profile
+
+    torch.manual_seed(0)
+    model, ex = ResidualThenDepthwise().eval(), torch.zeros(1, 3, SIZE, SIZE)
+    res = es.export(model, ex, calib=rgb["calib"], out=tmp_path, mean=rgb["mean"], std=rgb["std"])
+    rep = lint.lint(res["tflite"], profile(model, ex))
+    assert rep.channel_mismatch is None and ("dwconv", 16, 16) in rep.layers, (rep.channel_mismatch, rep.layers)
+    strip = lambda o: o.replace(act="none", name="")  # noqa: E731
+    assert sorted(map(strip, tflite_ops(res["tflite"])), key=repr) == sorted(map(strip, extract_ops(model, ex)), key=repr)
+
+
 def test_bias_correction_steps_aside_with_a_note(tmp_path):
     """Where the correction cannot run, the int8 model is returned unchanged with one line saying why."""
     model = _net("tiny_grouped").eval()

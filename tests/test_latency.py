@@ -116,7 +116,15 @@ def test_ops_match_the_exported_tflite(name, tmp_path):
 
 def test_grid_covers_every_multiple_up_to_eight_then_spaces_them():
     assert grid(32, 8) == [8, 16, 24, 32]
-    assert grid(10, 8) == [10] and grid(1, 8) == [1]  # the class count / image channels stay fixed
+    assert grid(8, 8) == [8] and grid(1, 8) == [1]  # the image channels stay fixed
+    # a width off the grid (GhostNet's 36) keeps itself at the top: the allocation snaps it down to 32, 24, ... 8,
+    # which a grid of [36] alone could not price ("probes span channels 36..36" stopped ghostnet_100's host build)
+    assert grid(36, 8) == [8, 16, 24, 32, 36]
+    m, ex = _tiny()
+    ops = extract_ops(m, ex)
+    fc = [o for o in grid_ops(ops, 8, 1, 10) if o.kind == "fc"]
+    assert {o.cout for o in fc} == {10}  # the class count stays fixed, the features narrow
+    assert {o.cin for o in fc} == set(grid(ops[-1].cin, 8)) and len(fc) > 1
     g = grid(256, 8)
     assert g[0] == 8 and g[-1] == 256 and len(g) == 8 and all(v % 8 == 0 for v in g)
 

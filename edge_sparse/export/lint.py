@@ -79,7 +79,11 @@ def lint(path: Path, torch_layers: Optional[Sequence] = None) -> LintReport:
             if name == "DEPTHWISE_CONV_2D":
                 layers.append(("dwconv", w[3], w[3]))
             elif name == "CONV_2D":  # input channels from the input: a grouped conv's filter holds in / groups
-                layers.append(("conv", w[0], int(g.Tensors(op.Inputs(0)).ShapeAsNumpy()[-1])))
+                cin = int(g.Tensors(op.Inputs(0)).ShapeAsNumpy()[-1])
+                if w[3] == 1 and w[0] == cin > 1:  # a conv in `cin` groups of one channel is depthwise: onnx2tf
+                    layers.append(("dwconv", cin, cin))  # writes one so after a residual add, XNNPACK runs it so
+                else:
+                    layers.append(("conv", w[0], cin))
             else:
                 layers.append(("linear", w[0], w[1]))
     rep = LintReport(str(path), dict(ops), types[g.Tensors(g.Inputs(0)).Type()], types[g.Tensors(g.Outputs(0)).Type()],

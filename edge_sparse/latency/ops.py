@@ -483,6 +483,8 @@ def tflite_ops(path: Path | str) -> list[Op]:
             k, s = int(wshape[1]), int(opts.strideH)
             if kind == "conv" and wshape[3] != x[3]:
                 groups = x[3] // wshape[3]
+                if wshape[3] == 1 and wshape[0] == x[3]:  # one channel in and out per group: XNNPACK's dwconv
+                    kind, groups = "dwconv", 1  # (onnx2tf writes a depthwise conv after a residual add so)
         elif kind == "pad":
             k = int(y[1] - x[1]) + 1
         elif kind in ("maxpool", "avgpool"):

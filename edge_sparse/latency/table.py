@@ -38,10 +38,13 @@ GRID_POINTS = 8
 
 
 def grid(max_c: int, multiple: int, points: int = GRID_POINTS) -> list[int]:
-    """Channel counts probed for a width that may be pruned down to any multiple of `multiple`."""
-    if max_c < multiple or max_c % multiple:
-        return [max_c]  # not prunable on this grid (e.g. the image's channels, the class count)
+    """Channel counts probed for a width that may be pruned down to any multiple of `multiple`; a width that is
+    not a multiple (GhostNet's 36) keeps itself as the top of its grid: the allocation snaps it down to one."""
+    if max_c <= multiple:
+        return [max_c]  # not prunable on this grid (e.g. the image's channels)
     full = list(range(multiple, max_c + 1, multiple))
+    if max_c % multiple:
+        full.append(max_c)
     if len(full) <= points:
         return full
     idx = np.unique(np.round(np.linspace(0, len(full) - 1, points)).astype(int))
@@ -53,8 +56,8 @@ def grid_ops(ops: Sequence[Op], multiple: int, fixed_in: int, fixed_out: Optiona
 
     Ops of one family (same kind, resolution, kernel, stride, activation) share their grid: its input
     axis is the union of each member's input grid, likewise its output axis, and every (in, out) pair
-    of the two axes is probed, so interpolation always finds the four corners it needs. Widths that
-    are not multiples (the image's channels, the class count) stay as they are.
+    of the two axes is probed, so interpolation always finds the four corners it needs. The image's channels
+    (`fixed_in`) and the class count (`fixed_out`, when not a multiple) stay as they are.
     """
     axes: dict[str, list] = {}
     for op in ops:
@@ -62,8 +65,8 @@ def grid_ops(ops: Sequence[Op], multiple: int, fixed_in: int, fixed_out: Optiona
             continue
         a = axes.setdefault(op.family, [op, set(), set()])
         m = math.lcm(multiple, op.groups)  # a grouped conv / shuffle keeps its group count: widths divisible by it
-        a[1].update(grid(op.cin, m))
-        a[2].update(grid(op.cout, m))
+        a[1].update([op.cin] if op.cin == fixed_in else grid(op.cin, m))  # the image's channels
+        a[2].update([op.cout] if op.cout == fixed_out and op.cout % m else grid(op.cout, m))  # the class count
     out: dict[str, Op] = {}
     for proto, ins, outs in axes.values():
         if proto.kind in ONE_WIDTH:
