@@ -166,3 +166,33 @@ def test_bias_correction_steps_aside_with_a_note(tmp_path):
     out, note = etflite.correct_biases(int8, b"not a tflite flatbuffer", calib)
     assert out == int8 and note.startswith("bias correction skipped: "), note
     assert "\n" not in note
+
+
+class DeadLayer(nn.Module):
+    """A conv whose output is zero on every image (pairs of equal input channels, weights +100 / -100): its int8
+    output scale is tiny, its requantisation scale ~1e6, which XNNPACK refuses: "Node number N failed to prepare",
+    what squeezenet1_1's barely trained host build hit in `make zoo`."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 10)
+        with torch.no_grad():
+            self.c1.weight[1::2] = self.c1.weight[0::2]
+            self.c1.bias[1::2] = self.c1.bias[0::2]
+            self.c2.weight.zero_()
+            self.c2.weight[:, 0::2] = 100.0
+            self.c2.weight[:, 1::2] = -100.0
+            self.c2.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+def test_an_int8_model_xnnpack_cannot_prepare_is_refused_naming_the_dead_layer(rgb, tmp_path):
+    from edge_sparse.errors import EdgeSparseError
+
+    with pytest.raises(EdgeSparseError, match=r"does not load with XNNPACK \(.*failed to prepare.*\); layers whose "
+                                              r"requantisation scale is >= 256.*convolution_1/convolution \(\d"):
+        es.export(DeadLayer().eval(), torch.zeros(1, 3, SIZE, SIZE), calib=rgb["calib"], out=tmp_path,
+                  mean=rgb["mean"], std=rgb["std"])
+    assert not (tmp_path / "model.tflite").exists()  # nothing half-written

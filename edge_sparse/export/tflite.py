@@ -120,14 +120,35 @@ def _check_loads(model: bytes, saved_model: Path) -> None:
 
 
 def _odd_scales(model: bytes) -> str:
-    """Name the int8 tensors whose scale no real activation has (> 1e6), the usual cause of a failed load."""
+    """Name what XNNPACK refuses to prepare: int8 tensors whose scale no real activation has (> 1e6), and convs /
+    FCs whose requantisation scale (input scale x filter scale / output scale) is 256 or more, which XNNPACK's
+    qs8 operators reject (a layer whose output range is far narrower than its inputs x weights: a dead layer)."""
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
-    g = fu.convert_bytearray_to_object(bytearray(model)).subgraphs[0]
-    bad = [t.name.decode() for t in g.tensors
-           if t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale)
-           and float(np.max(t.quantization.scale)) > 1e6]
-    return f"tensors with a quantisation scale > 1e6: {bad[:3]}" if bad else ""
+    mo = fu.convert_bytearray_to_object(bytearray(model))
+    g = mo.subgraphs[0]
+
+    def scale(i: int) -> np.ndarray | None:
+        q = g.tensors[i].quantization if i >= 0 else None
+        return None if q is None or q.scale is None or not len(q.scale) else np.asarray(q.scale, np.float64)
+
+    bad = [t.name.decode() for i, t in enumerate(g.tensors) if scale(i) is not None and scale(i).max() > 1e6]
+    out = [f"tensors with a quantisation scale > 1e6: {bad[:3]}"] if bad else []
+    req = []
+    for op in g.operators:
+        code = mo.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) not in (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED):
+            continue
+        si, sw, so = scale(op.inputs[0]), scale(op.inputs[1]), scale(op.outputs[0])
+        if si is None or sw is None or so is None:
+            continue
+        r = float(si.max() * sw.max() / so.max())
+        if r >= 256:
+            req.append(f"{g.tensors[op.outputs[0]].name.decode()} ({r:.3g})")
+    if req:
+        out.append(f"layers whose requantisation scale is >= 256, which XNNPACK refuses (an output range far "
+                   f"narrower than its inputs x weights: a dead layer?): {', '.join(req[:3])}")
+    return "; ".join(out)
 
 
 def _convert_bytes(saved_model: Path, calib_nhwc: np.ndarray | None) -> bytes:
