@@ -184,6 +184,24 @@ def within(r: dict, tol: float = 0.10) -> bool:
     return abs(r["predicted_p90_ms"] / r["host_measured_p90_ms"] - 1) <= tol
 
 
+# why a build did not ship, by the first phrase of its `error:` line that matches; the issue counts these apart
+REFUSAL_KINDS = (
+    ("budget unreachable at the narrowest widths", ("no width allocation meets",)),
+    ("an op or module the latency model has no class for", ("no latency class", "is not priced", "cannot trace")),
+    ("export or a gate failed", ("lint failed", "does not load with XNNPACK", "gate", "parity", "onnx2tf",
+                                 "TFLite conversion")),
+    ("a bug of ours (a traceback, a latency table without the width asked)", ("unexpected", "Error:", "Traceback",
+                                                                              "is outside them")),
+)
+
+
+def refusal_kind(why: str) -> str:
+    for kind, phrases in REFUSAL_KINDS:
+        if any(p in why for p in phrases):
+            return kind
+    return "other"
+
+
 def claim(res: dict) -> dict:
     """The numbers of the zoo's goal: zoo models that shipped at both budgets; host predictions within ±10 %."""
     from edge_sparse.zoo_models import ZOO_MODELS
@@ -196,6 +214,8 @@ def claim(res: dict) -> dict:
     return {"zoo": len(ZOO_MODELS), "attempted": attempted, "shipped_both": both,
             "per_budget": {b: sum(1 for m in ZOO_MODELS if done.get((m, b), {}).get("shipped")) for b in BUDGETS},
             "host_shipped": len(host), "host_within_10": sum(within(r) for r in host),
+            "refused": {k: [f"{r['model']} {r['budget']}" for r in rows if not r["shipped"] and r["model"] in ZOO_MODELS
+                            and refusal_kind(r["why_not"]) == k] for k in [k for k, _ in REFUSAL_KINDS] + ["other"]},
             "wall_s": sum(r.get("wall_s", r["build_s"]) for r in rows)}
 
 
@@ -234,6 +254,10 @@ def markdown(res: dict) -> str:
          f"Host predicted p90 within ±10 % of measured: {c['host_within_10']} of "
          f"{c['host_shipped']} shipped host builds (goal ≥ 90 %). Wall time of the whole run (builds and "
          f"timing, summed over resumed runs): {c['wall_s'] / 3600:.2f} h on this machine.", ""]
+    refused = {k: v for k, v in c["refused"].items() if v}
+    if refused:
+        L += ["Not shipped, by kind (each row's `error:` line below names the op, module or gate): "
+              + "; ".join(f"**{k}**: {len(v)} ({', '.join(v)})" for k, v in refused.items()) + ".", ""]
     if missing:
         L += [f"Not attempted at both budgets (the run stopped first): {', '.join(missing)}.", ""]
     L += ["| model | budget | result | MACs dense → shipped | params dense → shipped | predicted p90 (ms) | "
