@@ -221,14 +221,24 @@ def claim(res: dict) -> dict:
 
 def _timing(res: dict) -> str:
     """How the measured column was timed: all together by --retime, or each right after its build."""
-    rt = [r["retimed"] for r in res.get("results", []) if r.get("retimed")]
-    if rt and len(rt) == sum(1 for r in res["results"] if r["shipped"]):
-        w = rt[-1]
-        return (f"all shipped bundles timed together by `python -m benchmarks.zoo --retime` ({w['date']}, round-robin, "
-                f"median of {w['rounds']} rounds of a {w['runs']}-invoke p90; load average {w['load_avg_1min'][0]} → "
-                f"{w['load_avg_1min'][1]}; the p90 timed right after each build, beside other jobs, is in zoo.json as "
-                f"host_measured_p90_ms_at_build)")
-    return "200 runs, right after its build (beside other jobs: see load_avg_1min in zoo.json)"
+    shipped = [r for r in res.get("results", []) if r["shipped"]]
+    runs: dict[str, list] = {}
+    for r in shipped:
+        if r.get("retimed"):
+            runs.setdefault(r["retimed"]["date"], []).append(r)
+    if not runs:
+        return "200 runs, right after its build (beside other jobs: see load_avg_1min in zoo.json)"
+    parts = []
+    for date, rs in sorted(runs.items()):
+        w = rs[0]["retimed"]
+        parts.append(f"{len(rs)} timed together on {date} (load average {w['load_avg_1min'][0]} → {w['load_avg_1min'][1]})")
+    rest = len(shipped) - sum(len(v) for v in runs.values())
+    if rest:
+        parts.append(f"{rest} right after their build, beside other jobs")
+    w = next(iter(runs.values()))[0]["retimed"]
+    return (f"by `python -m benchmarks.zoo --retime` (round-robin over the bundles, median of {w['rounds']} rounds of a "
+            f"{w['runs']}-invoke p90): {'; '.join(parts)}; the p90 timed right after each build is in zoo.json as "
+            f"host_measured_p90_ms_at_build")
 
 
 def markdown(res: dict) -> str:
@@ -299,9 +309,13 @@ def retime(res: dict) -> None:
     rows = [r for r in res["results"] if r["shipped"]]
     paths = {_key(r): OUT / r["model"] / r["budget"].replace(":", "-") / r["budget"].replace(":", "-") / "model.tflite"
              for r in rows}
-    gone = [f"{m} at {b}" for (m, b), p in paths.items() if not p.is_file()]
-    if gone:
-        raise SystemExit(f"error: --retime: no bundle for {', '.join(gone)} under {OUT} (build them again first)")
+    gone = [k for k, p in paths.items() if not p.is_file()]
+    if gone:  # built on another machine or cleaned away: their earlier timing stays, with its own date
+        _log(f"retime: no bundle under {OUT} for {', '.join(f'{m} at {b}' for m, b in gone)}; kept as timed before")
+        rows = [r for r in rows if _key(r) not in gone]
+        paths = {k: p for k, p in paths.items() if k not in gone}
+    if not paths:
+        raise SystemExit(f"error: --retime: no shipped bundle under {OUT} (build them first)")
     got = {k: ([], []) for k in paths}
     load0 = os.getloadavg()[0]
     for i in range(RETIME_ROUNDS):
