@@ -23,6 +23,8 @@ def test_divergence_names_the_first_bad_step_between_checks(fmnist_small):
 
     def forward(x):  # the 5th training step's loss is NaN (checks run every 16 steps and at the epoch's end)
         out = plain(x)
+        if not m.training:  # fit's one eval forward on a zero image (bn_l1's look at the graph) is not a step
+            return out
         calls["n"] += 1
         return out * float("nan") if calls["n"] == 5 else out
 
