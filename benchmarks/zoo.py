@@ -190,6 +190,7 @@ REFUSAL_KINDS = (
     ("an op or module the latency model has no class for", ("no latency class", "is not priced", "cannot trace")),
     ("export or a gate failed", ("lint failed", "does not load with XNNPACK", "gate", "parity", "onnx2tf",
                                  "TFLite conversion")),
+    ("ran past the zoo's time limit for one build", ("timeout after",)),
     ("a bug of ours (a traceback, a latency table without the width asked)", ("unexpected", "Error:", "Traceback",
                                                                               "is outside them")),
 )
