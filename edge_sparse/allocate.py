@@ -31,7 +31,8 @@ import torch.nn as nn
 
 from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import extract_ops
-from edge_sparse.pruning import _channel_shuffles, _tolerate_torch_pruning, bn_scale_importance, renormalized_batchnorms
+from edge_sparse.pruning import _channel_shuffles, _tolerate_torch_pruning, bn_scale_importance, rank_group
+from edge_sparse.pruning import renormalized_batchnorms
 from edge_sparse.pruning import RECORD_FORMAT, Criterion, PruneResult, _classifier_layers, count, profile
 
 SCORINGS = ("importance", "relative", "uniform")
@@ -107,14 +108,12 @@ class Allocator:
             n = len(g[0].idxs)
             if n <= self.m:
                 continue
-            try:
-                imp = imp_fn(g)
-            except (IndexError, RuntimeError) as e:  # Torch-Pruning's index mapping through a slice (GhostNet)
+            imp, why = rank_group(g, imp_fn)
+            if why:
                 self.unprunable.append({
                     "layers": list(dict.fromkeys(names[d.target.module] for d, _ in g if d.target.module in names
                                                  and isinstance(d.target.module, (nn.Conv2d, nn.Linear)))),
-                    "why": f"Torch-Pruning cannot map this group's channels through the graph: "
-                           f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+                    "why": why})
                 continue
             if imp is None:  # no BN in the group: fall back to the L1 norm of the root's filters
                 imp = root.weight.detach().abs().flatten(1).sum(1)

@@ -392,13 +392,20 @@ def _unmappable_groups(pruner, model: nn.Module, ignored: list, importance, shuf
                 continue
             if taylor:
                 continue
-            try:
-                importance(group)
-            except (IndexError, RuntimeError) as e:
-                bad.append({"layers": layers,
-                            "why": f"Torch-Pruning cannot map this group's channels through the graph: "
-                                   f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+            _, why = rank_group(group, importance)
+            if why:
+                bad.append({"layers": layers, "why": why})
     return bad
+
+
+def rank_group(group, importance):
+    """(importance(group), None), or (None, why) when Torch-Pruning cannot map the group's channel indices through
+    the graph (a slice after a concat: GhostNet; a shuffle): ranking raises then, and the group is kept whole."""
+    try:
+        return importance(group), None
+    except (IndexError, RuntimeError) as e:
+        return None, (f"Torch-Pruning cannot map this group's channels through the graph: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
 
 
 def _check_sparsity(sparsity: float) -> None:
