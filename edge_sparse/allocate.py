@@ -118,7 +118,8 @@ class Allocator:
             if imp is None:  # no BN in the group: fall back to the L1 norm of the root's filters
                 imp = root.weight.detach().abs().flatten(1).sum(1)
             imp = imp.detach().float()
-            order, step = _channel_order(imp, _conv_groups(g), self.m)
+            slices, step = _conv_groups(g, self.m)
+            order = _channel_order(imp, slices, step)
             if n <= step:
                 continue
             min_keep = max(step, int(math.ceil(n * (1 - max_layer_sparsity) / step)) * step)
@@ -279,31 +280,50 @@ class Allocator:
         return round(1 - sum(alloc.keep.values()) / total, 4)
 
 
-def _conv_groups(group) -> int:
-    """How many conv groups split this Torch-Pruning group's channels: the largest `groups` of a grouped (not
-    depthwise) conv or GroupNorm in it, as Torch-Pruning's own pruners count them; 1 for none."""
-    g = 1
+def _conv_groups(group, multiple: int) -> tuple[int, int]:
+    """How many equal slices of this Torch-Pruning group's channels narrow at the same positions (1: none), and the
+    step the group's width moves in so that every layer in it stays on the channel grid.
+
+    - A grouped (not depthwise) conv or GroupNorm: its `groups`, as Torch-Pruning's own pruners count them; step
+      lcm(multiple, groups), the grid the latency table probes a grouped conv on.
+    - A layer narrower than the group's root: a concat of a layer's output with a depthwise conv of that output
+      (GhostNet's ghost module) gives the root channels j and j + C/2 one source channel, so they go together
+      (removing one alone left the concat's halves unequal); k = C / the narrow width slices, step k x multiple so
+      the narrow layer moves by whole multiples."""
+    g, step, n = 1, multiple, len(group[0].idxs)
     for dep, _ in group:
         mod = dep.target.module
         if isinstance(mod, nn.Conv2d) and 1 < mod.groups != mod.out_channels:
-            g = max(g, mod.groups)
+            g, step = math.lcm(g, mod.groups), math.lcm(step, mod.groups)
         elif isinstance(mod, nn.GroupNorm):
-            g = max(g, mod.num_groups)
-    return g
+            g, step = math.lcm(g, mod.num_groups), math.lcm(step, mod.num_groups)
+        width = _pruned_width(mod, group._DG.is_out_channel_pruning_fn(dep.handler))
+        if width and width < n and n % width == 0:
+            g, step = math.lcm(g, n // width), math.lcm(step, n // width * multiple)
+    return (g, step) if n % g == 0 else (1, multiple)
 
 
-def _channel_order(imp: torch.Tensor, conv_groups: int, multiple: int) -> tuple[list, int]:
-    """Channel indices, least important first, and the step they are removed in.
+def _pruned_width(mod: nn.Module, out: bool) -> int:
+    """The width of the dimension a group prunes in `mod`, its outputs or inputs (0 for an op with no weights)."""
+    if isinstance(mod, nn.Conv2d):
+        return mod.out_channels if out else mod.in_channels
+    if isinstance(mod, nn.Linear):
+        return mod.out_features if out else mod.in_features
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        return mod.num_features
+    return 0
 
-    A grouped conv keeps `groups` equal slices of its channels, so its channels go the same positions of every
-    slice at once, ranked by the position's mean importance over the slices, as Torch-Pruning's pruners rank them;
-    a removal of whole steps leaves every slice equally wide. The step is lcm(multiple, groups), the grid the latency
-    table probes a grouped conv on (RegNet's 10 groups of 16 at multiple 8: 40 channels, 4 per slice). Other groups
-    go by single channels, in steps of the channel multiple."""
+
+def _channel_order(imp: torch.Tensor, slices: int, step: int) -> list:
+    """Channel indices, least important first.
+
+    Where `slices` equal slices of the channels must narrow together (`_conv_groups`: a grouped conv's groups, a
+    ghost module's halves), channels go the same positions of every slice at once, ranked by the position's mean
+    importance over the slices, as Torch-Pruning's pruners rank a grouped conv's; removing whole steps (a multiple
+    of `slices`) leaves every slice equally wide. Other groups go by single channels."""
     n = len(imp)
-    if conv_groups <= 1 or n % conv_groups:
-        return torch.argsort(imp).tolist(), multiple
-    per = n // conv_groups
-    positions = torch.argsort(imp.view(conv_groups, per).mean(0)).tolist()
-    order = [p + s * per for p in positions for s in range(conv_groups)]
-    return order, math.lcm(multiple, conv_groups)
+    if slices <= 1 or n % slices or step % slices:
+        return torch.argsort(imp).tolist()
+    per = n // slices
+    positions = torch.argsort(imp.view(slices, per).mean(0)).tolist()
+    return [p + s * per for p in positions for s in range(slices)]

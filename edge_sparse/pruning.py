@@ -92,8 +92,20 @@ def bn_scale_importance(skip=(), normalizer: Optional[str] = "mean", fallback: b
                 scored = Group()
                 scored._DG = group._DG
                 scored._group = [item for item in group._group if item.dep.layer not in skip]
+            self._root_channels = len(group[0].idxs)
             imp = super().__call__(scored) if len(scored._group) else None
             return self._magnitude(group) if imp is None and fallback else imp
+
+        def _reduce(self, group_imp, group_idxs):
+            # Torch-Pruning sizes the sum by the first scored layer; a BatchNorm narrower than the group's root (a
+            # GhostNet module: concat of a conv's output and a depthwise conv of it, 2 root channels per BN channel)
+            # then overflows it. Sized by the root's channels instead.
+            if group_imp and len(group_imp[0]) < self._root_channels:
+                group_imp = [torch.zeros(self._root_channels)] + list(group_imp)
+                group_idxs = [list(range(self._root_channels))] + list(group_idxs)
+                reduced = super()._reduce(group_imp, group_idxs)
+                return reduced * (len(group_imp) / (len(group_imp) - 1)) if self.group_reduction == "mean" else reduced
+            return super()._reduce(group_imp, group_idxs)
 
     return BNScaleOrMagnitude()
 

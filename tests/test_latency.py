@@ -418,6 +418,66 @@ def test_allocation_narrows_a_grouped_conv_evenly():
     assert min(mean[per[0]]) >= max(mean[[p for p in range(16) if p not in per[0]]])
 
 
+class _GhostBlock(torch.nn.Module):
+    """GhostNet's module: a 1x1 conv's 32 outputs concatenated with a depthwise conv of them (64 channels), an SE
+    gate over the concat, a 1x1 conv reading it back to the stream, a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        bn = torch.nn.BatchNorm2d
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 24, 3, padding=1, bias=False), bn(24), torch.nn.ReLU())
+        self.primary = torch.nn.Sequential(torch.nn.Conv2d(24, 32, 1, bias=False), bn(32), torch.nn.ReLU())
+        self.cheap = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), bn(32),
+                                         torch.nn.ReLU())
+        self.reduce, self.expand = torch.nn.Conv2d(64, 16, 1), torch.nn.Conv2d(16, 64, 1)
+        self.back = torch.nn.Sequential(torch.nn.Conv2d(64, 24, 1, bias=False), bn(24))
+        self.fc = torch.nn.Linear(24, 10)
+
+    def forward(self, x):
+        s = self.stem(x)
+        p = self.primary(s)
+        g = torch.cat([p, self.cheap(p)], 1)
+        g = g * torch.sigmoid(self.expand(torch.relu(self.reduce(g.mean((2, 3), keepdim=True)))))
+        return self.fc(torch.relu(s + self.back(g)).mean((2, 3)))
+
+
+def test_allocation_narrows_a_ghost_module_at_both_halves():
+    """A ghost module's concat holds a conv's channel j at j and the depthwise conv of it at j + 32: the two go
+    together, 8 positions (16 concat channels) at a time, so the primary conv stays on the multiple-of-8 grid and the
+    concat's halves stay equal. Before, ranking the group raised inside Torch-Pruning (its importance sum was sized
+    by the 32-wide BatchNorm, not the 64-wide group) and the group was kept whole: GhostNet never reached a budget."""
+    from edge_sparse.allocate import Allocator
+    from edge_sparse.pruning import replay
+
+    torch.manual_seed(0)
+    m, ex = _GhostBlock().eval(), torch.zeros(1, 1, 16, 16)
+    with torch.no_grad():
+        m.primary[1].weight.copy_(torch.rand(32) + 0.1)
+        m.cheap[1].weight.copy_(torch.rand(32) + 0.1)
+    pr = _pricer(m, ex)
+    al = Allocator(m, ex, pr, 8)
+    assert not al.unprunable, al.unprunable
+    ghost = [g for g in al.groups if g.size == 64]
+    assert len(ghost) == 1 and ghost[0].step == 16, [(g.name, g.size, g.step) for g in al.groups]
+    floor = al.price({g.name: g.min_keep for g in al.groups})["p90"]
+    a = al.allocate(floor + 0.2 * (pr.dense_p90_ms - floor), "importance")
+    assert a is not None and a.keep[ghost[0].name] < 64, a
+    res = al.apply(a)
+    k = a.keep[ghost[0].name]
+    assert res.model.primary[0].out_channels == res.model.cheap[0].out_channels == k // 2
+    assert res.model.back[0].in_channels == res.model.expand.out_channels == k and (k // 2) % 8 == 0
+    x = torch.randn(2, *ex.shape[1:])
+    assert torch.allclose(replay(m, res.record, ex)(x), res.model(x), atol=1e-5)
+    assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
+    # the shrunk module is the dense one with the weakest positions (mean |gamma| of both halves) removed
+    cut = [i for n, out, idx in res.record["history"] if n == ghost[0].name and out for i in idx]  # of 64
+    gone = {i % 32 for i in cut}
+    assert len(cut) == 64 - k and {i for i in cut if i < 32} == {i - 32 for i in cut if i >= 32}  # both halves alike
+    mean = (m.primary[1].weight + m.cheap[1].weight).detach() / 2
+    kept = [i for i in range(32) if i not in gone]
+    assert len(kept) == k // 2 and min(mean[kept]) >= max(mean[sorted(gone)])
+
+
 def test_allocation_keeps_the_important_channels():
     """With one group's BN scales tiny, the importance scoring prunes that group first."""
     from edge_sparse.allocate import Allocator
