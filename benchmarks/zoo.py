@@ -340,6 +340,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.zoo")
     ap.add_argument("--models", help=f"comma-separated subset of: {', '.join(ORDER)}")
+    ap.add_argument("--budgets", help=f"comma-separated subset of: {', '.join(BUDGETS)} (default: both)")
     ap.add_argument("--force", action="store_true", help="re-run models already in benchmarks/zoo.json")
     ap.add_argument("--write", action="store_true", help="splice the table into BENCHMARKS.md")
     ap.add_argument("--table-only", action="store_true", help="build nothing: the table from benchmarks/zoo.json")
@@ -350,6 +351,11 @@ def main(argv=None) -> int:
     bad = [m for m in models if m not in ORDER]
     if bad:
         print(f"error: --models: unknown {', '.join(bad)}; valid: {', '.join(ORDER)}", file=sys.stderr)
+        return 2
+    budgets = a.budgets.split(",") if a.budgets else list(BUDGETS)
+    if any(b not in BUDGETS for b in budgets):
+        print(f"error: --budgets: unknown {', '.join(b for b in budgets if b not in BUDGETS)}; valid: "
+              f"{', '.join(BUDGETS)}", file=sys.stderr)
         return 2
     res = load()
     if a.table_only:
@@ -362,7 +368,7 @@ def main(argv=None) -> int:
     targets = _targets()
     commit = _snapshot()
     for m in models:
-        for b in BUDGETS:
+        for b in budgets:
             if not a.force and any(_key(r) == (m, b) for r in res["results"]):
                 continue
             _log(f"{m} at {b} ...")
