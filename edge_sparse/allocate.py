@@ -32,7 +32,7 @@ import torch.nn as nn
 from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import extract_ops
 from edge_sparse.pruning import _channel_shuffles, _tolerate_torch_pruning, bn_scale_importance, rank_group
-from edge_sparse.pruning import renormalized_batchnorms
+from edge_sparse.pruning import renormalized_batchnorms, tied_halves
 from edge_sparse.pruning import RECORD_FORMAT, Criterion, PruneResult, _classifier_layers, count, profile
 
 SCORINGS = ("importance", "relative", "uniform")
@@ -297,21 +297,10 @@ def _conv_groups(group, multiple: int) -> tuple[int, int]:
             g, step = math.lcm(g, mod.groups), math.lcm(step, mod.groups)
         elif isinstance(mod, nn.GroupNorm):
             g, step = math.lcm(g, mod.num_groups), math.lcm(step, mod.num_groups)
-        width = _pruned_width(mod, group._DG.is_out_channel_pruning_fn(dep.handler))
-        if width and width < n and n % width == 0:
-            g, step = math.lcm(g, n // width), math.lcm(step, n // width * multiple)
+    k = tied_halves(group)
+    if k > 1:
+        g, step = math.lcm(g, k), math.lcm(step, k * multiple)
     return (g, step) if n % g == 0 else (1, multiple)
-
-
-def _pruned_width(mod: nn.Module, out: bool) -> int:
-    """The width of the dimension a group prunes in `mod`, its outputs or inputs (0 for an op with no weights)."""
-    if isinstance(mod, nn.Conv2d):
-        return mod.out_channels if out else mod.in_channels
-    if isinstance(mod, nn.Linear):
-        return mod.out_features if out else mod.in_features
-    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-        return mod.num_features
-    return 0
 
 
 def _channel_order(imp: torch.Tensor, slices: int, step: int) -> list:

@@ -376,6 +376,26 @@ def _channel_shuffles(model: nn.Module, example_input: torch.Tensor) -> tuple[in
     return g, touched
 
 
+def tied_halves(group) -> int:
+    """k > 1 when a layer in Torch-Pruning's `group` is k times narrower than its root, so that k root channels share
+    one of its channels: GhostNet's module concatenates a conv's output with a depthwise conv of that output, and the
+    root channels j and j + C/2 both come from the conv's channel j. They must go together (a root channel alone
+    leaves the concat's halves unequal); 1 for an ordinary group."""
+    n, k = len(group[0].idxs), 1
+    for dep, _ in group:
+        mod, out = dep.target.module, group._DG.is_out_channel_pruning_fn(dep.handler)
+        width = 0
+        if isinstance(mod, nn.Conv2d):
+            width = mod.out_channels if out else mod.in_channels
+        elif isinstance(mod, nn.Linear):
+            width = mod.out_features if out else mod.in_features
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            width = mod.num_features
+        if 0 < width < n and n % width == 0:
+            k = math.lcm(k, n // width)
+    return k if n % k == 0 else 1
+
+
 def _unmappable_groups(pruner, model: nn.Module, ignored: list, importance, shuffled: set[tuple[str, bool]], *,
                        taylor: bool) -> list[dict]:
     """Coupled groups whose channel indices Torch-Pruning cannot map through the graph, each as
@@ -402,6 +422,12 @@ def _unmappable_groups(pruner, model: nn.Module, ignored: list, importance, shuf
                 bad.append({"layers": layers, "why": f"its channels pass through a channel shuffle ({through[0]}), a "
                                                      f"permutation Torch-Pruning's graph does not follow"})
                 continue
+            if tied_halves(group) > 1:
+                bad.append({"layers": layers, "why": "a concat of a layer's output and a depthwise conv of it (a ghost "
+                                                     "module): its halves must narrow at the same channels, which "
+                                                     "fixed-sparsity pruning does not do (a latency budget's "
+                                                     "allocation does)"})
+                continue
             if taylor:
                 continue
             _, why = rank_group(group, importance)
@@ -412,7 +438,7 @@ def _unmappable_groups(pruner, model: nn.Module, ignored: list, importance, shuf
 
 def rank_group(group, importance):
     """(importance(group), None), or (None, why) when Torch-Pruning cannot map the group's channel indices through
-    the graph (a slice after a concat: GhostNet; a shuffle): ranking raises then, and the group is kept whole."""
+    the graph (a shuffle): ranking raises then, and the group is kept whole."""
     try:
         return importance(group), None
     except (IndexError, RuntimeError) as e:

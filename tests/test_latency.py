@@ -476,6 +476,12 @@ def test_allocation_narrows_a_ghost_module_at_both_halves():
     mean = (m.primary[1].weight + m.cheap[1].weight).detach() / 2
     kept = [i for i in range(32) if i not in gone]
     assert len(kept) == k // 2 and min(mean[kept]) >= max(mean[sorted(gone)])
+    # fixed-sparsity pruning (Torch-Pruning's pruner, channel by channel) keeps the module whole and says why
+    from edge_sparse.pruning import prune
+
+    fixed = prune(m, ex, sparsity=0.5)
+    assert any("ghost module" in u["why"] and "primary.0" in u["layers"] for u in fixed.record["unprunable"])
+    assert fixed.model.primary[0].out_channels == 32 and fixed.model(x).shape == (2, 10)
 
 
 def test_allocation_keeps_the_important_channels():
