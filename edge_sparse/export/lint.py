@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edge_sparse.errors import EdgeSparseError, GateError
+from edge_sparse.latency.ops import conv2d_kind
 
 # Ops that may carry float tensors in an int8 model; empty on purpose: full-integer means full.
 FLOAT_OP_ALLOW: frozenset[str] = frozenset()
@@ -80,10 +81,8 @@ def lint(path: Path, torch_layers: Optional[Sequence] = None) -> LintReport:
                 layers.append(("dwconv", w[3], w[3]))
             elif name == "CONV_2D":  # input channels from the input: a grouped conv's filter holds in / groups
                 cin = int(g.Tensors(op.Inputs(0)).ShapeAsNumpy()[-1])
-                if w[3] == 1 and w[0] == cin > 1:  # a conv in `cin` groups of one channel is depthwise: onnx2tf
-                    layers.append(("dwconv", cin, cin))  # writes one so after a residual add, XNNPACK runs it so
-                else:
-                    layers.append(("conv", w[0], cin))
+                kind, _ = conv2d_kind(w, cin)  # a conv in `cin` groups of one channel is depthwise
+                layers.append((kind, w[0], cin))
             else:
                 layers.append(("linear", w[0], w[1]))
     rep = LintReport(str(path), dict(ops), types[g.Tensors(g.Inputs(0)).Type()], types[g.Tensors(g.Outputs(0)).Type()],

@@ -449,6 +449,16 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
     return ops
 
 
+def conv2d_kind(filter_shape, cin: int) -> tuple[str, int]:
+    """A TFLite CONV_2D's kind and groups from its (out, kh, kw, in / groups) filter and input channels. A conv in
+    `cin` groups of one channel is a depthwise conv: onnx2tf writes one so after a residual add, and XNNPACK runs it
+    with its dwconv kernel (convolution-nhwc.c). Shared by `tflite_ops` and the export lint."""
+    out, per = int(filter_shape[0]), int(filter_shape[3])
+    if per == 1 and out == cin > 1:
+        return "dwconv", 1
+    return "conv", max(1, cin // per)
+
+
 def tflite_ops(path: Path | str) -> list[Op]:
     """The compute ops of an exported .tflite, in execution order, read from its flatbuffer (kernel, stride and
     groups from the ops' options and weights). Ops that only move shapes (RESHAPE, QUANTIZE, ...) are skipped; a
@@ -481,10 +491,8 @@ def tflite_ops(path: Path | str) -> list[Op]:
         if kind in ("conv", "dwconv"):
             wshape = shape(op.inputs[1])
             k, s = int(wshape[1]), int(opts.strideH)
-            if kind == "conv" and wshape[3] != x[3]:
-                groups = x[3] // wshape[3]
-                if wshape[3] == 1 and wshape[0] == x[3]:  # one channel in and out per group: XNNPACK's dwconv
-                    kind, groups = "dwconv", 1  # (onnx2tf writes a depthwise conv after a residual add so)
+            if kind == "conv":
+                kind, groups = conv2d_kind(wshape, x[3])
         elif kind == "pad":
             k = int(y[1] - x[1]) + 1
         elif kind in ("maxpool", "avgpool"):
