@@ -161,6 +161,21 @@ def test_unsupported_op_names_the_problem(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_bias_correction_reads_the_fp32_reference_once_per_image_with_the_same_result(exported, tmp_path):
+    """The fp32 reference's tensors are read once per image and kept (not once per layer and image); the corrected
+    model is byte for byte the one that running the reference again per layer gives, with a cache too small for
+    every image (the rest run again) as with none."""
+    d = exported["dir"]
+    sm = etflite.onnx_to_saved_model(d / "model_fp32.onnx", exported["nhwc"], tmp_path / "sm")
+    int8, fp32 = etflite._convert_bytes(sm, exported["nhwc"]), etflite._convert_bytes(sm, None)
+    x = exported["nhwc"][:40]
+    cached, note = etflite._correct_biases(int8, fp32, x)
+    again, _ = etflite._correct_biases(int8, fp32, x, cached_images=0)
+    part, _ = etflite._correct_biases(int8, fp32, x, cached_images=17)
+    assert "bias correction on" in note and cached != int8
+    assert cached == again == part
+
+
 def test_bias_correction_changes_only_biases_and_removes_the_mean_shift(exported, tmp_path):
     """The shipped int8 model's conv / FC biases are corrected on the calibration images: the same graph, scales
     and weights as the uncorrected conversion, only int32 bias buffers differ, and the mean int8 - fp32 shift of

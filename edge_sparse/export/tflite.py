@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -188,6 +189,8 @@ CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
 # is corrected on fewer calibration images (at least 64), so a 50-layer net at 224 px takes minutes, not an hour;
 # the default ResNet-8 (10 layers) uses all 512
 _INVOKE_BUDGET = 8192
+# the fp32 reference tensors kept in memory for the correction (beyond it, the reference runs again per layer)
+_REFERENCE_CACHE_BYTES = 1 << 30
 _ACT_NONE = 0  # ActivationFunctionType.NONE
 _ACT_RELUS = (1, 2, 3)  # RELU, RELU_N1_TO_1, RELU6: a fused clamp below which the error does not show
 
@@ -222,15 +225,21 @@ class _Runner:
         return (t.astype(np.float32) - z) * s, (t == -128) | (t == 127)
 
 
-def _mean_shift(q_model: bytes, ref: _Runner, x: np.ndarray, name: str, behind_relu: bool) -> np.ndarray:
+def _mean_shift(q_model: bytes, ref: _Runner, x: np.ndarray, name: str, behind_relu: bool,
+                cached: Optional[list] = None) -> np.ndarray:
     """Per channel of tensor `name`: the mean of int8 - fp32 over the images `x`, counting only values
-    unsaturated in int8 and, behind a fused ReLU, positive in both (where the pre-activation's error shows)."""
+    unsaturated in int8 and, behind a fused ReLU, positive in both (where the pre-activation's error shows).
+    `cached[i]`: the fp32 tensor of image i, read before (`_ReferenceCache`); images past it are run again."""
     q = _Runner(q_model)
     total = count = None
     for i in range(len(x)):
         q.run(x[i : i + 1])
-        ref.run(x[i : i + 1])
-        (a, sat), (f, _) = q.get(name), ref.get(name)
+        a, sat = q.get(name)
+        if cached is not None and i < len(cached):
+            f = cached[i]
+        else:
+            ref.run(x[i : i + 1])
+            f, _ = ref.get(name)
         if a.shape != f.shape:  # same name, another tensor: never compare across it
             raise EdgeSparseError(f"bias correction: tensor {name!r} is {a.shape} in int8 but {f.shape} in fp32")
         use = ~sat & (a > 0) & (f > 0) if behind_relu else ~sat
@@ -260,7 +269,23 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
         return model, f"bias correction skipped: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> tuple[bytes, str]:
+def _reference_tensors(ref: _Runner, x: np.ndarray, names: list[str], images: Optional[int]) -> dict[str, list]:
+    """name -> its fp32 tensor on each of the first `images` images of `x` (None: as many as
+    _REFERENCE_CACHE_BYTES holds): the fp32 reference is the same for every layer corrected, so it runs once per
+    image instead of once per layer and image (half the correction's invokes; the int8 model must run again per
+    layer, with its earlier layers corrected)."""
+    per_image = sum(int(np.prod(ref.det[n]["shape"])) * 4 for n in names)
+    n = min(len(x), _REFERENCE_CACHE_BYTES // max(per_image, 1) if images is None else images)
+    out: dict[str, list] = {name: [] for name in names}
+    for i in range(n):
+        ref.run(x[i : i + 1])
+        for name in names:
+            out[name].append(ref.get(name)[0])
+    return out
+
+
+def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
+                    cached_images: Optional[int] = None) -> tuple[bytes, str]:
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
     m = fu.convert_bytearray_to_object(bytearray(model))
@@ -293,10 +318,11 @@ def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> 
                        f"fp32 graph (same name, shape and fused activation) and a bias per output channel")
     calib_nhwc = calib_nhwc[: max(64, _INVOKE_BUDGET // len(todo))]
     ref = _Runner(fp32_model)
+    cached = _reference_tensors(ref, calib_nhwc, [name for _, name, _ in todo], cached_images)
     shifts = []
     info = np.iinfo(np.int32)
     for k, name, act in todo:  # `m` holds the corrections so far; `model`, its bytes, is what the next layer runs
-        shift = _mean_shift(model, ref, calib_nhwc, name, act != _ACT_NONE)
+        shift = _mean_shift(model, ref, calib_nhwc, name, act != _ACT_NONE, cached[name])
         bt = g.tensors[int(g.operators[k].inputs[2])]
         buf = m.buffers[bt.buffer]
         bias = np.frombuffer(bytes(bytearray(buf.data)), dtype=np.int32).astype(np.float64)
