@@ -176,6 +176,33 @@ def test_bias_correction_reads_the_fp32_reference_once_per_image_with_the_same_r
     assert cached == again == part
 
 
+def test_finalists_are_timed_on_the_shipped_int8_graph_without_its_bias_correction(exported, tmp_path):
+    """A finalist is timed on the int8 .tflite the build would ship less the bias correction: the same bytes as the
+    uncorrected conversion (the correction changes int32 bias values only, which take XNNPACK no other time).
+    One model timed twice in a process (the dense model in every round) is converted once."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    from edge_sparse.latency import device
+
+    d = exported["dir"]
+    sm = etflite.onnx_to_saved_model(d / "model_fp32.onnx", exported["nhwc"], tmp_path / "sm")
+    etflite.convert(sm, tmp_path / "raw.tflite", exported["nhwc"], correct_bias=False)
+    (tmp_path / "timed.tflite").write_bytes(etflite.int8_for_timing(d / "model_fp32.onnx", exported["nhwc"]))
+    timed, raw = (fu.read_model(str(tmp_path / f"{k}.tflite")) for k in ("timed", "raw"))
+    gt, gr = timed.subgraphs[0], raw.subgraphs[0]
+    assert [timed.operatorCodes[o.opcodeIndex].builtinCode for o in gt.operators] == \
+        [raw.operatorCodes[o.opcodeIndex].builtinCode for o in gr.operators]
+    def tensors(g):  # (shape, scales) of every tensor; the converter numbers them in no fixed order
+        return sorted((tuple(t.shape), tuple(np.round(t.quantization.scale, 9)) if t.quantization is not None
+                       and t.quantization.scale is not None else ()) for t in g.tensors)
+
+    assert tensors(gt) == tensors(gr)
+    device._TIMED_EXPORTS.clear()
+    m = exported["model"]
+    got = device.time_models_on_device({"a": m, "b": m}, (1, 28, 28), exported["nhwc"][:8], None, 1, runs=20)
+    assert set(got) == {"a", "b"} and all(v > 0 for v in got.values()) and len(device._TIMED_EXPORTS) == 1
+
+
 def test_bias_correction_changes_only_biases_and_removes_the_mean_shift(exported, tmp_path):
     """The shipped int8 model's conv / FC biases are corrected on the calibration images: the same graph, scales
     and weights as the uncorrected conversion, only int32 bias buffers differ, and the mean int8 - fp32 shift of

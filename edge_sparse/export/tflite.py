@@ -335,6 +335,20 @@ def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
                    f"fully-connected layers, mean |shift| removed {np.mean(shifts):.4f} (largest layer {max(shifts):.4f})")
 
 
+def int8_for_timing(onnx_fp32: Path, calib_nhwc: np.ndarray) -> bytes:
+    """The int8 .tflite that `export` makes, without the bias correction (and so without the fp32 conversion it
+    reads): the same ops, shapes and scales, only other int32 bias values, which XNNPACK's kernels take the same time
+    over. For timing finalists, where the correction was most of the export's time."""
+    tmp = Path(tempfile.mkdtemp(prefix="edge_sparse_onnx2tf_"))
+    try:
+        sm, _ = _onnx_to_saved_model(onnx_fp32, calib_nhwc, tmp)
+        data = _convert_bytes(sm, calib_nhwc)
+        _check_loads(data, sm)
+        return data
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export(onnx_fp32: Path, calib_nhwc: np.ndarray, fp32_out: Path | None, int8_out: Path) -> list[str]:
     """Both .tflite files from one onnx2tf conversion (in a throw-away working directory); returns what was done
     beyond the plain conversion (graph rewrites, the bias correction or why it was skipped), one line each."""
