@@ -143,25 +143,35 @@ DENSE_KEY = "dense (timed beside the finalists)"
 TIMING_TOLERANCE = 1.5  # the dense model's timing here vs this host's table: the table's own error is ~15 %
 
 
-def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float) -> dict:
+def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float, load=os.getloadavg) -> dict:
     """`time_once()` (p90s with the dense model's under DENSE_KEY, timed on this host), checked against this host's
     own table: a dense timing more than TIMING_TOLERANCE off its prediction is the machine's load, not the model (a
     loaded zoo build timed lcnet_050's dense model at 5.1 ms against 0.98 ms predicted, and its finalists looked
-    6.5x faster than dense). The relative budget is judged against that one timing, so: time again; twice off,
-    refuse with one line rather than judge on it."""
+    6.5x faster than dense), unless the machine has a core to spare (1-minute load average under cores - 0.5, the
+    timing's own process included): then it is the table that is off for this model (repvit_m0_9's dense model,
+    4.7 M weights, measured 1.42 ms on a quiet host against 0.95 ms predicted: its probes run each op with its
+    weights in cache), and the budget, a ratio of two timings taken together, is judged on it, said in the log.
+    Loaded and off: time again; twice, refuse with one line rather than judge on it."""
+    cores = os.cpu_count() or 1
     for attempt in (1, 2):
         got = time_once()
         d = got[DENSE_KEY]
         if 1 / TIMING_TOLERANCE <= d / dense_predicted_ms <= TIMING_TOLERANCE:
             return got
-        _log(f"  the dense model timed {d:.4f} ms here against {dense_predicted_ms:.4f} ms by this host's table: the "
-             f"machine is {'busy' if d > dense_predicted_ms else 'unsteady'}; "
+        busy = load()[0]
+        if busy < cores - 0.5:
+            _log(f"  the dense model timed {d:.4f} ms here against {dense_predicted_ms:.4f} ms by this host's table, "
+                 f"with a core to spare (load average {busy:.2f} on {cores} cores): the table is off for this model, "
+                 f"not the machine; the budget is judged on the two timings' ratio")
+            return got
+        _log(f"  the dense model timed {d:.4f} ms here against {dense_predicted_ms:.4f} ms by this host's table, with "
+             f"load average {busy:.2f} on {cores} cores: the machine is busy; "
              + ("timing again" if attempt == 1 else "giving up"))
     raise EdgeSparseError(
         f"timing the finalists on this host: the dense model measured {d:.4f} ms p90, twice more than "
-        f"{TIMING_TOLERANCE:g}x off the {dense_predicted_ms:.4f} ms this host's table predicts, so the relative budget "
-        f"({speedup:g}x) cannot be judged; other jobs are loading this machine: re-run when it is quiet (finished "
-        f"stages are cached)")
+        f"{TIMING_TOLERANCE:g}x off the {dense_predicted_ms:.4f} ms this host's table predicts, with load average "
+        f"{busy:.2f} on {cores} cores, so the relative budget ({speedup:g}x) cannot be judged; other jobs are loading "
+        f"this machine: re-run when it is quiet (finished stages are cached)")
 
 
 def _finalist_timer(b: Build, dense: torch.nn.Module, pr):
