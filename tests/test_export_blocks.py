@@ -196,3 +196,36 @@ def test_an_int8_model_xnnpack_cannot_prepare_is_refused_naming_the_dead_layer(r
         es.export(DeadLayer().eval(), torch.zeros(1, 3, SIZE, SIZE), calib=rgb["calib"], out=tmp_path,
                   mean=rgb["mean"], std=rgb["std"])
     assert not (tmp_path / "model.tflite").exists()  # nothing half-written
+
+
+class BatchNormAfterAdd(nn.Module):
+    """RepViT's token mixer: bn(conv(x) + conv1(x) + x), a BatchNorm no conv comes right before. It does not fold;
+    onnx2tf runs it as a MUL and an ADD on the whole tensor, which the latency model took for free (RepViT's dense
+    host prediction missed 23 such pairs)."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c), nn.BatchNorm2d(c))
+        self.conv1 = nn.Conv2d(c, c, 1, groups=c)
+        self.bn = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.fc(torch.relu(self.bn(self.conv(x) + self.conv1(x) + x)).mean((2, 3)))
+
+
+def test_a_batchnorm_after_an_add_is_priced_as_the_mul_and_add_it_exports_to(rgb, tmp_path):
+    from edge_sparse.latency.ops import extract_ops, tflite_ops
+
+    torch.manual_seed(0)
+    model, ex = BatchNormAfterAdd().eval(), torch.zeros(1, 3, SIZE, SIZE)
+    with torch.no_grad():  # a BatchNorm that does something
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.5, 0.5)
+    res = es.export(model, ex, calib=rgb["calib"], out=tmp_path, mean=rgb["mean"], std=rgb["std"])
+    strip = lambda o: o.replace(act="none", name="")  # noqa: E731
+    ours = extract_ops(model, ex)
+    assert [o.kind for o in ours].count("mul") == 1, ours
+    assert sorted(map(strip, tflite_ops(res["tflite"])), key=repr) == sorted(map(strip, ours), key=repr)

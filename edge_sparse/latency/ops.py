@@ -264,6 +264,13 @@ def _pool_op(kind: str, name: str, ins: tuple, outs: tuple, k: int, s: int, pad:
     return ops + [Op(kind, max(h + 2 * pad, ph), max(w + 2 * pad, pw), c, c, k, s, name=name)]
 
 
+def _folds(src, producer: dict, ops: list) -> bool:
+    """Whether a BatchNorm reading fx node `src` folds into the conv or linear layer that produced it (the ONNX
+    export folds Conv -> BatchNormalization; anything else between them, or no such layer, leaves the BatchNorm)."""
+    i = producer.get(src)
+    return i is not None and i == len(ops) - 1 and ops[i].kind in ("conv", "dwconv", "fc") and ops[i].act == "none"
+
+
 def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
     """The int8 TFLite ops `model` exports to, for one NCHW image shaped like `example`."""
     model = model.eval()
@@ -353,6 +360,11 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
                     emit(node, op)
             elif any(isinstance(m, t) for t, _ in _ACT_MODULES):
                 activation(node, next(a for t, a in _ACT_MODULES if isinstance(m, t)), ins)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and not _folds(src, producer, ops):
+                # a BatchNorm with no conv right before it (RepViT's bn(conv(x) + conv1(x) + x)) does not fold into
+                # one: onnx2tf runs its per-channel affine as a MUL and an ADD on the whole tensor
+                elementwise(node, "mul", ins)
+                elementwise(node, "add", ins)
             elif isinstance(m, _PASSTHROUGH_MODULES):
                 if src in producer:
                     producer[node] = producer[src]
