@@ -229,7 +229,7 @@ def _mean_shift(q_model: bytes, ref: _Runner, x: np.ndarray, name: str, behind_r
                 cached: Optional[list] = None) -> np.ndarray:
     """Per channel of tensor `name`: the mean of int8 - fp32 over the images `x`, counting only values
     unsaturated in int8 and, behind a fused ReLU, positive in both (where the pre-activation's error shows).
-    `cached[i]`: the fp32 tensor of image i, read before (`_ReferenceCache`); images past it are run again."""
+    `cached[i]`: the fp32 tensor of image i, read before (`_reference_tensors`); images past it are run again."""
     q = _Runner(q_model)
     total = count = None
     for i in range(len(x)):
