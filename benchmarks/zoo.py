@@ -331,6 +331,9 @@ def retime(res: dict) -> None:
     if gone:  # built on another machine or cleaned away: their earlier timing stays, with its own date
         _log(f"retime: no bundle under {OUT} for {', '.join(f'{m} at {b}' for m, b in gone)}; kept as timed before")
         rows = [r for r in rows if _key(r) not in gone]
+        for r in res["results"]:  # "predicted now" belongs to the retime that timed the bundle
+            if _key(r) in gone:
+                r.pop("host_predicted_now", None)
         paths = {k: p for k, p in paths.items() if k not in gone}
     if not paths:
         raise SystemExit(f"error: --retime: no shipped bundle under {OUT} (build them first)")

@@ -152,7 +152,7 @@ def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float, loa
     4.7 M weights, measured 1.42 ms on a quiet host against 0.95 ms predicted: its probes run each op with its
     weights in cache), and the budget, a ratio of two timings taken together, is judged on it, said in the log.
     Loaded and off: time again; twice, refuse with one line rather than judge on it."""
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     for attempt in (1, 2):
         got = time_once()
         d = got[DENSE_KEY]

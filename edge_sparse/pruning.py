@@ -100,11 +100,17 @@ def bn_scale_importance(skip=(), normalizer: Optional[str] = "mean", fallback: b
             # Torch-Pruning sizes the sum by the first scored layer; a BatchNorm narrower than the group's root (a
             # GhostNet module: concat of a conv's output and a depthwise conv of it, 2 root channels per BN channel)
             # then overflows it. Sized by the root's channels instead.
-            if group_imp and len(group_imp[0]) < self._root_channels:
-                group_imp = [torch.zeros(self._root_channels)] + list(group_imp)
-                group_idxs = [list(range(self._root_channels))] + list(group_idxs)
-                reduced = super()._reduce(group_imp, group_idxs)
-                return reduced * (len(group_imp) / (len(group_imp) - 1)) if self.group_reduction == "mean" else reduced
+            # Each narrow BatchNorm covers part of the root channels, so a mean is taken per channel, over the layers
+            # that score it (dividing by the number of layers would rank these channels below other groups').
+            if group_imp and len(group_imp[0]) < self._root_channels and self.group_reduction in ("mean", "sum"):
+                total, count = torch.zeros(self._root_channels), torch.zeros(self._root_channels)
+                for imp, root_idxs in zip(group_imp, group_idxs):
+                    if any(r is None for r in root_idxs):
+                        continue
+                    idx = torch.tensor(root_idxs)
+                    total.scatter_add_(0, idx, imp.detach().float().cpu())
+                    count.scatter_add_(0, idx, torch.ones(len(root_idxs)))
+                return total / count.clamp(min=1) if self.group_reduction == "mean" else total
             return super()._reduce(group_imp, group_idxs)
 
     return BNScaleOrMagnitude()
@@ -423,8 +429,9 @@ def _unmappable_groups(pruner, model: nn.Module, ignored: list, importance, shuf
                                                      f"permutation Torch-Pruning's graph does not follow"})
                 continue
             if tied_halves(group) > 1:
-                bad.append({"layers": layers, "why": "a concat of a layer's output and a depthwise conv of it (a ghost "
-                                                     "module): its halves must narrow at the same channels, which "
+                bad.append({"layers": layers, "why": "a layer in it is narrower than the group's root (a ghost "
+                                                     "module's concat of a conv and a depthwise conv of it; a chunk): "
+                                                     "its slices must narrow at the same channels, which "
                                                      "fixed-sparsity pruning does not do (a latency budget's "
                                                      "allocation does)"})
                 continue

@@ -261,7 +261,7 @@ def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device:
                 while len(_TIMED_EXPORTS) >= 8:
                     _TIMED_EXPORTS.pop(next(iter(_TIMED_EXPORTS)))
                 _TIMED_EXPORTS[key] = etflite.int8_for_timing(Path(tmp) / f"{f}.onnx", calib_nhwc)
-            data = _TIMED_EXPORTS[key]
+            data = _TIMED_EXPORTS[key] = _TIMED_EXPORTS.pop(key)  # most recently used last, evicted last
             _io.write_bytes(d / f"{f}.tflite", data)
             entries.append({"name": name, "file": f"{f}.tflite", "sha256": hashlib.sha256(data).hexdigest()})
         _io.write_json(d / "probes.json", {"format": "edge_sparse.probes/1", "probes": entries})

@@ -266,9 +266,11 @@ def _pool_op(kind: str, name: str, ins: tuple, outs: tuple, k: int, s: int, pad:
 
 def _folds(src, producer: dict, ops: list) -> bool:
     """Whether a BatchNorm reading fx node `src` folds into the conv or linear layer that produced it (the ONNX
-    export folds Conv -> BatchNormalization; anything else between them, or no such layer, leaves the BatchNorm)."""
+    export folds Conv -> BatchNormalization when nothing else reads the conv's output; an activation between them,
+    another reader, or no such layer leaves the BatchNorm)."""
     i = producer.get(src)
-    return i is not None and i == len(ops) - 1 and ops[i].kind in ("conv", "dwconv", "fc") and ops[i].act == "none"
+    return (i is not None and ops[i].kind in ("conv", "dwconv", "fc") and ops[i].act == "none"
+            and len(getattr(src, "users", ())) == 1)  # the export folds a BatchNorm only into a conv it alone reads
 
 
 def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
