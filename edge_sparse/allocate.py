@@ -119,7 +119,7 @@ class Allocator:
                 imp = root.weight.detach().abs().flatten(1).sum(1)
             imp = imp.detach().float()
             slices, step = _conv_groups(g, self.m)
-            order = _channel_order(imp, slices, step)
+            order = _channel_order(imp, slices)  # `_conv_groups`' step is a multiple of `slices`
             if n <= step:
                 continue
             min_keep = max(step, int(math.ceil(n * (1 - max_layer_sparsity) / step)) * step)
@@ -303,7 +303,7 @@ def _conv_groups(group, multiple: int) -> tuple[int, int]:
     return (g, step) if n % g == 0 else (1, multiple)
 
 
-def _channel_order(imp: torch.Tensor, slices: int, step: int) -> list:
+def _channel_order(imp: torch.Tensor, slices: int) -> list:
     """Channel indices, least important first.
 
     Where `slices` equal slices of the channels must narrow together (`_conv_groups`: a grouped conv's groups, a
@@ -311,7 +311,7 @@ def _channel_order(imp: torch.Tensor, slices: int, step: int) -> list:
     importance over the slices, as Torch-Pruning's pruners rank a grouped conv's; removing whole steps (a multiple
     of `slices`) leaves every slice equally wide. Other groups go by single channels."""
     n = len(imp)
-    if slices <= 1 or n % slices or step % slices:
+    if slices <= 1 or n % slices:
         return torch.argsort(imp).tolist()
     per = n // slices
     positions = torch.argsort(imp.view(slices, per).mean(0)).tolist()

@@ -97,11 +97,9 @@ def bn_scale_importance(skip=(), normalizer: Optional[str] = "mean", fallback: b
             return self._magnitude(group) if imp is None and fallback else imp
 
         def _reduce(self, group_imp, group_idxs):
-            # Torch-Pruning sizes the sum by the first scored layer; a BatchNorm narrower than the group's root (a
-            # GhostNet module: concat of a conv's output and a depthwise conv of it, 2 root channels per BN channel)
-            # then overflows it. Sized by the root's channels instead.
-            # Each narrow BatchNorm covers part of the root channels, so a mean is taken per channel, over the layers
-            # that score it (dividing by the number of layers would rank these channels below other groups').
+            # Torch-Pruning sizes the sum by the first scored layer, which a BatchNorm narrower than the group's root
+            # overflows (a GhostNet module: 2 root channels per BN channel). Sized by the root's channels here, and
+            # each narrow BatchNorm covering part of them, the mean is per channel over the layers that score it.
             if group_imp and len(group_imp[0]) < self._root_channels and self.group_reduction in ("mean", "sum"):
                 total, count = torch.zeros(self._root_channels), torch.zeros(self._root_channels)
                 for imp, root_idxs in zip(group_imp, group_idxs):
