@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "zoo"
@@ -312,7 +313,11 @@ def _now(r: dict) -> str:
     n = r.get("host_predicted_now")
     if not n:
         return ""
-    return f"; predicted now {n['p90_ms']:.3f} ({100 * (n['p90_ms'] / r['host_measured_p90_ms'] - 1):+.0f} %)"
+    err = lambda v: f"{100 * (v / r['host_measured_p90_ms'] - 1):+.0f} %"  # noqa: E731
+    if n.get("weights"):
+        return (f"; predicted now {n['p90_ms']:.3f} ({err(n['p90_ms'])}; table alone {n['table_only_p90_ms']:.3f}, "
+                f"{err(n['table_only_p90_ms'])})")
+    return f"; predicted now {n['p90_ms']:.3f} ({err(n['p90_ms'])})"
 
 
 def retime(res: dict) -> None:
@@ -337,17 +342,21 @@ def retime(res: dict) -> None:
         paths = {k: p for k, p in paths.items() if k not in gone}
     if not paths:
         raise SystemExit(f"error: --retime: no shipped bundle under {OUT} (build them first)")
-    got = {k: ([], []) for k in paths}
+    # each host bundle's dense int8 model, timed in the same rounds: the weights' price of `_predict_now`
+    dense = {(k[0], "dense"): _dense_tflite(k[0]) for k in paths if k[1].startswith("host")}
+    dense = {k: p for k, p in dense.items() if p is not None}
+    got = {k: ([], []) for k in {**paths, **dense}}
     load0 = os.getloadavg()[0]
     for i in range(RETIME_ROUNDS):
-        for k, p in paths.items():
+        for k, p in {**paths, **dense}.items():
             m = measure_latency(p, threads=1, runs=RETIME_RUNS, warmup=50)
             got[k][0].append(m["p90"])
             got[k][1].append(m["p50"])
         _log(f"retime: round {i + 1}/{RETIME_ROUNDS} of {len(paths)} bundles")
     when = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": RETIME_ROUNDS, "runs": RETIME_RUNS,
             "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
-    now = _predict_now({k: p for k, p in paths.items() if k[1].startswith("host")})
+    now = _predict_now({k: p for k, p in paths.items() if k[1].startswith("host")},
+                       {k[0]: (p, median(got[k][1])) for k, p in dense.items()})
     for r in rows:
         p90s, p50s = got[_key(r)]
         r.setdefault("host_measured_p90_ms_at_build", r["host_measured_p90_ms"])
@@ -357,19 +366,39 @@ def retime(res: dict) -> None:
             r["host_predicted_now"] = now[_key(r)]
 
 
-def _predict_now(paths: dict) -> dict:
+def _dense_tflite(model: str) -> Optional[Path]:
+    """The dense int8 .tflite a build of `model` exported beside its bundle (the newest, if several)."""
+    found = sorted((OUT / model / "cache").glob("export-*/dense_int8.tflite"), key=lambda f: f.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _predict_now(paths: dict, dense: dict) -> dict:
     """The host table of this session (re-probed when the machine drifted >10 % since it was made) on each shipped
     .tflite's own op list (`tflite_ops`): the prediction made at build time used the table of that hour, and this
-    shared VM's speed drifts by up to ~20 % over hours, so a retime compares with both."""
+    shared VM's speed drifts by up to ~20 % over hours, so a retime compares with both. With `dense`
+    ({model: (dense int8 .tflite, its p50 timed in this retime)}), the prediction also prices each op's weights as a
+    build does (`Pricer.calibrate_weights`, from the dense model timed whole); `table_only_p90_ms` is without it."""
     from edge_sparse.latency.host import host_table
     from edge_sparse.latency.ops import tflite_ops
+    from edge_sparse.latency.predict import Pricer
+    from edge_sparse.targets import load_target
 
     ops = {k: tflite_ops(p) for k, p in paths.items()}
+    dense_ops = {m: tflite_ops(p) for m, (p, _) in dense.items()}
     if not ops:
         return {}
-    table = host_table([o for v in ops.values() for o in v], 1, cache_dir=ROOT / "build" / "latency", log=_log)
-    return {k: {"p90_ms": round(table.predict(v)["p90"], 5), "table_date": table.provenance.get("date")}
-            for k, v in ops.items()}
+    table = host_table([o for v in [*ops.values(), *dense_ops.values()] for o in v], 1,
+                       cache_dir=ROOT / "build" / "latency", log=_log)
+    out = {}
+    for k, v in ops.items():
+        pr = Pricer(load_target("host"), "measured", dict(table.provenance), table)
+        only = round(table.predict(v)["p90"], 5)
+        row = {"p90_ms": only, "table_only_p90_ms": only, "table_date": table.provenance.get("date")}
+        if k[0] in dense:
+            w = pr.calibrate_weights(dense_ops[k[0]], dense[k[0]][1], "the dense int8 model timed in this retime")
+            row.update(p90_ms=round(pr.predict_ops(v)["p90"], 5), weights=w)
+        out[k] = row
+    return out
 
 
 def main(argv=None) -> int:

@@ -63,7 +63,7 @@ def _latency_meta(t, r, chosen: dict, dense_c: dict) -> dict:
     return {"predicted_p90": chosen["predicted_p90_ms"], "predicted_p50": chosen.get("predicted_p50_ms"),
             "budget": lat.get("budget_ms", t.latency_budget_ms), "budget_spec": t.describe_budget(),
             "effective_budget": lat.get("effective_budget_ms"), "margin": lat.get("margin", 0.0),
-            "dense_predicted_p90": dense_c["predicted_p90_ms"], "source": src,
+            "dense_predicted_p90": dense_c["predicted_p90_ms"], "source": src, "weights": lat.get("weights"),
             "provenance": {k: v for k, v in prov.items() if k not in ("source_text", "anchor_source_text")},
             "latency_model": (f"estimate fitted on real device timings ({prov.get('shape_from', '').split(':')[0]}), scaled to "
                               f"{prov.get('anchor')}" if src == "estimate" and prov.get("held_out") else

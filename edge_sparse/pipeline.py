@@ -126,7 +126,37 @@ def pricer(b: Build):
 
         dense, _ = models.load(b.dirs["train"] / "dense")
         b._pricer = resolve(b.target, dense, b.example(), log=_log)
+        from edge_sparse.latency.ops import extract_ops
+
+        w = b.results.get("search", {}).get("latency", {}).get("weights")
+        if w:  # the search calibrated the table on the dense model: later stages price as it did
+            b._pricer.calibrate_weights(extract_ops(dense, b.example()), w["dense_measured_p50_ms"], w["how"])
     return b._pricer
+
+
+def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=os.getloadavg, time_p50=None) -> None:
+    """Time the dense model whole on this host and let `pr` price each op's weights by it
+    (`Pricer.calibrate_weights`), unless the machine is busy (no core to spare): a loaded timing would price weights
+    at the load's cost; the table is then used as measured, said in the log."""
+    from edge_sparse.latency.device import time_models_on_device
+    from edge_sparse.latency.ops import extract_ops
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = load()[0]
+    if busy >= cores - 0.5:
+        _log(f"  latency: load average {busy:.2f} on {cores} cores: the dense model is not timed to price its weights; "
+             f"the table's per-op costs stand alone (they under-price models whose weights exceed the cache)")
+        return
+    if time_p50 is None:
+        calib = data_mod.normalize_np(_calibration(b)[:64], b.splits.mean, b.splits.std, "NHWC")
+        time_p50 = lambda: time_models_on_device({DENSE_KEY: dense}, b.splits.input_shape, calib, None,  # noqa: E731
+                                                 b.target.threads, log=_log, runs=2000, stat="p50")[DENSE_KEY]
+    measured = time_p50()
+    w = pr.calibrate_weights(extract_ops(dense, b.example()), measured,
+                             f"the dense model timed whole on this host (p50, 2000 invokes, load average {busy:.2f})")
+    _log(f"  latency: the dense model measured p50 {measured:.4f} ms here, the table's ops sum to "
+         f"{w['dense_table_p50_ms']:.4f} ms: its {w['dense_weight_mb']:.2f} MB of weights priced at "
+         f"{w['ms_per_weight_mb'] * 1000:.1f} us/MB (the dense model's p90 now {pr.dense_p90_ms:.4f} ms)")
 
 
 def _taylor_batch(b: Build):
@@ -218,6 +248,8 @@ def stage_search(b: Build, d: Path) -> dict:
     else:
         on_device = None
         if b.cfg.target_device or b.target.latency_table == "host":  # the host target's device is this machine
+            if not b.cfg.target_device and pr.table is not None and pr.weights is None:
+                _calibrate_on_dense(b, dense, pr)
             on_device = _finalist_timer(b, dense, pr)
         chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device,
                                                 taylor_batch=_taylor_batch(b), criterion=b.cfg.criterion,

@@ -163,6 +163,12 @@ def write(b, meta: dict, d: Path) -> None:
                  f"{prov.get('anchor_source_text', '').strip()} Assumptions: {' '.join(a + '.' for a in prov.get('assumptions', []))}\n")
     elif lat["source"] == "estimate":
         L.append(f"The estimate's sources: {prov.get('source_text', '').strip()}\n")
+    w = r["search"]["latency"].get("weights")
+    if w:
+        L.append(f"Weights from memory: {w['how']}: {w['dense_measured_p50_ms']:.4f} ms against the table's "
+                 f"{w['dense_table_p50_ms']:.4f} ms, so every op also costs {w['ms_per_weight_mb'] * 1000:.1f} us per MB of "
+                 f"its weights (the dense model reads {w['dense_weight_mb']:.2f} MB; each probe ran its op's weights "
+                 f"in cache).\n")
     if "channels.png" in plots:
         L.append("## Channels kept per layer\n\n![channels](channels.png)\n")
         kept = {l["name"]: l for l in r["search"]["layers"]}

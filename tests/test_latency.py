@@ -227,7 +227,7 @@ def test_a_cached_host_table_is_reprobed_when_the_machine_drifts(tmp_path):
 
 
 @pytest.mark.slow
-def test_host_build_times_its_finalists_here_beside_the_dense_model(targets_copy, tmp_path):
+def test_host_build_times_its_finalists_here_beside_the_dense_model(targets_copy, tmp_path, capsys):
     """`make build TARGET=host`: the search's finalists are exported and timed on this machine next to the
     dense model, and what it keeps measured within the relative budget (in the table's units) here."""
     from edge_sparse import pipeline
@@ -240,6 +240,10 @@ def test_host_build_times_its_finalists_here_beside_the_dense_model(targets_copy
     try:
         b = pipeline.run("host", cfg, out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache", until_stage="search")
     except BudgetError as e:  # a loaded machine may time every finalist, twice, over 1.5x
+        # before any allocation, the dense model was timed whole to price the weights (unless the machine was busy)
+        assert re.search(r"the dense model measured p50 [0-9.]+ ms here, the table's ops sum to [0-9.]+ ms: its "
+                         r"[0-9.]+ MB of weights priced at [0-9.]+ us/MB|not timed to price its weights",
+                         capsys.readouterr().err), "no weights calibration before the allocation"
         if "ms on the device, over the full" not in str(e):
             # nothing was timed: this host's table puts even the narrowest widths over the budget (a CPU whose fixed
             # per-invoke cost weighs more), a clear refusal, but not the path this test is about
@@ -253,6 +257,55 @@ def test_host_build_times_its_finalists_here_beside_the_dense_model(targets_copy
     assert timed and all(c["method"].startswith("allocate/") and c["measured_p90_ms"] > 0 for c in timed)
     chosen = b.results["search"]["chosen"]
     assert chosen["measured_p90_ms"] is not None and chosen["measured_p90_ms"] <= b._pricer.budget_ms
+    saved = b.results["search"]["latency"]["weights"]  # None only when the machine was busy at the search
+    b._pricer = None  # a later stage (another process) prices with the search's calibration
+    assert pipeline.pricer(b).weights == saved and pipeline.pricer(b).budget_ms == b.results["search"]["latency"]["budget_ms"]
+
+
+def test_weights_calibration_prices_each_op_by_the_weights_it_reads():
+    """A table's probe runs its op's weights in cache; the dense model timed whole pays for reading them. The gap, per
+    MB of the dense model's weights, is added to each op by its own weights: the dense model predicts its timing,
+    a pruned one is charged for what it still reads, and a timing under the table's sum adds nothing."""
+    from edge_sparse.pruning import prune
+
+    m, ex = _tiny()
+    pr = _pricer(m, ex)
+    ops = extract_ops(m, ex)
+    small = extract_ops(prune(m, ex, sparsity=0.5, criterion="l1", round_to=8).model, ex)
+    base, base_small = pr.predict_ops(ops), pr.predict_ops(small)
+    mb, mb_small = (sum(o.weight_bytes for o in x) / 1e6 for x in (ops, small))
+    assert 0 < mb_small < mb
+    assert Op("conv", 8, 8, 16, 32, k=3, groups=4).weight_bytes == 32 * 4 * 9 + 4 * 32
+    w = pr.calibrate_weights(ops, base["p50"] + 0.2, "a test")
+    assert w["ms_per_weight_mb"] == pytest.approx(0.2 / mb, rel=1e-3) and w["dense_weight_mb"] == pytest.approx(mb, rel=1e-3)
+    assert pr.predict_ops(ops)["p50"] == pytest.approx(base["p50"] + 0.2, abs=2e-5)
+    assert pr.dense_p90_ms == pr.predict_ops(ops)["p90"] > base["p90"]  # the relative budget's reference moves too
+    got = pr.predict_ops(small)
+    assert got["p50"] == pytest.approx(base_small["p50"] + 0.2 * mb_small / mb, abs=2e-5)
+    assert sum(l["ms"] for l in got["layers"]) + pr.table.overhead["p50"] == pytest.approx(got["p50"], abs=1e-3)
+    assert pr.to_dict()["weights"] == w and "us/MB" in pr.describe()
+    pr.calibrate_weights(ops, base["p50"] * 0.8, "a test")  # faster than the table: nothing to price
+    assert pr.ms_per_weight_mb == 0 and pr.predict_ops(small)["p50"] == base_small["p50"]
+
+
+def test_the_weights_are_not_priced_from_a_timing_on_a_busy_machine():
+    """The dense model is timed for the weights' price only with a core to spare; on a loaded machine the table
+    stands alone (a timing under load would price weights at the load's cost)."""
+    import types
+
+    from edge_sparse import pipeline
+
+    m, ex = _tiny()
+    b = types.SimpleNamespace(example=lambda: ex)
+    cores = len(os.sched_getaffinity(0))
+    pr = _pricer(m, ex)
+    dense_p90 = pr.dense_p90_ms
+    pipeline._calibrate_on_dense(b, m, pr, load=lambda: (cores + 1.0, 0, 0), time_p50=lambda: 99.0)
+    assert pr.weights is None and pr.dense_p90_ms == dense_p90
+    pipeline._calibrate_on_dense(b, m, pr, load=lambda: (0.1, 0, 0),
+                                 time_p50=lambda: pr.predict_ops(extract_ops(m, ex))["p50"] + 0.05)
+    assert pr.weights["ms_per_weight_mb"] > 0 and "load average 0.10" in pr.weights["how"]
+    assert pr.dense_p90_ms > dense_p90
 
 
 def test_a_dense_timing_far_off_the_host_table_is_timed_again_then_refused():

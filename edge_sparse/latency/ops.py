@@ -81,6 +81,17 @@ class Op:
         return 0
 
     @property
+    def weight_bytes(self) -> int:
+        """Bytes of int8 weights and int32 biases the op reads per invoke (0 for ops without weights)."""
+        if self.kind == "conv":
+            return self.cout * (self.cin // self.groups) * self.k * self.k + 4 * self.cout
+        if self.kind == "dwconv":
+            return self.cout * self.k * self.k + 4 * self.cout
+        if self.kind == "fc":
+            return self.cin * self.cout + 4 * self.cout
+        return 0
+
+    @property
     def out_h(self) -> int:
         if self.kind == "pad":
             return self.h + 2 * ((self.k - 1) // 2)
