@@ -121,16 +121,17 @@ def stage_train(b: Build, d: Path) -> dict:
 
 def pricer(b: Build):
     """The target's latency pricer for this build's dense model (its table profiled once, then cached)."""
+    from edge_sparse.latency.ops import extract_ops
+
     if getattr(b, "_pricer", None) is None:
         from edge_sparse.latency.predict import resolve
 
         dense, _ = models.load(b.dirs["train"] / "dense")
         b._pricer = resolve(b.target, dense, b.example(), log=_log)
-        from edge_sparse.latency.ops import extract_ops
-
-        w = b.results.get("search", {}).get("latency", {}).get("weights")
-        if w:  # the search calibrated the table on the dense model: later stages price as it did
-            b._pricer.calibrate_weights(extract_ops(dense, b.example()), w["dense_measured_p50_ms"], w["how"])
+    w = b.results.get("search", {}).get("latency", {}).get("weights")
+    if w and b._pricer.weights != w:  # the search priced the weights (maybe in another process): price as it did
+        dense, _ = models.load(b.dirs["train"] / "dense")
+        b._pricer.apply_weights(w, extract_ops(dense, b.example()))
     return b._pricer
 
 
@@ -239,17 +240,18 @@ def stage_search(b: Build, d: Path) -> dict:
 
     dense, _ = models.load(b.dirs["train"] / "dense")
     pr = pricer(b)
+    allocating = b.cfg.fixed_sparsity is None and b.cfg.search != "global"
+    if allocating and not b.cfg.target_device and b.target.latency_table == "host" and pr.weights is None:
+        _calibrate_on_dense(b, dense, pr)  # before the budget is stated: it moves the dense model's p90
     _log(f"  latency: {pr.describe()}; budget p90 <= {pr.budget_ms:.4g} ms ({b.target.describe_budget()})"
          + (f", searched under {pr.effective_budget_ms:.4g} ms (a {pr.margin:.0%} margin for the prediction's error)" if pr.margin else ""))
-    if b.cfg.fixed_sparsity is not None or b.cfg.search == "global":
+    if not allocating:
         chosen, res, tried = search(dense, b.splits, b.target, b.cfg.sparsities, b.cfg.criterion, log=_log,
                                     fixed=b.cfg.fixed_sparsity, pricer=pr, taylor_batch=_taylor_batch(b),
                                     device=b.cfg.train.device)
     else:
         on_device = None
         if b.cfg.target_device or b.target.latency_table == "host":  # the host target's device is this machine
-            if not b.cfg.target_device and pr.table is not None and pr.weights is None:
-                _calibrate_on_dense(b, dense, pr)
             on_device = _finalist_timer(b, dense, pr)
         chosen, res, tried = search_allocations(dense, b.splits, b.target, pr, log=_log, time_on_device=on_device,
                                                 taylor_batch=_taylor_batch(b), criterion=b.cfg.criterion,

@@ -129,6 +129,50 @@ def test_three_channel_conversion_is_offline(tmp_path, monkeypatch):
     assert not any(p.name.endswith(".npy") for p in Path.cwd().iterdir())
 
 
+class _DeadHead(torch.nn.Module):
+    """A SqueezeNet-style head whose classifier conv + ReLU is 0 on every image (an untrained SqueezeNet after 3 QUICK
+    epochs): its int8 output range is ~0, and XNNPACK refuses a requantisation scale over 256."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.classifier = torch.nn.Conv2d(16, 10, 1)
+        torch.nn.init.constant_(self.classifier.bias, -100.0)
+
+    def forward(self, x):
+        return torch.relu(self.classifier(self.features(x))).mean((2, 3))
+
+
+def test_a_dead_layer_exports_on_a_coarser_scale_instead_of_failing_xnnpack(tmp_path):
+    """The dead layer's output (and what shares its scale) is quantised on a coarser grid, the model loads with
+    XNNPACK, and it computes what torch does (zeros); the note names the tensors. A live model is left alone."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    torch.manual_seed(0)
+    m = _DeadHead().eval()
+    eonnx.export_fp32(m, (3, 16, 16), tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    sm = etflite.onnx_to_saved_model(tmp_path / "m.onnx", calib, tmp_path / "sm")
+    raw = etflite._convert_bytes(sm, calib)
+    assert "requantisation scale is >= 256" in etflite._odd_scales(raw)  # the failure this test is about
+    notes = etflite.convert(sm, tmp_path / "m.tflite", calib, correct_bias=False)
+    assert any("dead layer" in n for n in notes), notes
+    it = Interpreter(model_path=str(tmp_path / "m.tflite"), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    s_in, z_in = inp["quantization"]
+    it.set_tensor(inp["index"], np.clip(np.round(calib[:1] / s_in + z_in), -128, 127).astype(np.int8))
+    it.invoke()
+    s_out, z_out = out["quantization"]
+    assert np.allclose((it.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out, 0.0)
+    assert m(torch.from_numpy(calib[:1]).permute(0, 3, 1, 2)).abs().max() == 0
+    live = models.create("tiny_vgg", in_channels=3, num_classes=10, input_size=16).eval()
+    eonnx.export_fp32(live, (3, 16, 16), tmp_path / "live.onnx")
+    ok = etflite._convert_bytes(etflite.onnx_to_saved_model(tmp_path / "live.onnx", calib, tmp_path / "sm2"), calib)
+    assert etflite._widen_dead_outputs(ok) == (ok, [])
+
+
 def test_bad_inputs(exported, tmp_path):
     d = exported["dir"]
     trunc = tmp_path / "trunc.onnx"

@@ -258,8 +258,13 @@ def test_host_build_times_its_finalists_here_beside_the_dense_model(targets_copy
     chosen = b.results["search"]["chosen"]
     assert chosen["measured_p90_ms"] is not None and chosen["measured_p90_ms"] <= b._pricer.budget_ms
     saved = b.results["search"]["latency"]["weights"]  # None only when the machine was busy at the search
-    b._pricer = None  # a later stage (another process) prices with the search's calibration
-    assert pipeline.pricer(b).weights == saved and pipeline.pricer(b).budget_ms == b.results["search"]["latency"]["budget_ms"]
+    from edge_sparse.latency.predict import resolve
+
+    dense, _ = models.load(b.dirs["train"] / "dense")
+    for fresh in (None, resolve(b.target, dense, b.example())):  # a later stage, or a resumed build's own pricer
+        b._pricer = fresh
+        assert pipeline.pricer(b).weights == saved
+        assert pipeline.pricer(b).budget_ms == pytest.approx(b.results["search"]["latency"]["budget_ms"], abs=1e-5)
 
 
 def test_weights_calibration_prices_each_op_by_the_weights_it_reads():
@@ -284,8 +289,28 @@ def test_weights_calibration_prices_each_op_by_the_weights_it_reads():
     assert got["p50"] == pytest.approx(base_small["p50"] + 0.2 * mb_small / mb, abs=2e-5)
     assert sum(l["ms"] for l in got["layers"]) + pr.table.overhead["p50"] == pytest.approx(got["p50"], abs=1e-3)
     assert pr.to_dict()["weights"] == w and "us/MB" in pr.describe()
+    again = _pricer(m, ex)  # a later stage re-applies the saved price: the same predictions, the same budget
+    again.apply_weights(w, ops)
+    assert again.predict_ops(small) == got and again.dense_p90_ms == pr.dense_p90_ms
     pr.calibrate_weights(ops, base["p50"] * 0.8, "a test")  # faster than the table: nothing to price
     assert pr.ms_per_weight_mb == 0 and pr.predict_ops(small)["p50"] == base_small["p50"]
+
+
+def test_later_stages_price_with_the_weights_the_search_measured(tmp_path):
+    """A stage after the search (finetune's predicted p90, the gates, the report), in this process or a resumed one,
+    prices with the search's saved weights price, also when the build resolved its own table-only pricer first."""
+    import types
+
+    from edge_sparse import pipeline
+
+    m, ex = _tiny()
+    models.save(m, tmp_path / "dense", arch="tiny_resnet", kwargs={"in_channels": 1, "num_classes": 10, "input_size": 28})
+    searched = _pricer(m, ex)
+    w = searched.calibrate_weights(extract_ops(m, ex), searched.predict_ops(extract_ops(m, ex))["p50"] + 0.05, "a test")
+    b = types.SimpleNamespace(example=lambda: ex, dirs={"train": tmp_path}, _pricer=_pricer(m, ex),
+                              results={"search": {"latency": searched.to_dict()}})
+    assert pipeline.pricer(b).weights == w and pipeline.pricer(b).budget_ms == searched.budget_ms
+    assert pipeline.pricer(b).predict(m, ex) == searched.predict(m, ex)
 
 
 def test_the_weights_are_not_priced_from_a_timing_on_a_busy_machine():

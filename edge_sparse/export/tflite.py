@@ -100,7 +100,10 @@ def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None, correc
     data = _convert_bytes(saved_model, calib_nhwc)
     notes = []
     if calib_nhwc is not None:
-        _check_loads(data, saved_model)
+        data, repaired = _check_loads(data, saved_model)
+        if repaired:
+            print(f"  {repaired}")
+            notes.append(repaired)
         if correct_bias:
             data, note = correct_biases(data, fp32_model or _convert_bytes(saved_model, None), calib_nhwc)
             print(f"  {note}")
@@ -109,15 +112,113 @@ def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None, correc
     return notes
 
 
-def _check_loads(model: bytes, saved_model: Path) -> None:
-    """The int8 model must load with the interpreter's default delegate (XNNPACK), as it will on the device."""
+def _check_loads(model: bytes, saved_model: Path) -> tuple[bytes, Optional[str]]:
+    """The int8 model must load with the interpreter's default delegate (XNNPACK), as it will on the device. One that
+    does not because a layer is dead (`_widen_dead_outputs`) is repaired and checked again: the model, and a note
+    naming the layers (None when nothing was changed)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    try:
-        Interpreter(model_content=model, num_threads=1).allocate_tensors()
-    except (RuntimeError, ValueError) as e:
-        raise EdgeSparseError(f"the int8 .tflite converted from {saved_model} does not load with XNNPACK "
-                              f"({' '.join(str(e).split())[:300]}); {_odd_scales(model) or 'no tensor has an absurd scale'}") from None
+    def loads(m: bytes) -> Optional[str]:
+        try:
+            Interpreter(model_content=m, num_threads=1).allocate_tensors()
+            return None
+        except (RuntimeError, ValueError) as e:
+            return ' '.join(str(e).split())[:300]
+
+    err = loads(model)
+    if err is None:
+        return model, None
+    fixed, widened = _widen_dead_outputs(model)
+    if widened and loads(fixed) is None:
+        return fixed, (f"{len(widened)} tensors whose calibrated range is far narrower than their inputs x weights "
+                       f"(requantisation scale >= {_MAX_RATIO:g}, which XNNPACK refuses: a dead layer's output) "
+                       f"quantised in coarser steps (0 stays exact): "
+                       f"{', '.join(widened[:3])}{', ...' if len(widened) > 3 else ''}")
+    raise EdgeSparseError(f"the int8 .tflite converted from {saved_model} does not load with XNNPACK "
+                          f"({err}); {_odd_scales(model) or 'no tensor has an absurd scale'}")
+
+
+# XNNPACK's qs8 ops refuse a requantisation scale (input scale [x filter scale] / output scale) of 256 or more
+_MAX_RATIO = 256.0
+# ops whose int8 output shares its input's scale (TFLite's quantisation spec): moving one moves the others
+_SAME_SCALE = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "CONCATENATION", "PAD", "PADV2", "GATHER",
+               "TRANSPOSE", "STRIDED_SLICE", "SLICE", "SPLIT", "SPLIT_V", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH"}
+_FIXED_OUTPUT = {"LOGISTIC", "TANH", "SOFTMAX"}  # output scale fixed by the op (1/256): never moved
+
+
+def _widen_dead_outputs(model: bytes) -> tuple[bytes, list[str]]:
+    """Give every int8 tensor that XNNPACK refuses for a requantisation scale >= 256 a coarser scale.
+
+    Such a tensor is the output of a layer that is (nearly) constant on the calibration images, a dead layer (all its
+    channels clamped to 0 by a ReLU, e.g. an untrained SqueezeNet's classifier conv): its calibrated range is ~0, so
+    its scale is tiny, and its input x filter scale over it is thousands. Its values stay exactly representable on a
+    coarser grid (0 is the zero point either way), so its scale is raised until the ratio is 64, with every tensor
+    that must share that scale (pools, reshapes, concatenations...), and again downstream where the raise pushes a
+    consumer's ratio over. Returns the model and the names of the tensors moved (none: the model as it was)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    mo = fu.convert_bytearray_to_object(bytearray(model))
+    g = mo.subgraphs[0]
+    kind = [names.get(max(mo.operatorCodes[op.opcodeIndex].builtinCode,
+                          mo.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)) for op in g.operators]
+
+    def scale(i: int) -> Optional[np.ndarray]:
+        q = g.tensors[i].quantization if i >= 0 else None
+        return None if q is None or q.scale is None or not len(q.scale) else np.asarray(q.scale, np.float64)
+
+    def constant(i: int) -> bool:  # weights, biases, shapes, axes: a buffer with data
+        data = mo.buffers[g.tensors[i].buffer].data if i >= 0 else None
+        return data is not None and len(data) > 0
+
+    root = list(range(len(g.tensors)))  # activation tensors tied to one scale, union-find
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for op, k in zip(g.operators, kind):
+        if k in _SAME_SCALE:  # SPLIT's data is its second input (the first is the axis); a concat ties all its inputs
+            ins = list(op.inputs) if k == "CONCATENATION" else [op.inputs[1 if k == "SPLIT" else 0]]
+            for t in ins + list(op.outputs):
+                if t >= 0 and not constant(t) and scale(t) is not None:
+                    root[find(t)] = find(op.outputs[0])
+    moved: dict[int, None] = {}
+    for _ in range(len(g.operators)):  # each pass fixes a layer or stops; a chain of dead layers takes one per layer
+        changed = False
+        for op, k in zip(g.operators, kind):
+            out = op.outputs[0]
+            so = scale(out)
+            if k in _SAME_SCALE or k in _FIXED_OUTPUT or so is None or len(so) != 1:
+                continue
+            ins = [scale(i) for i in op.inputs]
+            if k in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MUL"):
+                if len(ins) < 2 or ins[0] is None or ins[1] is None:
+                    continue
+                need = float(ins[0].max() * ins[1].max())
+            else:
+                acts = [x for i, x in zip(op.inputs, ins) if x is not None and not constant(i)]
+                if not acts:
+                    continue
+                need = float(max(x.max() for x in acts))
+            if need / float(so[0]) < _MAX_RATIO:
+                continue
+            new = need / 64.0
+            c = find(out)
+            for t in range(len(g.tensors)):
+                st = scale(t)
+                if find(t) == c and st is not None and len(st) == 1 and st[0] < new:
+                    g.tensors[t].quantization.scale = [new]
+                    moved[t] = None
+                    changed = True
+        if not changed:
+            break
+    if not moved:
+        return model, []
+    return bytes(fu.convert_object_to_bytearray(mo)), [g.tensors[t].name.decode() for t in moved]
 
 
 def _odd_scales(model: bytes) -> str:
@@ -342,8 +443,7 @@ def int8_for_timing(onnx_fp32: Path, calib_nhwc: np.ndarray) -> bytes:
     tmp = Path(tempfile.mkdtemp(prefix="edge_sparse_onnx2tf_"))
     try:
         sm, _ = _onnx_to_saved_model(onnx_fp32, calib_nhwc, tmp)
-        data = _convert_bytes(sm, calib_nhwc)
-        _check_loads(data, sm)
+        data, _ = _check_loads(_convert_bytes(sm, calib_nhwc), sm)
         return data
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

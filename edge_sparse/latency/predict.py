@@ -75,9 +75,9 @@ class Pricer:
         """Price the weights' trip from memory, from the dense model timed whole on the table's own machine.
 
         A table's probe runs one op again and again, its weights staying in cache; in a whole model each op's weights
-        were evicted by the other ops' since its last invoke (measured here, 2-core Xeon, 2 MiB L2 per core: dense
-        zoo models of 2.9-11 MB of weights ran 25-31 % over their tables' sums, their pruned versions of 0.2-1.2 MB
-        3-11 %). The dense model's measured p50 less the table's sum, per MB of its weights (never below 0: a table
+        were evicted by the other ops' since its last invoke (measured here, 2-core Xeon, 2 MiB L2 per core: 4 of 5
+        dense zoo models, 2.9-11 MB of weights, ran 25-31 % over their tables' sums, efficientnet_b0 2 %; pruned
+        versions of 0.2-9 MB 3-30 %, more the more weights they kept). The dense model's measured p50 less the table's sum, per MB of its weights (never below 0: a table
         that over-prices a model has other errors, which this term would not fix), is added to every op per MB of
         its own weights, so a narrower model is priced by what it still reads. Resets the dense model's p90 (the
         relative budget's reference) to the calibrated prediction. `how`: where the timing came from, for the report.
@@ -87,9 +87,15 @@ class Pricer:
         self.ms_per_weight_mb = 0.0
         table_p50 = self.table.predict(dense_ops)["p50"]
         mb = sum(o.weight_bytes for o in dense_ops) / 1e6
-        self.ms_per_weight_mb = round(max(0.0, (measured_p50_ms - table_p50) / mb), 6) if mb else 0.0
-        self.weights = {"ms_per_weight_mb": self.ms_per_weight_mb, "dense_measured_p50_ms": round(measured_p50_ms, 5),
-                        "dense_table_p50_ms": round(table_p50, 5), "dense_weight_mb": round(mb, 6), "how": how}
+        return self.apply_weights({
+            "ms_per_weight_mb": round(max(0.0, (measured_p50_ms - table_p50) / mb), 6) if mb else 0.0,
+            "dense_measured_p50_ms": round(measured_p50_ms, 5), "dense_table_p50_ms": round(table_p50, 5),
+            "dense_weight_mb": round(mb, 6), "how": how}, dense_ops)
+
+    def apply_weights(self, weights: dict, dense_ops: Sequence[Op]) -> dict:
+        """The weights' price `calibrate_weights` found (saved with the search), applied as it was: later stages, and a
+        resumed build, price every model as the search did."""
+        self.ms_per_weight_mb, self.weights = float(weights["ms_per_weight_mb"]), dict(weights)
         self.dense_p90_ms = self.predict_ops(dense_ops)["p90"]
         return self.weights
 
