@@ -147,7 +147,8 @@ def build_one(model: str, budget: str, targets: Path) -> dict:
             "dense_macs": meta["dense"]["macs"], "macs": meta["model"]["macs"],
             "dense_params": meta["dense"]["params"], "params": meta["model"]["params"], "size_kb": meta["model"]["size_kb"],
             "predicted_p90_ms": lat["predicted_p90"], "dense_predicted_p90_ms": lat["dense_predicted_p90"],
-            "budget_ms": lat["budget"], "latency_source": lat["source"], "host_measured_p90_ms": measured["p90"],
+            "budget_ms": lat["budget"], "latency_source": lat["source"], "latency_weights": lat.get("weights"),
+            "host_measured_p90_ms": measured["p90"],
             "host_measured_p50_ms": measured["p50"], "load_avg_1min": round(os.getloadavg()[0], 2),  # others' jobs
             "int8_agreement_pct": acc.get("int8_agreement_pct"),
             "tflite_int8_acc": _num(acc.get("tflite_int8")), "torch_fp32_acc": _num(acc.get("torch_fp32")),
@@ -218,6 +219,8 @@ def claim(res: dict) -> dict:
     return {"zoo": len(ZOO_MODELS), "attempted": attempted, "shipped_both": both,
             "per_budget": {b: sum(1 for m in ZOO_MODELS if done.get((m, b), {}).get("shipped")) for b in BUDGETS},
             "host_shipped": len(host), "host_within_10": sum(within(r) for r in host),
+            "host_weights": sum(1 for r in host if r.get("latency_weights")),  # built pricing the weights from memory
+            "host_weights_within_10": sum(within(r) for r in host if r.get("latency_weights")),
             "host_now": sum(1 for r in host if r.get("host_predicted_now")),
             "host_now_within_10": sum(within(r, now=True) for r in host if r.get("host_predicted_now")),
             "refused": {k: [f"{r['model']} {r['budget']}" for r in rows if not r["shipped"] and r["model"] in ZOO_MODELS
@@ -269,9 +272,11 @@ def markdown(res: dict) -> str:
          f"attempted; goal ≥ 18); rpi4 2×: {c['per_budget'][BUDGETS[0]]}, host 1.5×: {c['per_budget'][BUDGETS[1]]}. "
          f"Host predicted p90 within ±10 % of measured: {c['host_within_10']} of "
          f"{c['host_shipped']} shipped host builds (goal ≥ 90 %)"
-         + (f"; predicted again by the host table of the last retime on each .tflite's own ops (the table of the "
-            f"build's hour is stale on this drifting VM): {c['host_now_within_10']} of {c['host_now']} present host "
-            f"bundles" if c["host_now"] else "") + f". Wall time of the whole run (builds and "
+         + (f", {c['host_weights_within_10']} of the {c['host_weights']} built since a host build prices each op's "
+            f"weights from memory by its dense model timed whole" if c["host_weights"] else "")
+         + (f"; predicted again in the last retime, with the table of that hour on each .tflite's own ops and the "
+            f"weights priced by the dense model timed in the same rounds, as a build does: {c['host_now_within_10']} "
+            f"of {c['host_now']} present host bundles" if c["host_now"] else "") + f". Wall time of the whole run (builds and "
          f"timing, summed over resumed runs): {c['wall_s'] / 3600:.2f} h on this machine.", ""]
     refused = {k: v for k, v in c["refused"].items() if v}
     if refused:
@@ -355,6 +360,10 @@ def retime(res: dict) -> None:
         _log(f"retime: round {i + 1}/{RETIME_ROUNDS} of {len(paths)} bundles")
     when = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": RETIME_ROUNDS, "runs": RETIME_RUNS,
             "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    for r in rows:  # whether the build priced the weights (rows built before zoo.py recorded it)
+        meta = paths[_key(r)].parent / "metadata.json"
+        if "latency_weights" not in r and meta.is_file():
+            r["latency_weights"] = json.loads(meta.read_text())["latency_ms"].get("weights")
     now = _predict_now({k: p for k, p in paths.items() if k[1].startswith("host")},
                        {k[0]: (p, median(got[k][1])) for k, p in dense.items()})
     for r in rows:
