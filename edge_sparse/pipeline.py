@@ -135,18 +135,38 @@ def pricer(b: Build):
     return b._pricer
 
 
-def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=os.getloadavg, time_p50=None) -> None:
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def busy_cores(interval: float = 1.0) -> float:
+    """How many cores other processes keep busy: the machine's non-idle CPU time over `interval` seconds while this
+    process sleeps (/proc/stat; elsewhere the 1-minute load average). Not the load average on Linux: it still counts
+    this build's own training of the minute before (a zoo build saw 1.61 on 2 cores with nothing else running)."""
+    def sample() -> tuple[int, int]:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    return (1 - (i1 - i0) / max(1, t1 - t0)) * (os.cpu_count() or 1)
+
+
+def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=busy_cores, time_p50=None) -> None:
     """Time the dense model whole on this host and let `pr` price each op's weights by it
-    (`Pricer.calibrate_weights`), unless the machine is busy (no core to spare): a loaded timing would price weights
-    at the load's cost; the table is then used as measured, said in the log."""
+    (`Pricer.calibrate_weights`), unless other jobs leave no core to spare (`busy_cores`): a loaded timing would price
+    weights at the load's cost; the table is then used as measured, said in the log."""
     from edge_sparse.latency.device import time_models_on_device
     from edge_sparse.latency.ops import extract_ops
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = load()[0]
+    cores, busy = _cores(), load()
     if busy >= cores - 0.5:
-        _log(f"  latency: load average {busy:.2f} on {cores} cores: the dense model is not timed to price its weights; "
-             f"the table's per-op costs stand alone (they under-price models whose weights exceed the cache)")
+        _log(f"  latency: other jobs keep {busy:.2f} of {cores} cores busy: the dense model is not timed to price its "
+             f"weights; the table's per-op costs stand alone (they under-price models whose weights exceed the cache)")
         return
     if time_p50 is None:
         calib = data_mod.normalize_np(_calibration(b)[:64], b.splits.mean, b.splits.std, "NHWC")
@@ -154,7 +174,8 @@ def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=os.getloadavg
                                                  b.target.threads, log=_log, runs=2000, stat="p50")[DENSE_KEY]
     measured = time_p50()
     w = pr.calibrate_weights(extract_ops(dense, b.example()), measured,
-                             f"the dense model timed whole on this host (p50, 2000 invokes, load average {busy:.2f})")
+                             f"the dense model timed whole on this host (p50, 2000 invokes, {busy:.2f} cores busy "
+                             f"with other jobs)")
     _log(f"  latency: the dense model measured p50 {measured:.4f} ms here, the table's ops sum to "
          f"{w['dense_table_p50_ms']:.4f} ms: its {w['dense_weight_mb']:.2f} MB of weights priced at "
          f"{w['ms_per_weight_mb'] * 1000:.1f} us/MB (the dense model's p90 now {pr.dense_p90_ms:.4f} ms)")
@@ -174,34 +195,33 @@ DENSE_KEY = "dense (timed beside the finalists)"
 TIMING_TOLERANCE = 1.5  # the dense model's timing here vs this host's table: the table's own error is ~15 %
 
 
-def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float, load=os.getloadavg) -> dict:
+def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float, load=busy_cores) -> dict:
     """`time_once()` (p90s with the dense model's under DENSE_KEY, timed on this host), checked against this host's
     own table: a dense timing more than TIMING_TOLERANCE off its prediction is the machine's load, not the model (a
     loaded zoo build timed lcnet_050's dense model at 5.1 ms against 0.98 ms predicted, and its finalists looked
-    6.5x faster than dense), unless the machine has a core to spare (1-minute load average under cores - 0.5, the
-    timing's own process included): then it is the table that is off for this model (repvit_m0_9's dense model,
+    6.5x faster than dense), unless other jobs leave a core to spare (`busy_cores` under cores - 0.5): then it is the table that is off for this model (repvit_m0_9's dense model,
     4.7 M weights, measured 1.42 ms on a quiet host against 0.95 ms predicted: its probes run each op with its
     weights in cache), and the budget, a ratio of two timings taken together, is judged on it, said in the log.
     Loaded and off: time again; twice, refuse with one line rather than judge on it."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     for attempt in (1, 2):
         got = time_once()
         d = got[DENSE_KEY]
         if 1 / TIMING_TOLERANCE <= d / dense_predicted_ms <= TIMING_TOLERANCE:
             return got
-        busy = load()[0]
+        busy = load()
         if busy < cores - 0.5:
             _log(f"  the dense model timed {d:.4f} ms here against {dense_predicted_ms:.4f} ms by this host's table, "
-                 f"with a core to spare (load average {busy:.2f} on {cores} cores): the table is off for this model, "
-                 f"not the machine; the budget is judged on the two timings' ratio")
+                 f"with a core to spare (other jobs keep {busy:.2f} of {cores} cores busy): the table is off for this "
+                 f"model, not the machine; the budget is judged on the two timings' ratio")
             return got
         _log(f"  the dense model timed {d:.4f} ms here against {dense_predicted_ms:.4f} ms by this host's table, with "
-             f"load average {busy:.2f} on {cores} cores: the machine is busy; "
+             f"other jobs keeping {busy:.2f} of {cores} cores busy: the machine is busy; "
              + ("timing again" if attempt == 1 else "giving up"))
     raise EdgeSparseError(
         f"timing the finalists on this host: the dense model measured {d:.4f} ms p90, twice more than "
-        f"{TIMING_TOLERANCE:g}x off the {dense_predicted_ms:.4f} ms this host's table predicts, with load average "
-        f"{busy:.2f} on {cores} cores, so the relative budget ({speedup:g}x) cannot be judged; other jobs are loading "
+        f"{TIMING_TOLERANCE:g}x off the {dense_predicted_ms:.4f} ms this host's table predicts, with other jobs "
+        f"keeping {busy:.2f} of {cores} cores busy, so the relative budget ({speedup:g}x) cannot be judged; other jobs are loading "
         f"this machine: re-run when it is quiet (finished stages are cached)")
 
 

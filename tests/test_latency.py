@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -325,11 +326,11 @@ def test_the_weights_are_not_priced_from_a_timing_on_a_busy_machine():
     cores = len(os.sched_getaffinity(0))
     pr = _pricer(m, ex)
     dense_p90 = pr.dense_p90_ms
-    pipeline._calibrate_on_dense(b, m, pr, load=lambda: (cores + 1.0, 0, 0), time_p50=lambda: 99.0)
+    pipeline._calibrate_on_dense(b, m, pr, load=lambda: cores + 1.0, time_p50=lambda: 99.0)
     assert pr.weights is None and pr.dense_p90_ms == dense_p90
-    pipeline._calibrate_on_dense(b, m, pr, load=lambda: (0.1, 0, 0),
+    pipeline._calibrate_on_dense(b, m, pr, load=lambda: 0.1,
                                  time_p50=lambda: pr.predict_ops(extract_ops(m, ex))["p50"] + 0.05)
-    assert pr.weights["ms_per_weight_mb"] > 0 and "load average 0.10" in pr.weights["how"]
+    assert pr.weights["ms_per_weight_mb"] > 0 and "0.10 cores busy" in pr.weights["how"]
     assert pr.dense_p90_ms > dense_p90
 
 
@@ -345,7 +346,7 @@ def test_a_dense_timing_far_off_the_host_table_is_timed_again_then_refused():
         return lambda: calls.append(1) or dict(next(it))
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = lambda: (float(cores), 0.0, 0.0)  # noqa: E731  (every core taken)
+    busy = lambda: float(cores)  # noqa: E731  (every core taken)
     assert _time_beside_dense(timings({DENSE_KEY: 1.2, "a": 0.7}), 0.98, 1.5, busy) == {DENSE_KEY: 1.2, "a": 0.7}
     assert len(calls) == 1
     calls.clear()
@@ -360,9 +361,34 @@ def test_a_dense_timing_far_off_the_host_table_is_timed_again_then_refused():
     # off the table with a core to spare: the table is off for this model (repvit_m0_9's dense model on a quiet
     # host), and the two timings' ratio is judged once
     calls.clear()
-    quiet = lambda: (cores - 1.0, 0.0, 0.0)  # noqa: E731
+    quiet = lambda: cores - 1.0  # noqa: E731
     got = _time_beside_dense(timings({DENSE_KEY: 1.55, "a": 0.9}), 0.97, 1.5, quiet)
     assert got == {DENSE_KEY: 1.55, "a": 0.9} and len(calls) == 1
+
+
+def test_busy_cores_counts_other_jobs_not_this_process_past_work():
+    """The rule's measure of load: cores busy over the next second, while this process sleeps. Right after this
+    process kept a core busy (what the 1-minute load average still counts), it reads near idle; with a spinning
+    child on one core, it reads about one core."""
+    import subprocess
+    import sys
+
+    from edge_sparse.pipeline import busy_cores
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat: the load average is used")
+    t = time.time()
+    while time.time() - t < 1.5:  # this process busy, as a build's training is before its search
+        pass
+    idle = busy_cores(0.5)
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        time.sleep(0.3)
+        one = busy_cores(1.0)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert one > idle + 0.5 and one > 0.7, (idle, one)  # (other jobs on a shared machine add to both)
 
 
 def test_percentiles():
