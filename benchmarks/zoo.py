@@ -305,7 +305,8 @@ def markdown(res: dict) -> str:
     L += ["", "rpi4's predicted p90 is the Pi 4 estimate (4 threads) and is not comparable with the host column; "
           "host rows add the prediction's error, predicted / measured − 1 (the load average when it was timed is in "
           "zoo.json), and for the bundles present at the last retime, what that session's host table predicts on the "
-          "bundle's .tflite ('predicted now'). Top-1 on the 500 test images (10 classes): 3 + 2 QUICK epochs from random weights leave these nets "
+          "bundle's .tflite ('predicted now': with each op's weights priced by the bundle's dense model timed in the "
+          "same rounds, as a build prices them, and by the table alone). Top-1 on the 500 test images (10 classes): 3 + 2 QUICK epochs from random weights leave these nets "
           "near chance, so the agreement column says little about int8 on trained weights.", f"<!-- {TAG}:end -->"]
     return "\n".join(L) + "\n"
 
