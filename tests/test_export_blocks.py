@@ -8,6 +8,8 @@ so its top-1 answers have margins worth comparing, then is exported; the int8 ar
 on held-out images."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -188,14 +190,24 @@ class DeadLayer(nn.Module):
         return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
 
 
-def test_an_int8_model_xnnpack_cannot_prepare_is_refused_naming_the_dead_layer(rgb, tmp_path):
+def test_a_dead_layer_is_requantised_coarser_so_xnnpack_prepares_it(rgb, tmp_path, monkeypatch):
+    """XNNPACK refuses the dead conv's requantisation scale (~1e6); the export gives its output a coarser scale, says so
+    naming the tensor, and the int8 model computes what torch does. Where that repair cannot help, the refusal is one
+    line naming the layer and its scale, and nothing is half-written."""
     from edge_sparse.errors import EdgeSparseError
+    from edge_sparse.export import tflite as etflite
 
+    got = es.export(DeadLayer().eval(), torch.zeros(1, 3, SIZE, SIZE), calib=rgb["calib"], out=tmp_path / "ok",
+                    mean=rgb["mean"], std=rgb["std"])
+    note = next((n for n in got["notes"] if "dead layer" in n), None)
+    assert note is not None and re.search(r"/tf\.nn\.convolution_\d+/convolution", note), got["notes"]
+    assert got["parity"]["model.tflite"]["agreement"] == 100.0  # fc(0) on every image, as in torch
+    monkeypatch.setattr(etflite, "_widen_dead_outputs", lambda model: (model, []))
     with pytest.raises(EdgeSparseError, match=r"does not load with XNNPACK \(.*failed to prepare.*\); layers whose "
                                               r"requantisation scale is >= 256.*/tf\.nn\.convolution_\d+/convolution \(\d"):
-        es.export(DeadLayer().eval(), torch.zeros(1, 3, SIZE, SIZE), calib=rgb["calib"], out=tmp_path,
+        es.export(DeadLayer().eval(), torch.zeros(1, 3, SIZE, SIZE), calib=rgb["calib"], out=tmp_path / "no",
                   mean=rgb["mean"], std=rgb["std"])
-    assert not (tmp_path / "model.tflite").exists()  # nothing half-written
+    assert not (tmp_path / "no" / "model.tflite").exists()  # nothing half-written
 
 
 class BatchNormAfterAdd(nn.Module):

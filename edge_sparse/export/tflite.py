@@ -154,7 +154,8 @@ def _widen_dead_outputs(model: bytes) -> tuple[bytes, list[str]]:
     its scale is tiny, and its input x filter scale over it is thousands. Its values stay exactly representable on a
     coarser grid (0 is the zero point either way), so its scale is raised until the ratio is 64, with every tensor
     that must share that scale (pools, reshapes, concatenations...), and again downstream where the raise pushes a
-    consumer's ratio over. Returns the model and the names of the tensors moved (none: the model as it was)."""
+    consumer's ratio over; a conv or FC reading a moved tensor gets its int32 bias restated in the new units (its real
+    value kept: without that, a dead layer's FC consumer added its bias 100x over). Returns the model and the names of the tensors moved (none: the model as it was)."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
@@ -186,7 +187,7 @@ def _widen_dead_outputs(model: bytes) -> tuple[bytes, list[str]]:
             for t in ins + list(op.outputs):
                 if t >= 0 and not constant(t) and scale(t) is not None:
                     root[find(t)] = find(op.outputs[0])
-    moved: dict[int, None] = {}
+    moved: dict[int, float] = {}  # tensor -> its scale before
     for _ in range(len(g.operators)):  # each pass fixes a layer or stops; a chain of dead layers takes one per layer
         changed = False
         for op, k in zip(g.operators, kind):
@@ -211,13 +212,28 @@ def _widen_dead_outputs(model: bytes) -> tuple[bytes, list[str]]:
             for t in range(len(g.tensors)):
                 st = scale(t)
                 if find(t) == c and st is not None and len(st) == 1 and st[0] < new:
+                    moved.setdefault(t, float(st[0]))
                     g.tensors[t].quantization.scale = [new]
-                    moved[t] = None
                     changed = True
         if not changed:
             break
     if not moved:
         return model, []
+    # a conv's / FC's int32 bias is stored in units of input scale x filter scale: one whose input moved keeps its
+    # real value in the new units (a fresh buffer: the converter may share one bias buffer between layers)
+    for op, k in zip(g.operators, kind):
+        if k in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and op.inputs[0] in moved \
+                and len(op.inputs) > 2 and op.inputs[2] >= 0 and constant(op.inputs[2]) \
+                and g.tensors[op.inputs[2]].type == schema.TensorType.INT32:
+            bias = g.tensors[op.inputs[2]]
+            old_b = np.frombuffer(bytes(bytearray(mo.buffers[bias.buffer].data)), np.int32)
+            ratio = moved[op.inputs[0]] / float(scale(op.inputs[0])[0])
+            new_b = np.clip(np.round(old_b.astype(np.float64) * ratio), -2**31, 2**31 - 1).astype(np.int32)
+            buf = type(mo.buffers[bias.buffer])()
+            buf.data = np.frombuffer(new_b.tobytes(), np.uint8)
+            mo.buffers.append(buf)
+            bias.buffer = len(mo.buffers) - 1
+            bias.quantization.scale = list(np.asarray(bias.quantization.scale, np.float64) / ratio)
     return bytes(fu.convert_object_to_bytearray(mo)), [g.tensors[t].name.decode() for t in moved]
 
 
