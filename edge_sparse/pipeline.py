@@ -140,20 +140,30 @@ def _cores() -> int:
 
 
 def busy_cores(interval: float = 1.0) -> float:
-    """How many cores other processes keep busy: the machine's non-idle CPU time over `interval` seconds while this
-    process sleeps (/proc/stat; elsewhere the 1-minute load average). Not the load average on Linux: it still counts
-    this build's own training of the minute before (a zoo build saw 1.61 on 2 cores with nothing else running)."""
-    def sample() -> tuple[int, int]:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)  # total, idle + iowait
+    """How many of the cores this process may run on other processes keep busy: their non-idle time over `interval`
+    seconds while this process sleeps (/proc/stat's per-core lines; elsewhere the 1-minute load average). Not the
+    load average on Linux: it still counts this build's own training of the minute before (a zoo build saw 1.61 on
+    2 cores with nothing else running), and in a container it counts the whole host."""
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+    def sample() -> tuple[int, int, int]:  # total, idle + iowait, cores read
+        total = idle = n = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *v = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and (mine is None or int(name[3:]) in mine):
+                v = [int(x) for x in v]
+                total, idle, n = total + sum(v), idle + v[3] + (v[4] if len(v) > 4 else 0), n + 1
+        return total, idle, n
 
     try:
-        t0, i0 = sample()
+        t0, i0, n = sample()
         time.sleep(interval)
-        t1, i1 = sample()
+        t1, i1, _ = sample()
     except (OSError, ValueError, IndexError):
         return os.getloadavg()[0]
-    return (1 - (i1 - i0) / max(1, t1 - t0)) * (os.cpu_count() or 1)
+    if not n:
+        return os.getloadavg()[0]
+    return (1 - (i1 - i0) / max(1, t1 - t0)) * n
 
 
 def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=busy_cores, time_p50=None) -> None:
@@ -199,9 +209,9 @@ def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float, loa
     """`time_once()` (p90s with the dense model's under DENSE_KEY, timed on this host), checked against this host's
     own table: a dense timing more than TIMING_TOLERANCE off its prediction is the machine's load, not the model (a
     loaded zoo build timed lcnet_050's dense model at 5.1 ms against 0.98 ms predicted, and its finalists looked
-    6.5x faster than dense), unless other jobs leave a core to spare (`busy_cores` under cores - 0.5): then it is the table that is off for this model (repvit_m0_9's dense model,
-    4.7 M weights, measured 1.42 ms on a quiet host against 0.95 ms predicted: its probes run each op with its
-    weights in cache), and the budget, a ratio of two timings taken together, is judged on it, said in the log.
+    6.5x faster than dense), unless other jobs leave a core to spare (`busy_cores` under cores - 0.5): then it is
+    the table that is off for this model (repvit_m0_9's dense model, 4.7 M weights, measured 1.42 ms on a quiet host
+    against 0.95 ms predicted: its probes run each op with its weights in cache), and the budget, a ratio of two timings taken together, is judged on it, said in the log.
     Loaded and off: time again; twice, refuse with one line rather than judge on it."""
     cores = _cores()
     for attempt in (1, 2):
@@ -221,8 +231,8 @@ def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float, loa
     raise EdgeSparseError(
         f"timing the finalists on this host: the dense model measured {d:.4f} ms p90, twice more than "
         f"{TIMING_TOLERANCE:g}x off the {dense_predicted_ms:.4f} ms this host's table predicts, with other jobs "
-        f"keeping {busy:.2f} of {cores} cores busy, so the relative budget ({speedup:g}x) cannot be judged; other jobs are loading "
-        f"this machine: re-run when it is quiet (finished stages are cached)")
+        f"keeping {busy:.2f} of {cores} cores busy, so the relative budget ({speedup:g}x) cannot be judged; other jobs "
+        f"are loading this machine: re-run when it is quiet (finished stages are cached)")
 
 
 def _finalist_timer(b: Build, dense: torch.nn.Module, pr):
