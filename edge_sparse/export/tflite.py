@@ -151,11 +151,12 @@ def _widen_dead_outputs(model: bytes) -> tuple[bytes, list[str]]:
 
     Such a tensor is the output of a layer that is (nearly) constant on the calibration images, a dead layer (all its
     channels clamped to 0 by a ReLU, e.g. an untrained SqueezeNet's classifier conv): its calibrated range is ~0, so
-    its scale is tiny, and its input x filter scale over it is thousands. Its values stay exactly representable on a
+    its scale is tiny, and its input x filter scale over it is thousands. Its values (~0) stay representable on a
     coarser grid (0 is the zero point either way), so its scale is raised until the ratio is 64, with every tensor
     that must share that scale (pools, reshapes, concatenations...), and again downstream where the raise pushes a
-    consumer's ratio over; a conv or FC reading a moved tensor gets its int32 bias restated in the new units (its real
-    value kept: without that, a dead layer's FC consumer added its bias 100x over). Returns the model and the names of the tensors moved (none: the model as it was)."""
+    consumer's ratio over; a conv or FC reading a moved tensor gets its int32 bias restated in the new units (its
+    real value kept: without that, a dead layer's FC consumer added its bias 100x over). Returns the model and the
+    names of the tensors moved (none: the model as it was)."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
