@@ -276,8 +276,9 @@ def markdown(res: dict) -> str:
             f"weights from memory by its dense model timed whole" if c["host_weights"] else "")
          + (f"; predicted again in the last retime, with the table of that hour on each .tflite's own ops and the "
             f"weights priced by the dense model timed in the same rounds, as a build does: {c['host_now_within_10']} "
-            f"of {c['host_now']} present host bundles" if c["host_now"] else "") + f". Wall time of the whole run (builds and "
-         f"timing, summed over resumed runs): {c['wall_s'] / 3600:.2f} h on this machine.", ""]
+            f"of {c['host_now']} present host bundles" if c["host_now"] else "")
+         + f". Wall time of the whole run (builds and timing, summed over resumed runs): {c['wall_s'] / 3600:.2f} h on "
+           f"this machine.", ""]
     refused = {k: v for k, v in c["refused"].items() if v}
     if refused:
         L += ["Not shipped, by kind (each row's `error:` line below names the op, module or gate): "
@@ -306,8 +307,9 @@ def markdown(res: dict) -> str:
           "host rows add the prediction's error, predicted / measured − 1 (the load average when it was timed is in "
           "zoo.json), and for the bundles present at the last retime, what that session's host table predicts on the "
           "bundle's .tflite ('predicted now': with each op's weights priced by the bundle's dense model timed in the "
-          "same rounds, as a build prices them, and by the table alone). Top-1 on the 500 test images (10 classes): 3 + 2 QUICK epochs from random weights leave these nets "
-          "near chance, so the agreement column says little about int8 on trained weights.", f"<!-- {TAG}:end -->"]
+          "same rounds, as a build prices them, and by the table alone). Top-1 on the 500 test images (10 classes): "
+          "3 + 2 QUICK epochs from random weights leave these nets near chance, so the agreement column says little "
+          "about int8 on trained weights.", f"<!-- {TAG}:end -->"]
     return "\n".join(L) + "\n"
 
 
