@@ -146,6 +146,25 @@ _SAME_SCALE = {"MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "CONCATEN
 _FIXED_OUTPUT = {"LOGISTIC", "TANH", "SOFTMAX"}  # output scale fixed by the op (1/256): never moved
 
 
+def _graph(model: bytes):
+    """An int8 .tflite's object tree for reading and rewriting: (model, its subgraph, each operator's builtin name,
+    `scale(tensor index)`: the tensor's quantisation scales as float64, None when it has none)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    mo = fu.convert_bytearray_to_object(bytearray(model))
+    g = mo.subgraphs[0]
+    kind = [names.get(max(mo.operatorCodes[op.opcodeIndex].builtinCode,
+                          mo.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)) for op in g.operators]
+
+    def scale(i: int) -> Optional[np.ndarray]:
+        q = g.tensors[i].quantization if i >= 0 else None
+        return None if q is None or q.scale is None or not len(q.scale) else np.asarray(q.scale, np.float64)
+
+    return mo, g, kind, scale
+
+
 def _widen_dead_outputs(model: bytes) -> tuple[bytes, list[str]]:
     """Give every int8 tensor that XNNPACK refuses for a requantisation scale >= 256 a coarser scale.
 
@@ -160,15 +179,7 @@ def _widen_dead_outputs(model: bytes) -> tuple[bytes, list[str]]:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    mo = fu.convert_bytearray_to_object(bytearray(model))
-    g = mo.subgraphs[0]
-    kind = [names.get(max(mo.operatorCodes[op.opcodeIndex].builtinCode,
-                          mo.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)) for op in g.operators]
-
-    def scale(i: int) -> Optional[np.ndarray]:
-        q = g.tensors[i].quantization if i >= 0 else None
-        return None if q is None or q.scale is None or not len(q.scale) else np.asarray(q.scale, np.float64)
+    mo, g, kind, scale = _graph(model)
 
     def constant(i: int) -> bool:  # weights, biases, shapes, axes: a buffer with data
         data = mo.buffers[g.tensors[i].buffer].data if i >= 0 else None
@@ -242,27 +253,18 @@ def _odd_scales(model: bytes) -> str:
     """Name what XNNPACK refuses to prepare: int8 tensors whose scale no real activation has (> 1e6), and convs /
     FCs whose requantisation scale (input scale x filter scale / output scale) is 256 or more, which XNNPACK's
     qs8 operators reject (a layer whose output range is far narrower than its inputs x weights: a dead layer)."""
-    from tensorflow.lite.tools import flatbuffer_utils as fu
-
-    mo = fu.convert_bytearray_to_object(bytearray(model))
-    g = mo.subgraphs[0]
-
-    def scale(i: int) -> np.ndarray | None:
-        q = g.tensors[i].quantization if i >= 0 else None
-        return None if q is None or q.scale is None or not len(q.scale) else np.asarray(q.scale, np.float64)
-
+    _, g, kind, scale = _graph(model)
     bad = [t.name.decode() for i, t in enumerate(g.tensors) if scale(i) is not None and scale(i).max() > 1e6]
     out = [f"tensors with a quantisation scale > 1e6: {bad[:3]}"] if bad else []
     req = []
-    for op in g.operators:
-        code = mo.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) not in (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED):
+    for op, k in zip(g.operators, kind):
+        if k not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             continue
         si, sw, so = scale(op.inputs[0]), scale(op.inputs[1]), scale(op.outputs[0])
         if si is None or sw is None or so is None:
             continue
         r = float(si.max() * sw.max() / so.max())
-        if r >= 256:
+        if r >= _MAX_RATIO:
             req.append(f"{g.tensors[op.outputs[0]].name.decode()} ({r:.3g})")
     if req:
         out.append(f"layers whose requantisation scale is >= 256, which XNNPACK refuses (an output range far "

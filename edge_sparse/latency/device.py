@@ -232,9 +232,9 @@ _TIMED_EXPORTS: dict[str, bytes] = {}
 
 def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device: Optional[str], threads: int,
                           python: str = "python3", log=print, runs: int = 200, stat: str = "p90") -> dict:
-    """p90 (ms, or `stat`: "p50") of each model, exported to full-int8 `.tflite` as the build ships it (less the bias correction,
-    which changes bias values only: `tflite.int8_for_timing`), timed on `device` (None: this host, whose device is
-    the machine that builds).
+    """p90 (ms; or `stat`, "p50") of each model, exported to full-int8 `.tflite` as the build ships it (less the bias
+    correction, which changes bias values only: `tflite.int8_for_timing`), timed on `device` (None: this host, whose
+    device is the machine that builds).
 
     The finalists travel as a probe suite (one `.tflite` each) and run under `bench.py --probes`: the
     same harness, runtime and threads as the bundle, interleaved so the device's drift hits all alike.

@@ -85,8 +85,7 @@ class Pricer:
         """
         if self.table is None:
             raise EdgeSparseError("only a measured table is calibrated against a timing of the dense model")
-        self.ms_per_weight_mb = 0.0
-        table_p50 = self.table.predict(dense_ops)["p50"]
+        table_p50 = self.table.predict(dense_ops)["p50"]  # the table alone, whatever price is set
         mb = sum(o.weight_bytes for o in dense_ops) / 1e6
         return self.apply_weights({
             "ms_per_weight_mb": round(max(0.0, (measured_p50_ms - table_p50) / mb), 6) if mb else 0.0,
