@@ -75,9 +75,8 @@ class Pricer:
         """Price the weights' trip from memory, from the dense model timed whole on the table's own machine.
 
         A table's probe runs one op again and again, its weights staying in cache; in a whole model each op's weights
-        were evicted by the other ops' since its last invoke (measured here, 2-core Xeon, 2 MiB L2 per core: 4 of 5
-        dense zoo models, 2.9-11 MB of weights, ran 25-31 % over their tables' sums, efficientnet_b0 2 %; pruned
-        versions of 0.2-9 MB 3-30 %, more the more weights they kept). The dense model's measured p50 less the
+        were evicted by the other ops' since its last invoke (the zoo's retime, benchmarks/zoo.json: 8 of 10 dense models
+        13-40 % over their tables' sums on a 2-core Xeon; not all of it is weights: a 0.6 MB one was +20 %). The dense model's measured p50 less the
         table's sum, per MB of its weights (never below 0: a table that over-prices a model has other errors, which
         this term would not fix), is added to every op per MB of its own weights, so a narrower model is priced by
         what it still reads. Resets the dense model's p90 (the
