@@ -212,6 +212,7 @@ h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters()
 world = dist.get_world_size()
 rank = dist.get_rank()
 open(f"{sys.argv[1]}/rank{rank}.txt", "w").write(f"{world} {h}")
+dist.barrier()  # as the CLI does (pipeline._end_distributed): no rank tears down a pair its peer still uses
 dist.destroy_process_group()
 """
 
@@ -223,7 +224,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                         str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[:1500] + " ... " + r.stderr[-500:]  # the head has the rank's own error
     w0, h0 = (tmp_path / "rank0.txt").read_text().split()
     w1, h1 = (tmp_path / "rank1.txt").read_text().split()
     assert w0 == w1 == "2"
