@@ -44,27 +44,32 @@ class Pricer:
     ms_per_weight_mb: float = 0.0
     weights: Optional[dict] = None
 
-    def predict_ops(self, ops: Sequence[Op]) -> dict:
+    def op_ms(self, o: Op) -> float:
+        """One op's share of an invoke (ms): what `predict_ops` sums (a model's cost is its ops' costs plus `total`'s
+        fixed terms, so a search can re-price only the ops a width change touches)."""
         if self.table is not None:
-            r = self.table.predict(ops)
-            per = r["per_op"]
-            if self.ms_per_weight_mb:  # each op's weights, streamed from beyond the cache its probe ran them in
-                per = [m + self.ms_per_weight_mb * o.weight_bytes / 1e6 for o, m in zip(ops, per)]
-                p50 = self.table.overhead["p50"] + sum(per)
-                r = {"p50": p50, "p90": p50 * self.table.jitter(p50)}
-        elif self.fitted is not None:  # per-op-class factors fitted on real device timings (estimate.py)
-            per = [self.fitted.op_ms(o) for o in ops]
-            p90 = self.fitted.overhead_ms + sum(per)
-            r = {"p50": p90, "p90": p90}
-        else:  # the estimate: overhead + ms/MMAC + ms/layer, spread over the ops by their MACs
-            macs = sum(o.macs for o in ops)
-            layers = sum(o.kind in ("conv", "dwconv", "fc") for o in ops)
-            lm = self.target.latency_model
-            p90 = lm.predict_ms(macs, layers)
-            per = [lm.ms_per_mmac * o.macs / 1e6 + (lm.ms_per_layer if o.kind in ("conv", "dwconv", "fc") else 0.0)
-                   for o in ops]
-            r = {"p50": p90, "p90": p90}
-        return {"p50": round(r["p50"], 5), "p90": round(r["p90"], 5), "source": self.source,
+            m = self.table.op_ms(o)
+            if self.ms_per_weight_mb:  # its weights, streamed from beyond the cache its probe ran them in
+                m += self.ms_per_weight_mb * o.weight_bytes / 1e6
+            return m
+        if self.fitted is not None:  # per-op-class factors fitted on real device timings (estimate.py)
+            return self.fitted.op_ms(o)
+        lm = self.target.latency_model  # the estimate: ms/MMAC + ms/layer, spread over the ops by their MACs
+        return lm.ms_per_mmac * o.macs / 1e6 + (lm.ms_per_layer if o.kind in ("conv", "dwconv", "fc") else 0.0)
+
+    def total(self, ops_ms: float) -> tuple[float, float]:
+        """(p50, p90) of an invoke whose ops cost `ops_ms` in all: the runtime's fixed cost added, and for a measured
+        table its tail (`LatencyTable.jitter`)."""
+        if self.table is not None:
+            p50 = self.table.overhead["p50"] + ops_ms
+            return p50, p50 * self.table.jitter(p50)
+        p90 = (self.fitted.overhead_ms if self.fitted is not None else self.target.latency_model.overhead_ms) + ops_ms
+        return p90, p90
+
+    def predict_ops(self, ops: Sequence[Op]) -> dict:
+        per = [self.op_ms(o) for o in ops]
+        p50, p90 = self.total(sum(per))
+        return {"p50": round(p50, 5), "p90": round(p90, 5), "source": self.source,
                 "layers": [{"name": o.name, "op": o.kind, "key": o.key, "cin": o.cin, "cout": o.cout, "ms": round(m, 5)}
                            for o, m in zip(ops, per)]}
 

@@ -233,10 +233,19 @@ class LatencyTable:
         of the probes (>= 2 us) in each octave of invoke time, interpolated in log time, held flat
         beyond the longest and shortest octaves.
         """
+        xs, ys = self._jitter_curve()
+        if len(xs) == 1:
+            return ys[0]
+        return float(np.interp(np.log2(max(p50_ms, 1e-9)), xs, ys))
+
+    def _jitter_curve(self) -> tuple[list[float], list[float]]:
+        """`jitter`'s points (log2 ms, p90 / p50), read once per state of the table: a search asks for it per trial."""
         ov = self.overhead["p50"]
+        state = (id(self.entries), len(self.entries), ov)
+        cached = getattr(self, "_jitter_cache", None)
+        if cached is not None and cached[0] == state:
+            return cached[1]
         pts = sorted((v["p50"] + ov, (v["p90"] + ov) / (v["p50"] + ov)) for v in self.entries.values() if v["p50"] >= 0.002)
-        if not pts:
-            return 1.0
         octaves: dict[int, list[float]] = {}
         for t, r in pts:
             octaves.setdefault(int(np.floor(np.log2(t))), []).append(r)
@@ -245,9 +254,10 @@ class LatencyTable:
             if len(octaves[o]) >= 5:  # an octave of fewer probes says more about noise than about length
                 xs.append(o + 0.5)
                 ys.append(float(np.median(octaves[o])))
-        if not xs:
-            return float(np.median([r for _, r in pts]))
-        return float(np.interp(np.log2(max(p50_ms, 1e-9)), xs, ys))
+        if not xs:  # one flat ratio: the median of every probe (1.0 for a table without probes)
+            xs, ys = [0.0], [float(np.median([r for _, r in pts])) if pts else 1.0]
+        self._jitter_cache = (state, (xs, ys))
+        return xs, ys
 
 
 def _bracket(xs: list[int], x: int, op: Op) -> tuple[int, int]:
