@@ -135,6 +135,10 @@ class Allocator:
         if not self.groups:
             raise EdgeSparseError("Torch-Pruning cannot prune any channel group of this model: "
                                   + "; ".join(f"{u['layers'][0]}: {u['why']}" for u in self.unprunable[:3]))
+        self._sizes = {g.name: g.size for g in self.groups}
+        # the ops each group reads or writes: all a trial of that group's width moves (`_p90_moved`)
+        self._touch = {g.name: [i for i, (ci, co) in enumerate(zip(self.cin_of, self.cout_of)) if g.name in ci
+                                or g.name in co] for g in self.groups}
 
     # how each group moves each op's input and output width: prune each group by one multiple and look. A width is
     # linear in the groups' widths: a concat's consumer reads the sum of its inputs' groups, a flatten's FC reads
@@ -185,14 +189,19 @@ class Allocator:
         model._edge_sparse_dg = dg  # noqa: SLF001 - kept for the replay record, dropped by `apply`
         return model
 
-    def ops_for(self, keep: dict):
-        size = {g.name: g.size for g in self.groups}
-
+    def _widths(self, i: int, keep: dict) -> tuple[int, int]:
+        """Op i's input and output width when each group keeps `keep[name]` channels."""
         def width(w: int, per: dict[str, float]) -> int:
-            return int(round(w - sum((size[g] - keep[g]) * d for g, d in per.items())))
+            return int(round(w - sum((self._sizes[g] - keep[g]) * d for g, d in per.items())))
 
-        return [op.replace(cin=width(op.cin, ci), cout=width(op.cout, co))
-                for op, ci, co in zip(self.ops, self.cin_of, self.cout_of)]
+        return width(self.ops[i].cin, self.cin_of[i]), width(self.ops[i].cout, self.cout_of[i])
+
+    def ops_for(self, keep: dict):
+        ops = []
+        for i, op in enumerate(self.ops):
+            cin, cout = self._widths(i, keep)
+            ops.append(op.replace(cin=cin, cout=cout))
+        return ops
 
     def price(self, keep: dict) -> dict:
         return self.pricer.predict_ops(self.ops_for(keep))
@@ -201,27 +210,16 @@ class Allocator:
     # ops) (densenet121: 2.7 M op prices, 180 s per scoring). A model's cost is its ops' costs plus fixed terms
     # (`Pricer.op_ms`, `Pricer.total`), and a group moves only the ops that read or write it, so a trial re-prices
     # those ops alone, each width pair priced once.
-    def _touched(self) -> dict[str, list[int]]:
-        if getattr(self, "_touch", None) is None:
-            self._touch = {g.name: [i for i, (ci, co) in enumerate(zip(self.cin_of, self.cout_of)) if g.name in ci
-                                    or g.name in co] for g in self.groups}
-        return self._touch
-
     def _cost(self, i: int, keep: dict) -> float:
-        op, size = self.ops[i], self._sizes
-        cin = int(round(op.cin - sum((size[g] - keep[g]) * d for g, d in self.cin_of[i].items())))
-        cout = int(round(op.cout - sum((size[g] - keep[g]) * d for g, d in self.cout_of[i].items())))
-        k = (i, cin, cout)
+        k = (i, *self._widths(i, keep))
         ms = self._op_cost.get(k)
         if ms is None:
-            ms = self._op_cost[k] = self.pricer.op_ms(op.replace(cin=cin, cout=cout))
+            ms = self._op_cost[k] = self.pricer.op_ms(self.ops[i].replace(cin=k[1], cout=k[2]))
         return ms
 
     def _state(self, keep: dict) -> list[float]:
         """Each op's cost at `keep`; the per-width costs are read afresh (the pricer may have been re-priced since)."""
-        self._touched()
         self._op_cost: dict[tuple[int, int, int], float] = {}
-        self._sizes = {g.name: g.size for g in self.groups}
         return [self._cost(i, keep) for i in range(len(self.ops))]
 
     def _p90_moved(self, per: list[float], total: float, keep: dict, group: str) -> tuple[float, dict]:

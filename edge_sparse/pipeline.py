@@ -211,7 +211,8 @@ def _time_beside_dense(time_once, dense_predicted_ms: float, speedup: float, loa
     loaded zoo build timed lcnet_050's dense model at 5.1 ms against 0.98 ms predicted, and its finalists looked
     6.5x faster than dense), unless other jobs leave a core to spare (`busy_cores` under cores - 0.5): then it is
     the table that is off for this model (repvit_m0_9's dense model, 4.7 M weights, measured 1.42 ms on a quiet host
-    against 0.95 ms predicted: its probes run each op with its weights in cache), and the budget, a ratio of two timings taken together, is judged on it, said in the log.
+    against 0.95 ms predicted: its probes run each op with its weights in cache), and the budget, a ratio of two
+    timings taken together, is judged on it, said in the log.
     Loaded and off: time again; twice, refuse with one line rather than judge on it."""
     cores = _cores()
     for attempt in (1, 2):
