@@ -88,8 +88,22 @@ def test_shape_checks_cost_nothing_and_mobile_blocks_are_priced():
     kinds = lambda name: [o.kind for o in extract_ops(*_tiny(name))]  # noqa: E731
     mb = kinds("tiny_mbv3")
     assert {"hardswish", "mulc", "relu", "dwconv"} <= set(mb) and mb.count("mulc") == 3  # an SE gate per block
-    eff = kinds("tiny_effnet")
-    assert eff.count("sigmoid") == eff.count("mul") + eff.count("mulc")  # SiLU: LOGISTIC + MUL; SE: LOGISTIC + gate
+    eff = extract_ops(*_tiny("tiny_effnet"))
+    n = lambda kind, act=None: sum(o.kind == kind and act in (None, o.act) for o in eff)  # noqa: E731
+    assert n("sigmoid") == n("mul") + n("mulc")  # SiLU: LOGISTIC + MUL; SE: LOGISTIC + gate
+    assert n("mul") == n("mul", "silu") > 0  # each SiLU's MUL is marked as one, priced as the pair runs
+
+    class Written(torch.nn.Module):  # SiLU written out, and a MUL of two different tensors
+        def __init__(self):
+            super().__init__()
+            self.c, self.d, self.s = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(1, 8, 1), torch.nn.Sigmoid()
+
+        def forward(self, x):
+            y = self.c(x)
+            return (y * torch.sigmoid(y) + self.s(y) * y + y * self.s(self.d(x))).mean((2, 3))
+
+    w = [(o.kind, o.act) for o in extract_ops(Written(), torch.zeros(1, 1, 8, 8)) if o.kind == "mul"]
+    assert w == [("mul", "silu"), ("mul", "silu"), ("mul", "none")], w
     sh = extract_ops(*_tiny("tiny_shufflenet"))
     assert {"concat", "slice", "shuffle"} <= {o.kind for o in sh}  # chunk(2): a STRIDED_SLICE per half
     assert all(o.groups == 2 for o in sh if o.kind == "shuffle")
@@ -109,7 +123,8 @@ def test_ops_match_the_exported_tflite(name, tmp_path):
     eonnx.export_fp32(m, (1, 28, 28), tmp_path / "m.onnx")
     calib = np.random.default_rng(0).standard_normal((8, 28, 28, 1)).astype(np.float32)
     etflite.export(tmp_path / "m.onnx", calib, None, tmp_path / "m.tflite")
-    strip = lambda o: o.replace(act="none", name="")  # noqa: E731 (fused activations are not in the op details)
+    # fused activations are not in the op details; a SiLU's MUL is (x * LOGISTIC(x) in the graph)
+    strip = lambda o: o.replace(act="silu" if o.act == "silu" else "none", name="")  # noqa: E731
     ours = sorted((strip(o) for o in extract_ops(m, ex)), key=repr)
     assert ours == sorted((strip(o) for o in tflite_ops(tmp_path / "m.tflite")), key=repr)
 
@@ -735,6 +750,36 @@ def test_probe_suite_timed_by_the_harness_prices_a_real_model(tmp_path):
             break
         t = host_table(ops, 1, cache_dir=tmp_path / "lat", runs=200, refresh=True)
     assert 0.5 < seen[-1][0] / seen[-1][1] < 2.0, seen
+
+
+def test_ops_that_cost_otherwise_in_a_model_are_probed_in_context_and_priced_less_it(tmp_path):
+    """A HARD_SWISH (which XNNPACK leaves to the builtin kernel, splitting its partition) is probed between two 1x1
+    convs and priced less the two convs; a SiLU's MUL is probed as x * sigmoid(x), less the LOGISTIC; the rest as
+    before, less the per-invoke overhead."""
+    from edge_sparse.latency import probes
+    from edge_sparse.latency.ops import KINDS
+
+    hs, silu, mul = Op("hardswish", 8, 8, 16, 16), Op("mul", 8, 8, 16, 16, act="silu"), Op("mul", 8, 8, 16, 16)
+    assert probes.baseline(hs) == Op("pwpair", 8, 8, 16, 16) and "pwpair" in KINDS
+    assert probes.baseline(silu) == Op("sigmoid", 8, 8, 16, 16) and probes.baseline(mul) is None
+    assert probes.baseline(Op("gelu", 8, 8, 16, 16)) == probes.baseline(hs)
+    suite = json.loads((probes.write_suite([hs, silu, mul], tmp_path / "s") / "probes.json").read_text())
+    by = {p["key"]: p for p in suite["probes"]}
+    assert set(by) == {o.key for o in (probes.OVERHEAD, hs, silu, mul, probes.baseline(hs), probes.baseline(silu))}
+    assert by[hs.key]["minus"] == by[probes.baseline(hs).key]["name"]
+    assert by[silu.key]["minus"] == by[probes.baseline(silu).key]["name"] and "minus" not in by[mul.key]
+    from edge_sparse.latency.ops import tflite_ops as read
+
+    assert [o.kind for o in read(tmp_path / "s" / by[hs.key]["file"])] == ["conv", "hardswish", "conv"]
+    assert [(o.kind, o.act) for o in read(tmp_path / "s" / by[silu.key]["file"])] == [("sigmoid", "none"), ("mul", "silu")]
+    ms = {hs.key: 0.50, probes.baseline(hs).key: 0.30, silu.key: 0.013, probes.baseline(silu).key: 0.012,
+          mul.key: 0.030, "overhead": 0.001}
+    t = LatencyTable.from_timings(suite, {"timings": {p["name"]: {"p50": ms.get(p["key"], ms["overhead"]) if
+                                                      p["name"] != "overhead" else ms["overhead"], "p90": 1.1 *
+                                                      (ms.get(p["key"]) or ms["overhead"])} for p in suite["probes"]}},
+                                  {"source": "measured"})
+    assert t.op_ms(hs) == pytest.approx(0.20) and t.op_ms(silu) == pytest.approx(0.001)
+    assert t.op_ms(mul) == pytest.approx(0.029) and t.op_ms(probes.baseline(hs)) == pytest.approx(0.299)
 
 
 def test_profile_refuses_emulated_and_wrong_thread_timings():

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from edge_sparse.errors import EdgeSparseError
 
 KINDS = ("conv", "dwconv", "pad", "add", "mean", "fc", "maxpool", "avgpool", "relu",
-         "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle")
+         "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle",
+         "pwpair")  # pwpair: two 1x1 convs, the context a HARD_SWISH is probed in (probes.baseline); no model's op
 ELEMENTWISE = ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc")  # one input width, output the same shape
 TFLITE_KIND = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "PAD": "pad", "ADD": "add", "MEAN": "mean",
                "FULLY_CONNECTED": "fc", "MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "RELU": "relu",
@@ -51,7 +52,7 @@ class Op:
     cout: int  # output channels (== cin for pad/add/mean/pool/relu/dwconv)
     k: int = 1  # kernel size (square); pooling window for pools
     stride: int = 1
-    act: str = "none"  # fused activation: none | relu | relu6
+    act: str = "none"  # fused activation: none | relu | relu6; "silu" marks the MUL of x * sigmoid(x)
     name: str = ""  # the module (or node) it comes from; not part of the key
     groups: int = 1  # grouped convs (1 < groups < channels); pruning keeps the group count, narrows each group
     same: bool = False  # a strided conv/pool padded SAME by the runtime itself (no PAD op before it)
@@ -284,6 +285,30 @@ def _folds(src, producer: dict, ops: list) -> bool:
             and len(getattr(src, "users", ())) == 1)  # the export folds a BatchNorm only into a conv it alone reads
 
 
+def _silu_mul(sig: Op) -> Op:
+    """The MUL of x * sigmoid(x), shaped like its LOGISTIC `sig`."""
+    return Op("mul", sig.h, sig.w, sig.cin, sig.cin, act="silu", name=sig.name)
+
+
+def _sigmoid_arg(node):
+    """The operand of a MUL node that is a sigmoid of the other operand (x * sigmoid(x), written out), or None."""
+    a, b = node.args[:2]
+    for s, x in ((b, a), (a, b)):
+        if getattr(s, "op", None) == "call_function" and s.target in (torch.sigmoid, F.sigmoid) and s.args[0] is x:
+            return s
+        if getattr(s, "op", None) == "call_method" and s.target in _ACT_METHODS and s.args[0] is x:
+            return s
+        if getattr(s, "op", None) == "call_module" and s.args and s.args[0] is x:
+            m = s.graph.owning_module.get_submodule(s.target) if s.graph.owning_module is not None else None
+            if isinstance(m, nn.Sigmoid):
+                return s
+    return None
+
+
+def _is_silu(node) -> bool:
+    return len(node.args) >= 2 and _sigmoid_arg(node) is not None
+
+
 def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
     """The int8 TFLite ops `model` exports to, for one NCHW image shaped like `example`."""
     model = model.eval()
@@ -304,9 +329,9 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             emit(node, Op(kind, 1, like[1], like[2], like[2], name=node.name))
 
     def activation(node, act: str, ins: tuple) -> None:
-        if act == "silu":  # x * sigmoid(x): LOGISTIC, then MUL
+        if act == "silu":  # x * sigmoid(x): LOGISTIC, then a MUL priced as a SiLU's (probes.baseline)
             elementwise(node, "sigmoid", ins)
-            elementwise(node, "mul", ins)
+            emit(node, _silu_mul(ops[-1]))
         elif act == "hardsigmoid":
             # relu6(x + 3) / 6: the affine part folds into a conv or FC before it, the clamp is RELU_0_TO_1
             elementwise(node, "relu", ins)
@@ -401,6 +426,8 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             a, b = (_shape(x) for x in node.args[:2])
             if len(a) == 4 and len(b) == 4 and a != b:  # x * gate, the gate (N, C, 1, 1): the SE's broadcast MUL
                 emit(node, Op("mulc", out[2], out[3], out[1], out[1], name=node.name))
+            elif a and b and _is_silu(node) and producer.get(_sigmoid_arg(node)) is not None:
+                emit(node, _silu_mul(ops[producer[_sigmoid_arg(node)]]).replace(name=node.name))
             elif a and b:
                 elementwise(node, "mul", out)
             else:  # times a Python number: folds into the neighbouring op's quantization
@@ -495,11 +522,18 @@ def tflite_ops(path: Path | str) -> list[Op]:
     sub = model.subgraphs[0]
     shape = lambda i: tuple(int(v) for v in sub.tensors[i].shape)  # noqa: E731
     out = []
+    origin: dict[int, int] = {}  # a tensor a shape-only op (QUANTIZE, RESHAPE, ...) made -> the tensor it came from
+    sigmoid_of: dict[int, int] = {}  # a LOGISTIC's output -> its input (both through `origin`)
+    src = lambda i: origin.get(i, i)  # noqa: E731
     for op in sub.operators:
         code = model.operatorCodes[op.opcodeIndex]
         name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
         if name in TFLITE_FREE:
+            if len(op.inputs) and len(op.outputs) == 1:
+                origin[op.outputs[0]] = src(op.inputs[0])
             continue
+        if name == "LOGISTIC":
+            sigmoid_of[op.outputs[0]] = src(op.inputs[0])
         kind = TFLITE_KIND.get(name)
         if kind is None:
             raise EdgeSparseError(f"{path}: op {name} has no latency kind (known: {', '.join(sorted(TFLITE_KIND))})")
@@ -510,7 +544,7 @@ def tflite_ops(path: Path | str) -> list[Op]:
             continue
         if len(x) == 2:  # (N, C) elementwise: the classifier head's activations
             x, y = (x[0], 1, 1, x[1]), (y[0], 1, 1, y[1])
-        k, s, groups, same = 1, 1, 1, False
+        k, s, groups, same, act = 1, 1, 1, False, "none"
         if kind in ("conv", "dwconv", "maxpool", "avgpool"):
             same = int(opts.strideH) > 1 and int(opts.padding) == schema.Padding.SAME
         if kind in ("conv", "dwconv"):
@@ -528,6 +562,8 @@ def tflite_ops(path: Path | str) -> list[Op]:
                 kind = "mulc"
             elif len(x) == 4 and x[1:3] == (1, 1) and len(other) == 4 and other[1:3] != (1, 1):
                 kind, x = "mulc", other
+            elif any(sigmoid_of.get(src(a)) == src(b) for a, b in (tuple(op.inputs), tuple(op.inputs)[::-1])):
+                act = "silu"  # x * LOGISTIC(x)
         elif kind == "slice":  # one piece of a channel chunk/split: priced by the piece it copies
             out.append(Op("slice", int(x[1]), int(x[2]), int(y[-1]), int(y[-1])))
             continue
@@ -540,7 +576,7 @@ def tflite_ops(path: Path | str) -> list[Op]:
         if kind in ELEMENTWISE and len(x) == 4 and sorted(x[1:])[:2] == [1, 1]:
             x = (x[0], 1, 1, max(x[1:]))  # a (N, C) activation the exporter ran as (N, C, 1, 1) or (N, 1, 1, C)
         if kind in ELEMENTWISE or kind in ("add", "mean", "maxpool", "avgpool", "pad"):
-            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(x[3]), k, s, same=same))
+            out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(x[3]), k, s, act=act, same=same))
         else:
             out.append(Op(kind, int(x[1]), int(x[2]), int(x[3]), int(y[-1]), k, s, groups=groups, same=same))
     return out

@@ -32,7 +32,7 @@ from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import Op
 
 TABLE_FORMAT = "edge_sparse.latency_table/1"
-ONE_WIDTH = {"dwconv", "pad", "add", "mean", "maxpool", "avgpool", "relu", "hardswish", "sigmoid", "gelu", "mul", "mulc",
+ONE_WIDTH = {"dwconv", "pwpair", "pad", "add", "mean", "maxpool", "avgpool", "relu", "hardswish", "sigmoid", "gelu", "mul", "mulc",
              "concat", "split", "slice", "shuffle"}
 GRID_POINTS = 8
 
@@ -101,6 +101,13 @@ class LatencyTable:
             if p["name"] == "overhead" or p["name"] not in t:
                 continue
             r = t[p["name"]]
+            if p.get("minus"):  # probed in context (probes.baseline): its cost is the probe less the context's
+                if p["minus"] not in t:
+                    continue
+                b = t[p["minus"]]
+                entries[p["key"]] = {"p50": max(0.0, float(r["p50"]) - float(b["p50"])),
+                                     "p90": max(0.0, float(r["p90"]) - float(b["p90"]))}
+                continue
             entries[p["key"]] = {"p50": max(0.0, float(r["p50"]) - ov["p50"]),
                                  "p90": max(0.0, float(r["p90"]) - ov["p50"])}
         return cls(dict(provenance), ov, entries)
