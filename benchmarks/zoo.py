@@ -368,7 +368,7 @@ def retime(res: dict) -> None:
         if "latency_weights" not in r and meta.is_file():
             r["latency_weights"] = json.loads(meta.read_text())["latency_ms"].get("weights")
     now = _predict_now({k: p for k, p in paths.items() if k[1].startswith("host")},
-                       {k[0]: (p, median(got[k][1])) for k, p in dense.items()})
+                       {k[0]: (p, median(got[k][1]), median(got[k][0])) for k, p in dense.items()})
     for r in rows:
         p90s, p50s = got[_key(r)]
         r.setdefault("host_measured_p90_ms_at_build", r["host_measured_p90_ms"])
@@ -388,15 +388,16 @@ def _predict_now(paths: dict, dense: dict) -> dict:
     """The host table of this session (re-probed when the machine drifted >10 % since it was made) on each shipped
     .tflite's own op list (`tflite_ops`): the prediction made at build time used the table of that hour, and this
     shared VM's speed drifts by up to ~20 % over hours, so a retime compares with both. With `dense`
-    ({model: (dense int8 .tflite, its p50 timed in this retime)}), the prediction also prices each op's weights as a
-    build does (`Pricer.calibrate_weights`, from the dense model timed whole); `table_only_p90_ms` is without it."""
+    ({model: (dense int8 .tflite, its p50 and p90 timed in this retime)}), the prediction also prices each op's weights
+    and anchors the table's tail curve as a build does (`Pricer.calibrate_weights`, from the dense model timed whole);
+    `table_only_p90_ms` is without either."""
     from edge_sparse.latency.host import host_table
     from edge_sparse.latency.ops import tflite_ops
     from edge_sparse.latency.predict import Pricer
     from edge_sparse.targets import load_target
 
     ops = {k: tflite_ops(p) for k, p in paths.items()}
-    dense_ops = {m: tflite_ops(p) for m, (p, _) in dense.items()}
+    dense_ops = {m: tflite_ops(p) for m, (p, *_) in dense.items()}
     if not ops:
         return {}
     table = host_table([o for v in [*ops.values(), *dense_ops.values()] for o in v], 1,
@@ -407,7 +408,8 @@ def _predict_now(paths: dict, dense: dict) -> dict:
         only = round(table.predict(v)["p90"], 5)
         row = {"p90_ms": only, "table_only_p90_ms": only, "table_date": table.provenance.get("date")}
         if k[0] in dense:
-            w = pr.calibrate_weights(dense_ops[k[0]], dense[k[0]][1], "the dense int8 model timed in this retime")
+            w = pr.calibrate_weights(dense_ops[k[0]], dense[k[0]][1], "the dense int8 model timed in this retime",
+                                     measured_p90_ms=dense[k[0]][2])
             row.update(p90_ms=round(pr.predict_ops(v)["p90"], 5), weights=w)
         out[k] = row
     return out

@@ -207,6 +207,31 @@ def test_jitter_follows_the_length_of_the_invoke():
     assert p["p90"] == pytest.approx(p["p50"] * t.jitter(p["p50"]))
 
 
+def test_a_whole_model_timing_anchors_the_tail_beyond_the_probes():
+    """The probes end near 1 ms; a dense model timed whole gives the tail ratio at its own length, and invokes between
+    the longest probes and it are interpolated (a 3 ms model kept the 0.5-1 ms probes' 1.13 and was over-priced 15 %)."""
+    ov = {"p50": 0.002, "p90": 0.0022}
+    entries = {f"short{i}": {"p50": 0.01, "p90": 0.01 + 0.012 * 0.03} for i in range(6)}  # 12 us probes: 1.03
+    entries.update({f"long{i}": {"p50": 0.5, "p90": 0.502 * 1.12 - 0.002} for i in range(6)})  # 0.5 ms probes: 1.12
+    t = LatencyTable({"threads": 1}, ov, entries)
+    anchor = (4.0, 1.04)
+    assert t.jitter(4.0) == pytest.approx(1.12, abs=0.005)  # alone: the longest probes' ratio, held flat
+    assert t.jitter(4.0, anchor) == pytest.approx(1.04) and t.jitter(8.0, anchor) == pytest.approx(1.04)
+    assert 1.04 < t.jitter(1.5, anchor) < t.jitter(0.9, anchor) < 1.12  # in between: interpolated in log time
+    assert t.jitter(0.5, anchor) == t.jitter(0.5) and t.jitter(0.012, anchor) == t.jitter(0.012)  # the probes' own
+    m, ex = _tiny()
+    pr, ops = _pricer(m, ex), extract_ops(m, ex)
+    p50 = pr.predict_ops(ops)["p50"] + 0.05
+    w = pr.calibrate_weights(ops, p50, "a test", measured_p90_ms=p50 * 1.01)
+    assert w["dense_measured_p90_ms"] == pytest.approx(p50 * 1.01, abs=1e-5)
+    assert pr.dense_p90_ms == pytest.approx(p50 * 1.01, rel=1e-3)  # the dense model predicts its own measured p90
+    again = _pricer(m, ex)  # a later stage re-applies the saved price, anchor included
+    again.apply_weights(w, ops)
+    assert again.jitter_anchor == pr.jitter_anchor and again.dense_p90_ms == pr.dense_p90_ms
+    pr.calibrate_weights(ops, p50, "a test")  # no p90 timed: the table's curve alone
+    assert pr.jitter_anchor is None
+
+
 @pytest.mark.slow
 def test_a_cached_host_table_is_reprobed_when_the_machine_drifts(tmp_path):
     """A cached table whose times are 3x today's is detected by re-timing a sample, and re-probed."""

@@ -232,7 +232,7 @@ _TIMED_EXPORTS: dict[str, bytes] = {}
 
 def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device: Optional[str], threads: int,
                           python: str = "python3", log=print, runs: int = 200, stat: str = "p90") -> dict:
-    """p90 (ms; or `stat`, "p50") of each model, exported to full-int8 `.tflite` as the build ships it (less the bias
+    """p90 (ms; or `stat`, "p50", or "both": (p50, p90)) of each model, exported to full-int8 `.tflite` as the build ships it (less the bias
     correction, which changes bias values only: `tflite.int8_for_timing`), timed on `device` (None: this host, whose
     device is the machine that builds).
 
@@ -276,4 +276,6 @@ def time_models_on_device(models_by_name: dict, input_shape, calib_nhwc, device:
     if missing:
         raise EdgeSparseError(f"{where}: no timing came back for finalist {missing[0]} "
                               f"({timings.get('failed', {}).get(missing[0], 'unknown reason')})")
+    if stat == "both":
+        return {n: (float(t[n]["p50"]), float(t[n]["p90"])) for n in models_by_name}
     return {n: float(t[n][stat]) for n in models_by_name}

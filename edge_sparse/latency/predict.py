@@ -43,6 +43,9 @@ class Pricer:
     # the dense model has been timed beside the table; `weights` says how it was measured
     ms_per_weight_mb: float = 0.0
     weights: Optional[dict] = None
+    # (p50 ms, p90 / p50) of the dense model timed whole beside the table (`calibrate_weights`): the table's tail
+    # curve (`LatencyTable.jitter`) ends with its probes at ~1 ms; a whole model's own tail anchors it beyond them
+    jitter_anchor: Optional[tuple] = None
 
     def op_ms(self, o: Op) -> float:
         """One op's share of an invoke (ms): what `predict_ops` sums (a model's cost is its ops' costs plus `total`'s
@@ -62,7 +65,7 @@ class Pricer:
         table its tail (`LatencyTable.jitter`)."""
         if self.table is not None:
             p50 = self.table.overhead["p50"] + ops_ms
-            return p50, p50 * self.table.jitter(p50)
+            return p50, p50 * self.table.jitter(p50, self.jitter_anchor)
         p90 = (self.fitted.overhead_ms if self.fitted is not None else self.target.latency_model.overhead_ms) + ops_ms
         return p90, p90
 
@@ -76,7 +79,8 @@ class Pricer:
     def predict(self, model: torch.nn.Module, example: torch.Tensor) -> dict:
         return self.predict_ops(extract_ops(model, example))
 
-    def calibrate_weights(self, dense_ops: Sequence[Op], measured_p50_ms: float, how: str) -> dict:
+    def calibrate_weights(self, dense_ops: Sequence[Op], measured_p50_ms: float, how: str,
+                          measured_p90_ms: Optional[float] = None) -> dict:
         """Price the weights' trip from memory, from the dense model timed whole on the table's own machine.
 
         A table's probe runs one op again and again, its weights staying in cache; in a whole model each op's weights
@@ -86,6 +90,8 @@ class Pricer:
         this term would not fix), is added to every op per MB of its own weights, so a narrower model is priced by
         what it still reads. Resets the dense model's p90 (the
         relative budget's reference) to the calibrated prediction. `how`: where the timing came from, for the report.
+        With `measured_p90_ms` (the same timing's p90), the dense model's p90 / p50 anchors the table's tail curve at
+        its length (`LatencyTable.jitter`): the dense model then predicts its own measured p90.
         """
         if self.table is None:
             raise EdgeSparseError("only a measured table is calibrated against a timing of the dense model")
@@ -94,12 +100,15 @@ class Pricer:
         return self.apply_weights({
             "ms_per_weight_mb": round(max(0.0, (measured_p50_ms - table_p50) / mb), 6) if mb else 0.0,
             "dense_measured_p50_ms": round(measured_p50_ms, 5), "dense_table_p50_ms": round(table_p50, 5),
-            "dense_weight_mb": round(mb, 6), "how": how}, dense_ops)
+            "dense_weight_mb": round(mb, 6), "how": how,
+            **({"dense_measured_p90_ms": round(measured_p90_ms, 5)} if measured_p90_ms else {})}, dense_ops)
 
     def apply_weights(self, weights: dict, dense_ops: Sequence[Op]) -> dict:
         """The weights' price `calibrate_weights` found (saved with the search), applied as it was: later stages, and a
         resumed build, price every model as the search did."""
         self.ms_per_weight_mb, self.weights = float(weights["ms_per_weight_mb"]), dict(weights)
+        p50, p90 = weights.get("dense_measured_p50_ms"), weights.get("dense_measured_p90_ms")
+        self.jitter_anchor = (float(p50), float(p90) / float(p50)) if p50 and p90 else None
         self.dense_p90_ms = self.predict_ops(dense_ops)["p90"]
         return self.weights
 

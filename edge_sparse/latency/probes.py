@@ -13,7 +13,7 @@ HARD_SWISH, LOGISTIC, GELU, MUL, the SE gate's broadcast MUL, CONCATENATION, SPL
 Converting one op with `TFLiteConverter.from_concrete_functions` takes ~0.05 s (onnx2tf takes ~8 s
 per model), so a few hundred probes are built in seconds.
 
-Two ops cost something else in a model than alone, so they are probed in their context and priced as that
+Three ops cost something else in a model than alone, so they are probed in their context and priced as that
 probe less the probe of the context without them (`baseline`; the suite entry's `minus`), measured on the
 2-core Xeon (AVX-512 VNNI, ai-edge-litert 2.1):
 - HARD_SWISH: XNNPACK does not run it in int8 (its probe times the same with the delegate and without), so in a
@@ -131,7 +131,8 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
         fn = lambda x: tf.gather(x, perm, axis=3)  # noqa: E731
     else:
         raise EdgeSparseError(f"no probe for op kind {op.kind!r}")
-    f = tf.function(fn, input_signature=spec)
+    # autograph off: the graph is plain TF ops, and reading these lambdas' source warns (several per line)
+    f = tf.function(fn, input_signature=spec, autograph=False)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
