@@ -185,12 +185,12 @@ def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=busy_cores, t
     measured = time_p50()
     measured, p90 = measured if isinstance(measured, tuple) else (measured, None)
     w = pr.calibrate_weights(extract_ops(dense, b.example()), measured,
-                             f"the dense model timed whole on this host (p50, 2000 invokes, {busy:.2f} cores busy "
-                             f"with other jobs)", measured_p90_ms=p90)
-    _log(f"  latency: the dense model measured p50 {measured:.4f} ms here"
-         + (f" (p90 {p90:.4f}: the table's tail curve is anchored there)" if p90 else "")
-         + f", the table's ops sum to {w['dense_table_p50_ms']:.4f} ms: its {w['dense_weight_mb']:.2f} MB of weights "
-         f"priced at {w['ms_per_weight_mb'] * 1000:.1f} us/MB (the dense model's p90 now {pr.dense_p90_ms:.4f} ms)")
+                             f"the dense model timed whole on this host (p50{' and p90' if p90 else ''}, 2000 invokes, "
+                             f"{busy:.2f} cores busy with other jobs)", measured_p90_ms=p90)
+    _log(f"  latency: the dense model measured p50 {measured:.4f} ms here, the table's ops sum to "
+         f"{w['dense_table_p50_ms']:.4f} ms: its {w['dense_weight_mb']:.2f} MB of weights priced at "
+         f"{w['ms_per_weight_mb'] * 1000:.1f} us/MB (the dense model's p90 now {pr.dense_p90_ms:.4f} ms"
+         + (f"; its timed p90 {p90:.4f} ms anchors the table's tail curve)" if p90 else ")"))
 
 
 def _taylor_batch(b: Build):

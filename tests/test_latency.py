@@ -805,6 +805,29 @@ def test_ops_that_cost_otherwise_in_a_model_are_probed_in_context_and_priced_les
                                   {"source": "measured"})
     assert t.op_ms(hs) == pytest.approx(0.20) and t.op_ms(silu) == pytest.approx(0.001)
     assert t.op_ms(mul) == pytest.approx(0.029) and t.op_ms(probes.baseline(hs)) == pytest.approx(0.299)
+    # a difference of two probes is not a probe's tail: the curve reads the others alone
+    assert probes.priced_in_context(hs.key) and probes.priced_in_context(silu.key) and not probes.priced_in_context(mul.key)
+    t.entries[hs.key] = {"p50": 0.2, "p90": 0.9}  # a wild difference of tails
+    plain = LatencyTable(t.provenance, t.overhead, {k: v for k, v in t.entries.items() if k not in (hs.key, silu.key)})
+    assert t.jitter(0.2) == plain.jitter(0.2)
+    # a context whose timing did not come back: the op is left out, never priced less the per-invoke overhead
+    timings = {p["name"]: {"p50": 0.1, "p90": 0.11} for p in suite["probes"] if p["key"] != probes.baseline(hs).key}
+    assert hs.key not in LatencyTable.from_timings(suite, {"timings": timings}, {"source": "measured"}).entries
+
+
+def test_a_device_table_of_older_probes_is_refused_for_ops_now_probed_in_context(targets_copy):
+    """A device table profiled before hard-swish, GELU and a SiLU's MUL were probed in context priced them alone: a
+    model with such an op is refused with the command that re-profiles, not priced by the old probes."""
+    from edge_sparse.latency.predict import resolve
+
+    old = LatencyTable({"source": "measured", "runtime": "tflite", "runtime_version": "x", "threads": 4,
+                        "date": "2026-01-01"}, {"p50": 0.01, "p90": 0.011}, {})
+    old.save(targets_copy / "rpi4.latency.json")
+    p = targets_copy / "rpi4.toml"
+    p.write_text('latency_table = "rpi4.latency.json"\n\n' + p.read_text())
+    with pytest.raises(EdgeSparseError, match=r"profiled with probes of version 1.*hardswish.*re-profile: make profile "
+                                              r"TARGET=rpi4"):
+        resolve(load_target("rpi4"), *_tiny("tiny_mbv3"))
 
 
 def test_profile_refuses_emulated_and_wrong_thread_timings():

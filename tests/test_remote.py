@@ -92,6 +92,9 @@ def test_make_profile_over_ssh_writes_a_measured_table(sshd, targets_copy):
     table = json.loads((targets_copy / "rpi4.latency.json").read_text())
     assert table["provenance"]["device"] == sshd["device"] and table["provenance"]["threads"] == 4
     assert table["provenance"]["source"] == "measured" and table["provenance"]["runtime_version"]
+    from edge_sparse.latency.probes import VERSION
+
+    assert table["provenance"]["probes_version"] == VERSION  # a table of older probes is refused where they differ
     assert r["entries"] == len(table["entries"]) > 10
     pr = resolve(load_target("rpi4"), m, ex)  # the build now prices rpi4 with the device's table
     assert pr.source == "measured" and pr.margin == 0 and pr.dense_p90_ms > 0

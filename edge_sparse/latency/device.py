@@ -144,6 +144,8 @@ def _check_timings(timings, target: Target) -> None:
 
 
 def table_from_run(suite: dict, timings: dict, target: Target, device: str) -> LatencyTable:
+    from edge_sparse.latency.probes import VERSION
+
     _check_timings(timings, target)
     missing = [p["name"] for p in suite["probes"] if p["name"] not in timings.get("timings", {})]
     if missing:
@@ -155,7 +157,8 @@ def table_from_run(suite: dict, timings: dict, target: Target, device: str) -> L
             "runtime_version": f"{timings.get('runtime')} {timings.get('runtime_version')}",
             "threads": int(timings["threads"]), "date": timings.get("date"),
             "how": "bench.py --probes on the device: one int8 op per .tflite, interleaved rounds; "
-                   "op cost = probe p50 - overhead probe p50"}
+                   "op cost = probe p50 - overhead probe p50 (or - its context's probe p50: probes.baseline)",
+            "probes_version": VERSION}
     return LatencyTable.from_timings(suite, timings, prov)
 
 

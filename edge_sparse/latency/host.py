@@ -112,7 +112,7 @@ def _probe(ops: list[Op], threads: int, runs: int, rounds: int) -> LatencyTable:
         timings = probes.time_suite(suite_dir, threads, runs=runs, rounds=rounds)
     return LatencyTable.from_timings(suite, timings, provenance(
         threads, f"bench.py --probes: one int8 op per .tflite, {runs} invokes in {rounds} interleaved rounds; "
-                 f"op cost = probe p50 - overhead probe p50"))
+                 f"op cost = probe p50 - overhead probe p50 (or - its context's probe p50: probes.baseline)"))
 
 
 def provenance(threads: int, how: str) -> dict:
@@ -123,6 +123,9 @@ def provenance(threads: int, how: str) -> dict:
 
 def _drift(table: LatencyTable, ops: list[Op], threads: int, sample: int, runs: int, rounds: int) -> float:
     """Median (now / then) of whole-probe p50 times over `sample` of `ops` spread across their cost range."""
+    from edge_sparse.latency.probes import priced_in_context
+
+    ops = [o for o in ops if not priced_in_context(o.key)] or ops  # a whole probe's time, not a difference of two
     ranked = sorted(ops, key=lambda o: (table.entries[o.key]["p50"], o.key))
     picked = [ranked[round(i * (len(ranked) - 1) / max(1, sample - 1))] for i in range(min(sample, len(ranked)))]
     now = _probe(list({o.key: o for o in picked}.values()), threads, runs, rounds)

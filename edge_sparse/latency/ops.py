@@ -30,7 +30,7 @@ from edge_sparse.errors import EdgeSparseError
 
 KINDS = ("conv", "dwconv", "pad", "add", "mean", "fc", "maxpool", "avgpool", "relu",
          "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle",
-         "pwpair")  # pwpair: two 1x1 convs, the context a HARD_SWISH is probed in (probes.baseline); no model's op
+         "pwpair")  # pwpair: two 1x1 convs, the context HARD_SWISH and GELU are probed in (probes.baseline); no model's op
 ELEMENTWISE = ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc")  # one input width, output the same shape
 TFLITE_KIND = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "PAD": "pad", "ADD": "add", "MEAN": "mean",
                "FULLY_CONNECTED": "fc", "MAX_POOL_2D": "maxpool", "AVERAGE_POOL_2D": "avgpool", "RELU": "relu",
@@ -294,11 +294,14 @@ def _sigmoid_arg(node):
     """The operand of a MUL node that is a sigmoid of the other operand (x * sigmoid(x), written out), or None."""
     a, b = node.args[:2]
     for s, x in ((b, a), (a, b)):
-        if getattr(s, "op", None) == "call_function" and s.target in (torch.sigmoid, F.sigmoid) and s.args[0] is x:
+        arg = (s.args[0] if s.args else s.kwargs.get("input")) if hasattr(s, "args") else None
+        if arg is not x:
+            continue
+        if s.op == "call_function" and s.target in (torch.sigmoid, F.sigmoid):
             return s
-        if getattr(s, "op", None) == "call_method" and s.target in _ACT_METHODS and s.args[0] is x:
+        if s.op == "call_method" and s.target in _ACT_METHODS:
             return s
-        if getattr(s, "op", None) == "call_module" and s.args and s.args[0] is x:
+        if s.op == "call_module":
             m = s.graph.owning_module.get_submodule(s.target) if s.graph.owning_module is not None else None
             if isinstance(m, nn.Sigmoid):
                 return s
@@ -330,8 +333,10 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
 
     def activation(node, act: str, ins: tuple) -> None:
         if act == "silu":  # x * sigmoid(x): LOGISTIC, then a MUL priced as a SiLU's (probes.baseline)
+            n = len(ops)
             elementwise(node, "sigmoid", ins)
-            emit(node, _silu_mul(ops[-1]))
+            if len(ops) > n:  # (a shape `elementwise` prices, so the LOGISTIC was emitted)
+                emit(node, _silu_mul(ops[-1]))
         elif act == "hardsigmoid":
             # relu6(x + 3) / 6: the affine part folds into a conv or FC before it, the clamp is RELU_0_TO_1
             elementwise(node, "relu", ins)

@@ -91,7 +91,8 @@ class Pricer:
         what it still reads. Resets the dense model's p90 (the
         relative budget's reference) to the calibrated prediction. `how`: where the timing came from, for the report.
         With `measured_p90_ms` (the same timing's p90), the dense model's p90 / p50 anchors the table's tail curve at
-        its length (`LatencyTable.jitter`): the dense model then predicts its own measured p90.
+        its length (`LatencyTable.jitter`): the dense model then predicts its own measured p90 (unless the table alone
+        over-prices it, when its predicted p50 stays the table's).
         """
         if self.table is None:
             raise EdgeSparseError("only a measured table is calibrated against a timing of the dense model")
@@ -160,6 +161,13 @@ def resolve(target: Target | str, dense: torch.nn.Module, example: torch.Tensor,
         if int(table.provenance.get("threads", -1)) != t.threads:
             raise EdgeSparseError(f"{table.path}: measured with {table.provenance.get('threads')} threads, but target "
                                   f"{t.name} runs {t.threads}; re-profile with `make profile TARGET={t.name}`")
+        from edge_sparse.latency.probes import VERSION, priced_in_context
+
+        old = next((o for o in ops if priced_in_context(o.key)), None)
+        if old is not None and int(table.provenance.get("probes_version", 1)) < VERSION:
+            raise EdgeSparseError(f"{table.path} was profiled with probes of version "
+                                  f"{table.provenance.get('probes_version', 1)}, which time {old.key} ({old.name}) alone, "
+                                  f"not as a model runs it; re-profile: make profile TARGET={t.name} DEVICE=...")
         missing = [o for o in ops if not table.covers(o)]
         if missing:
             raise EdgeSparseError(f"{table.path} does not cover {missing[0].key} ({missing[0].name}); profile this "

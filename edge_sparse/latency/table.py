@@ -2,7 +2,8 @@
 
 In:  probe timings (`bench.py --probes` JSON) for a probe suite; a list of `Op`s to price.
 Out: a `LatencyTable` (JSON, `edge_sparse.latency_table/1`): the fixed per-invoke cost, each probed
-     op's cost (its probe's time minus the overhead probe's), and the provenance (CPU, runtime and
+     op's cost (its probe's time minus the overhead probe's, or for an op probed in context minus its context's:
+     probes.baseline), and the provenance (CPU, runtime and
      version, threads, date). `table.op_ms(op)` prices any op of a probed family.
 Run: built by `edge_sparse.latency.host.host_table` (this machine, cached) or `make profile` (a device).
 
@@ -260,7 +261,10 @@ class LatencyTable:
         cached = getattr(self, "_jitter_cache", None)
         if cached is not None and cached[0] == state:
             return cached[1]
-        pts = sorted((v["p50"] + ov, (v["p90"] + ov) / (v["p50"] + ov)) for v in self.entries.values() if v["p50"] >= 0.002)
+        from edge_sparse.latency.probes import priced_in_context
+
+        pts = sorted((v["p50"] + ov, (v["p90"] + ov) / (v["p50"] + ov)) for k, v in self.entries.items()
+                     if v["p50"] >= 0.002 and not priced_in_context(k))  # a probe's own tail, not a difference
         octaves: dict[int, list[float]] = {}
         for t, r in pts:
             octaves.setdefault(int(np.floor(np.log2(t))), []).append(r)
