@@ -68,15 +68,7 @@ def _alone(op: Op) -> bytes:
     else:
         fn = {"hardswish": lambda x: x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0),
               "gelu": lambda x: tf.nn.gelu(x, approximate=True)}[op.kind]
-    f = tf.function(fn, input_signature=spec)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
-    conv.representative_dataset = lambda: ([np.random.default_rng(i).standard_normal(tuple(s.shape)).astype(np.float32)
-                                            for s in spec] for i in range(4))
-    with probes._silenced():  # noqa: SLF001 - the converter's C++ logging
-        return conv.convert()
+    return probes.convert(fn, spec, what=f"{op.key} alone")
 
 
 def main(argv: list[str] | None = None) -> int:

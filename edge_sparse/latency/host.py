@@ -52,8 +52,7 @@ def cache_path(threads: int, cache_dir: Path | str = "build/latency") -> Path:
     from edge_sparse.latency.probes import VERSION
 
     f = cpu_facts()
-    ident = json.dumps([f["cpu"], f["machine"], f["isa"], runtime_version(), threads]
-                       + ([VERSION] if VERSION > 1 else []))  # a table of older probes is probed afresh
+    ident = json.dumps([f["cpu"], f["machine"], f["isa"], runtime_version(), threads, VERSION])  # older probes: afresh
     return Path(cache_dir) / f"host-{hashlib.sha256(ident.encode()).hexdigest()[:12]}-t{threads}.json"
 
 

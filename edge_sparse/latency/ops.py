@@ -308,10 +308,6 @@ def _sigmoid_arg(node):
     return None
 
 
-def _is_silu(node) -> bool:
-    return len(node.args) >= 2 and _sigmoid_arg(node) is not None
-
-
 def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
     """The int8 TFLite ops `model` exports to, for one NCHW image shaped like `example`."""
     model = model.eval()
@@ -431,10 +427,12 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             a, b = (_shape(x) for x in node.args[:2])
             if len(a) == 4 and len(b) == 4 and a != b:  # x * gate, the gate (N, C, 1, 1): the SE's broadcast MUL
                 emit(node, Op("mulc", out[2], out[3], out[1], out[1], name=node.name))
-            elif a and b and _is_silu(node) and producer.get(_sigmoid_arg(node)) is not None:
-                emit(node, _silu_mul(ops[producer[_sigmoid_arg(node)]]).replace(name=node.name))
             elif a and b:
-                elementwise(node, "mul", out)
+                sig = producer.get(_sigmoid_arg(node))  # x * sigmoid(x) written out: a SiLU's MUL
+                if sig is not None:
+                    emit(node, _silu_mul(ops[sig]).replace(name=node.name))
+                else:
+                    elementwise(node, "mul", out)
             else:  # times a Python number: folds into the neighbouring op's quantization
                 if src in producer:
                     producer[node] = producer[src]

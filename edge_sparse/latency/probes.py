@@ -136,6 +136,13 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
         fn = lambda x: tf.gather(x, perm, axis=3)  # noqa: E731
     else:
         raise EdgeSparseError(f"no probe for op kind {op.kind!r}")
+    return convert(fn, spec, seed, op.key)
+
+
+def convert(fn, spec: list, seed: int = 0, what: str = "a probe") -> bytes:
+    """`fn` over inputs shaped `spec` (tf.TensorSpecs) as a full-integer int8 `.tflite`, int8 inputs and output."""
+    import tensorflow as tf
+
     # autograph off: the graph is plain TF ops, and reading these lambdas' source warns (several per line)
     f = tf.function(fn, input_signature=spec, autograph=False)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([f.get_concrete_function()], f)
@@ -154,7 +161,7 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
         try:
             return conv.convert()
         except Exception as e:  # noqa: BLE001 - the converter raises many types
-            raise EdgeSparseError(f"could not build a probe for {op.key}: {type(e).__name__}: "
+            raise EdgeSparseError(f"could not build a probe for {what}: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 

@@ -244,20 +244,16 @@ class LatencyTable:
         them the ratio falls on this Xeon (1.03 for a 3 ms MobileNetV2 against 1.13 for 0.5-1 ms probes), so holding
         the longest octave's ratio over-priced long models' p90 by up to 15 %.
         """
-        xs, ys = self._jitter_curve()
-        if anchor is not None and anchor[0] > 0:
-            ax = float(np.log2(anchor[0]))
-            keep = [(x, y) for x, y in zip(xs, ys) if abs(x - ax) >= 0.5]  # the octave it falls in: the anchor instead
-            pts = sorted(keep + [(ax, float(anchor[1]))])
-            xs, ys = [x for x, _ in pts], [y for _, y in pts]
+        xs, ys = self._jitter_curve(anchor if anchor is not None and anchor[0] > 0 else None)
         if len(xs) == 1:
             return ys[0]
         return float(np.interp(np.log2(max(p50_ms, 1e-9)), xs, ys))
 
-    def _jitter_curve(self) -> tuple[list[float], list[float]]:
-        """`jitter`'s points (log2 ms, p90 / p50), read once per state of the table: a search asks for it per trial."""
+    def _jitter_curve(self, anchor: Optional[tuple[float, float]] = None) -> tuple[list[float], list[float]]:
+        """`jitter`'s points (log2 ms, p90 / p50), read once per state of the table and anchor: a search asks for it per
+        trial."""
         ov = self.overhead["p50"]
-        state = (id(self.entries), len(self.entries), ov)
+        state = (id(self.entries), len(self.entries), ov, anchor)
         cached = getattr(self, "_jitter_cache", None)
         if cached is not None and cached[0] == state:
             return cached[1]
@@ -275,6 +271,10 @@ class LatencyTable:
                 ys.append(float(np.median(octaves[o])))
         if not xs:  # one flat ratio: the median of every probe (1.0 for a table without probes)
             xs, ys = [0.0], [float(np.median([r for _, r in pts])) if pts else 1.0]
+        if anchor is not None:  # a whole model's own ratio, in place of the octave it falls in
+            ax = float(np.log2(anchor[0]))
+            curve = sorted([(x, y) for x, y in zip(xs, ys) if abs(x - ax) >= 0.5] + [(ax, float(anchor[1]))])
+            xs, ys = [x for x, _ in curve], [y for _, y in curve]
         self._jitter_cache = (state, (xs, ys))
         return xs, ys
 
