@@ -32,7 +32,7 @@ import torch.nn as nn
 from edge_sparse.errors import EdgeSparseError
 from edge_sparse.latency.ops import extract_ops
 from edge_sparse.pruning import _channel_shuffles, _tolerate_torch_pruning, bn_scale_importance, rank_group
-from edge_sparse.pruning import renormalized_batchnorms, tied_halves
+from edge_sparse.pruning import drop_blocks, renormalized_batchnorms, residual_blocks, tied_halves
 from edge_sparse.pruning import RECORD_FORMAT, Criterion, PruneResult, _classifier_layers, count, profile
 
 SCORINGS = ("importance", "relative", "uniform")
@@ -54,20 +54,27 @@ class Allocation:
     keep: dict  # group name -> channels kept
     p90_ms: float
     p50_ms: float
+    drop: tuple = ()  # residual blocks removed whole (only where the narrowest widths alone miss the budget)
 
     def describe(self) -> str:
-        return f"{self.scoring}: p90 {self.p90_ms:.4f} ms, widths " + ", ".join(f"{k}={v}" for k, v in self.keep.items())
+        return (f"{self.scoring}: p90 {self.p90_ms:.4f} ms, widths " + ", ".join(f"{k}={v}" for k, v in self.keep.items())
+                + (f"; blocks dropped: {', '.join(self.drop)}" if self.drop else ""))
 
 
 class Allocator:
     def __init__(self, dense: nn.Module, example: torch.Tensor, pricer, round_to: int, max_layer_sparsity: float = 0.9,
-                 taylor_batch=None, criterion: str = "bn_scale"):
+                 taylor_batch=None, criterion: str = "bn_scale", block_images: Optional[torch.Tensor] = None):
         """Channels are ranked by `criterion`: "bn_scale" (BN |gamma|, what the sparsity objective drives to zero),
         "l1" / "l2" (the group's weight magnitude, Torch-Pruning's `GroupMagnitudeImportance`), or "taylor"
         (first-order Taylor importance |weight x gradient| on `taylor_batch=(images, labels)`, data-driven: for
         weights not trained with the sparsity objective). Raw scores, no per-group normaliser: groups compete on one
         scale (for l1 / l2 that scale grows with a group's fan-in and ignores the BN scale behind it; the finalists
-        are ranked by accuracy after BN re-estimation, which is what decides)."""
+        are ranked by accuracy after BN re-estimation, which is what decides).
+
+        `block_images` (real images, normalised): the residual blocks that can be dropped whole are found on them
+        (`pruning.residual_blocks`) and ranked by how much each changes its input; an allocation drops blocks only
+        where every group at its narrowest width still misses the budget (depth costs accuracy more than width:
+        a stride-2 stem, a 3x3 conv at few channels or a grouped conv's per-group cost do not shrink with width)."""
         import torch_pruning as tp
 
         self.dense, self.example, self.pricer, self.m = dense.eval(), example[:1], pricer, int(round_to)
@@ -139,6 +146,42 @@ class Allocator:
         # the ops each group reads or writes: all a trial of that group's width moves (`_p90_moved`)
         self._touch = {g.name: [i for i, (ci, co) in enumerate(zip(self.cin_of, self.cout_of)) if g.name in ci
                                 or g.name in co] for g in self.groups}
+        self._dropped: set[int] = set()  # ops of the blocks an allocation in progress has dropped: priced at 0
+        self.blocks, self.block_ops = [], {}
+        if block_images is not None:
+            for b in residual_blocks(self.dense, block_images):
+                ops = self._ops_of_block(b.name)
+                if ops:
+                    self.blocks.append(b)
+                    self.block_ops[b.name] = ops
+        # a group all of whose ops lie inside a block goes with it (a residual stream through it does not)
+        self._inside = {g.name: next((b.name for b in self.blocks if set(self._touch[g.name]) <= set(self.block_ops[b.name])),
+                                     None) for g in self.groups}
+
+    def _ops_of_block(self, name: str) -> list[int]:
+        """Indices in `self.ops` of the ops that go when block `name` is dropped: the model without it has the same
+        ops before and after it (modules matched by name, functions by shape); [] where that does not hold."""
+        mods = set(dict(self.dense.named_modules()))
+
+        def ident(o) -> tuple:
+            return o.key, (o.name if o.name.removesuffix(".pad") in mods else "")
+
+        try:
+            rest = [ident(o) for o in extract_ops(drop_blocks(copy.deepcopy(self.dense), [name]), self.example)]
+        except EdgeSparseError:
+            return []
+        full = [ident(o) for o in self.ops]
+        p = 0
+        while p < len(rest) and full[p] == rest[p]:
+            p += 1
+        q = 0
+        while q < len(rest) - p and full[-1 - q] == rest[-1 - q]:
+            q += 1
+        gone = list(range(p, len(full) - q))
+        if p + q != len(rest) or not gone or any(
+                full[i][1] and not full[i][1].startswith(name + ".") for i in gone):
+            return []
+        return gone
 
     # how each group moves each op's input and output width: prune each group by one multiple and look. A width is
     # linear in the groups' widths: a concat's consumer reads the sum of its inputs' groups, a flatten's FC reads
@@ -171,8 +214,9 @@ class Allocator:
                 if a.cout != b.cout:
                     self.cout_of[i][g.name] = (a.cout - b.cout) / g.step
 
-    def _pruned(self, keep: dict) -> nn.Module:
-        """A copy of the dense model keeping, per group, its `keep[name]` most important channels."""
+    def _pruned(self, keep: dict, drop=()) -> nn.Module:
+        """A copy of the dense model keeping, per group, its `keep[name]` most important channels, then without the
+        blocks in `drop` (dropped after the pruning: a group rooted inside a block may run through the rest)."""
         import torch_pruning as tp
 
         model = copy.deepcopy(self.dense).eval()
@@ -186,6 +230,7 @@ class Allocator:
                 if k < g.size:
                     idxs = sorted(g.order[: g.size - k])
                     dg.get_pruning_group(named[g.name], self.handlers[g.name], idxs).prune()
+        drop_blocks(model, drop)
         model._edge_sparse_dg = dg  # noqa: SLF001 - kept for the replay record, dropped by `apply`
         return model
 
@@ -203,14 +248,21 @@ class Allocator:
             ops.append(op.replace(cin=cin, cout=cout))
         return ops
 
-    def price(self, keep: dict) -> dict:
-        return self.pricer.predict_ops(self.ops_for(keep))
+    def price(self, keep: dict, drop=()) -> dict:
+        gone = {i for b in drop for i in self.block_ops[b]}
+        return self.pricer.predict_ops([o for i, o in enumerate(self.ops_for(keep)) if i not in gone])
+
+    def narrowest(self) -> dict:
+        """The price of the fastest network the allocator can make: every group at its narrowest, every block dropped."""
+        return self.price({g.name: g.min_keep for g in self.groups}, [b.name for b in self.blocks])
 
     # The greedy loops below price one trial per group per step: whole-model pricing made that O(steps x groups x
     # ops) (densenet121: 2.7 M op prices, 180 s per scoring). A model's cost is its ops' costs plus fixed terms
     # (`Pricer.op_ms`, `Pricer.total`), and a group moves only the ops that read or write it, so a trial re-prices
     # those ops alone, each width pair priced once.
     def _cost(self, i: int, keep: dict) -> float:
+        if i in self._dropped:
+            return 0.0
         k = (i, *self._widths(i, keep))
         ms = self._op_cost.get(k)
         if ms is None:
@@ -249,9 +301,14 @@ class Allocator:
                 return sum(vals) / mean
             return (hi - lo) / g.size  # uniform: every group's channels cost the same fraction
 
+        self._dropped = set()
+        drop: list[str] = []
         per = self._state(keep)
         total = sum(per)
         p90 = round(self.pricer.total(total)[1], 5)
+
+        def live(g: Group) -> bool:  # not inside a dropped block
+            return self._inside.get(g.name) not in drop
 
         def commit(moved: dict) -> float:
             for i, ms in moved.items():
@@ -262,7 +319,7 @@ class Allocator:
             best = None
             for g in self.groups:
                 k = keep[g.name]
-                if k - g.step < g.min_keep:
+                if k - g.step < g.min_keep or not live(g):
                     continue
                 keep[g.name] = k - g.step  # the trial, undone below
                 t90, moved = self._p90_moved(per, total, keep, g.name)
@@ -274,8 +331,15 @@ class Allocator:
                     score = -(k / g.size) + (0 if saved > 1e-9 else 1e3)
                 if best is None or score < best[0]:
                     best = (score, g.name, t90, moved)
-            if best is None:
-                return None
+            if best is None:  # every group at its narrowest: drop the block that changes its input least per ms
+                b = self._drop_one(drop, per, total, p90)
+                if b is None:
+                    return None
+                drop.append(b)
+                self._dropped.update(self.block_ops[b])
+                total = commit({i: 0.0 for i in self.block_ops[b]})
+                p90 = round(self.pricer.total(total)[1], 5)
+                continue
             keep[best[1]] -= by[best[1]].step
             p90, total = best[2], commit(best[3])
         # fill: give back the most valuable removed chunk that still fits, until none does
@@ -283,7 +347,7 @@ class Allocator:
             best = None
             for g in self.groups:
                 k = keep[g.name]
-                if k + g.step > g.size:
+                if k + g.step > g.size or not live(g):
                     continue
                 keep[g.name] = k + g.step
                 t90, moved = self._p90_moved(per, total, keep, g.name)
@@ -299,11 +363,26 @@ class Allocator:
                 break
             keep[best[1]] += by[best[1]].step
             p90, total = best[2], commit(best[3])
-        r = self.price(keep)
-        return Allocation(scoring, {g: keep[g] for g in by}, r["p90"], r["p50"])
+        self._dropped = set()
+        r = self.price(keep, drop)
+        return Allocation(scoring, {g: keep[g] for g in by}, r["p90"], r["p50"], tuple(drop))
+
+    def _drop_one(self, drop: list, per: list, total: float, p90: float) -> Optional[str]:
+        """The block whose removal costs the least contribution per ms saved at the current widths; None if none."""
+        best = None
+        for b in self.blocks:
+            if b.name in drop:
+                continue
+            saved = p90 - round(self.pricer.total(total - sum(per[i] for i in self.block_ops[b.name]))[1], 5)
+            if saved <= 1e-9:
+                continue
+            score = b.contribution / saved
+            if best is None or score < best[0]:
+                best = (score, b.name)
+        return best[1] if best else None
 
     def apply(self, alloc: Allocation) -> PruneResult:
-        model = self._pruned(alloc.keep)
+        model = self._pruned(alloc.keep, alloc.drop)
         dg = model.__dict__.pop("_edge_sparse_dg")
         history = [[n, bool(out), [int(i) for i in idx]] for n, out, idx in dg.pruning_history()]
         params, macs = count(model, self.example)
@@ -313,13 +392,16 @@ class Allocator:
                   "sparsity": self.sparsity(alloc), "round_to": self.m, "global_pruning": False,
                   "input_shape": list(self.example.shape[1:]), "iterative_steps": 1, "history": history,
                   "plan": [alloc.describe()], "keep": alloc.keep, "unprunable": self.unprunable,
+                  "dropped": list(alloc.drop),
                   "channels": {s.name: [s.in_channels, s.out_channels] for s in layers}}
         return PruneResult(model.eval(), params, macs, dense_params, dense_macs, record, 0.0, layers,
                            profile(self.dense, self.example))
 
     def sparsity(self, alloc: Allocation) -> float:
+        """The fraction of the groups' channels removed (a dropped block's groups count as removed)."""
         total = sum(g.size for g in self.groups)
-        return round(1 - sum(alloc.keep.values()) / total, 4)
+        kept = sum(k for n, k in alloc.keep.items() if self._inside.get(n) not in alloc.drop)
+        return round(1 - kept / total, 4)
 
 
 def _conv_groups(group, multiple: int) -> tuple[int, int]:

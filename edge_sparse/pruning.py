@@ -309,6 +309,86 @@ def _classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn
     return heads or last[-1:]
 
 
+@dataclass
+class Block:
+    """A residual block that can be dropped whole: with its residual branch silenced it passes its input through."""
+    name: str  # module path
+    contribution: float  # mean |block(x) - x| / |x| on real images: how much the block changes what it is given
+
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1e-5) -> list[Block]:
+    """The model's residual blocks that can be removed whole (depth pruning), outermost first, with their contribution.
+
+    A block is a module whose output has its input's shape and which becomes the identity on these images when
+    the norm layers' affine parameters and every conv / linear bias inside it are zeroed: its residual branch then
+    outputs zero and the skip carries the input through (a projection shortcut, an SE gate (sigmoid(0) = 0.5) or a
+    final activation that clips the input makes it fail the test, and it is not offered). Containers whose
+    children with convs are all blocks (a stage of blocks) are not offered themselves: their blocks are. A block
+    inside another offered block is not offered. Read on the model as it is (no copy is kept)."""
+    model = model.eval()
+    io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    names = {m: n for n, m in model.named_modules() if n}
+    hooks = []
+
+    def hook(mod, args, out):
+        if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor) \
+                and out.shape == args[0].shape and out.ndim == 4 and names[mod] not in io:
+            io[names[mod]] = (args[0].detach(), out.detach())
+
+    for m, n in names.items():
+        if any(isinstance(c, nn.Conv2d) for c in m.modules()):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    ok: dict[str, float] = {}
+    for n, (x, y) in io.items():
+        silent = copy.deepcopy(dict(model.named_modules())[n]).eval()
+        with torch.no_grad():
+            for m in silent.modules():
+                if isinstance(m, _NORMS) and getattr(m, "weight", None) is not None:
+                    m.weight.zero_()
+                    if m.bias is not None:
+                        m.bias.zero_()
+                elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                    m.bias.zero_()
+            try:
+                passed = silent(x)
+            except Exception:  # noqa: BLE001 - a module that does not run alone on its captured input is no block
+                continue
+        scale = float(x.abs().max()) or 1.0
+        if passed.shape == x.shape and float((passed - x).abs().max()) <= tolerance * scale:
+            ok[n] = float(((y - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+    mods = dict(model.named_modules())
+
+    def container_of_blocks(n: str) -> bool:  # every child with a conv is a block, or again such a container
+        kids = [f"{n}.{c}" for c, m in mods[n].named_children() if any(isinstance(x, nn.Conv2d) for x in m.modules())]
+        return bool(kids) and all(k in ok or container_of_blocks(k) for k in kids)
+
+    offered = [n for n in ok if not container_of_blocks(n)]
+    top = [n for n in offered if not any(n.startswith(o + ".") for o in offered if o != n)]
+    order = [n for n in names.values() if n in top]  # the model's own order
+    return [Block(n, round(ok[n], 6)) for n in order]
+
+
+def drop_blocks(model: nn.Module, names) -> nn.Module:
+    """Replace each named module of `model` with `nn.Identity` (in place): the residual blocks `residual_blocks`
+    offered, removed whole."""
+    have = dict(model.named_modules())
+    for n in names:
+        parent, _, child = n.rpartition(".")
+        if n not in have or parent not in have:
+            raise EdgeSparseError(f"cannot drop block {n}: the model has no such module")
+        setattr(have[parent], child, nn.Identity())
+    return model
+
+
 def _zero_out_channels(module: nn.Module, idxs: list[int]) -> None:
     with torch.no_grad():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -630,6 +710,7 @@ def replay(dense_model: nn.Module, record: dict, example_input: Optional[torch.T
             dg.load_pruning_history([list(h) for h in record["history"]])
         except (AttributeError, IndexError, RuntimeError) as e:
             raise EdgeSparseError(f"pruning record does not fit this model ({type(e).__name__}: {e})") from None
+    drop_blocks(model, record.get("dropped", []))  # residual blocks removed whole, after the pruning (allocate)
     got = {s.name: [s.in_channels, s.out_channels] for s in profile(model, example_input)}
     if got != record["channels"]:
         bad = next(k for k in record["channels"] if got.get(k) != record["channels"][k])

@@ -185,6 +185,9 @@ def write(b, meta: dict, d: Path) -> None:
         L.append(f"\nShrink check: max |masked dense − shrunk| = {r['search']['shrink_max_abs_diff']:.2e}\n")
     for u in r["search"].get("unprunable", []):
         L.append(f"Kept unpruned: {', '.join(u['layers'])} — {u['why']}.\n")
+    if r["search"].get("dropped_blocks"):
+        L.append(f"Residual blocks dropped whole (the narrowest widths alone missed the budget): "
+                 f"{', '.join(r['search']['dropped_blocks'])}.\n")
     for n in r["train"].get("weights_notes", []):
         L.append(f"Weights: {n}.\n")
     L.append("## Parity (against torch fp32 of the shipped model)\n")

@@ -166,9 +166,16 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
     if dense_c.fits:
         log("  the dense model already meets the budget: shipping it unpruned")
         return dense_c, None, [dense_c]
+    # the residual blocks that may be dropped whole are found and ranked on 32 training images
+    blocks_on = to_tensor(splits.train.images(range(min(32, len(splits.train)))), splits.mean, splits.std)
     al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity,
-                   taylor_batch=taylor_batch, criterion=criterion)
-    narrowest = al.price({g.name: g.min_keep for g in al.groups})  # the fastest network the allocator can make
+                   taylor_batch=taylor_batch, criterion=criterion, block_images=blocks_on)
+    narrowest = al.narrowest()  # the fastest network the allocator can make
+    if al.blocks:
+        widths_only = al.price({g.name: g.min_keep for g in al.groups})
+        log(f"  depth: {len(al.blocks)} residual blocks can be dropped whole ({', '.join(b.name for b in al.blocks[:4])}"
+            f"{', ...' if len(al.blocks) > 4 else ''}), only where the narrowest widths (p90 {widths_only['p90']:.4g} ms) "
+            f"miss the budget")
     tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
     seen: set = set()
 
@@ -178,7 +185,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
             a = al.allocate(b, scoring)
             if a is None:
                 continue
-            key = tuple(sorted(a.keep.items()))
+            key = (tuple(sorted(a.keep.items())), a.drop)
             if key in seen:
                 log(f"  allocation {scoring}{tag}: same widths as an earlier finalist")
                 continue
@@ -216,7 +223,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
             again = max(budget / ratio, narrowest["p90"])
             log(f"  every finalist measured over budget on the device (measured / predicted = {ratio:.2f}); "
                 f"allocating again under {again:.4g} ms predicted"
-                + ("" if again == budget / ratio else " (the narrowest allowed widths)"))
+                + ("" if again == budget / ratio else " (the narrowest network allowed)"))
             second = allocate_round(again, "@device")
             if second:
                 time_round(second)
@@ -230,7 +237,8 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         raise BudgetError(
             f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "
             f"({target.describe_budget()}{f', less a {pricer.margin:.0%} margin for prediction error' if pricer.margin else ''}); "
-            f"{why}the narrowest allowed widths predict {narrowest['p90']:.4g} ms and the dense model "
+            f"{why}the narrowest allowed widths predict {narrowest['p90']:.4g} ms"
+            f"{f' (with all {len(al.blocks)} droppable residual blocks dropped)' if al.blocks else ''} and the dense model "
             f"{dense_c.predicted_p90_ms:.4g} ms; relax the budget in {target.path} or use a smaller --model")
     chosen, res = max(feasible, key=lambda t: (t[0].val_acc_pruned, -t[0].predicted_p90_ms))
     return chosen, res, [c for c, _ in tried]

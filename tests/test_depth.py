@@ -1,0 +1,152 @@
+"""Depth pruning: residual blocks dropped whole where every channel group at its narrowest width still misses the
+budget (a stride-2 stem, a 3x3 conv over few channels and a grouped conv's per-group cost do not shrink with width:
+GhostNet's first block, RegNet's grouped convs, FastViT's 7x7 depthwise convs).
+
+Tiny real nets with each kind of module the test must tell apart: an identity residual block (ReLU after the add,
+as torchvision's ResNet and RegNet write it), a stage of such blocks, a projection block, an SE gate, and a
+residual block whose branch ends in a GELU MLP behind a BatchNorm'd conv (FastViT's)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edge_sparse import models
+from edge_sparse.allocate import Allocator
+from edge_sparse.errors import EdgeSparseError
+from edge_sparse.latency.ops import extract_ops
+from edge_sparse.latency.predict import Pricer
+from edge_sparse.latency.table import LatencyTable, grid_ops
+from edge_sparse.pruning import drop_blocks, replay, residual_blocks
+from edge_sparse.targets import load_target
+
+
+def cbn(i, o, k=3, s=1, g=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o))
+
+
+class Basic(nn.Module):
+    """ResNet's basic block: relu(x + bn(conv(relu(bn(conv(x)))))), with a projection where the shape changes."""
+
+    def __init__(self, i, o, s=1):
+        super().__init__()
+        self.f = nn.Sequential(cbn(i, o, s=s), nn.ReLU(), cbn(o, o))
+        self.proj = cbn(i, o, 1, s) if (i, s) != (o, 1) else None
+
+    def forward(self, x):
+        return torch.relu((x if self.proj is None else self.proj(x)) + self.f(x))
+
+
+class SE(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // 2, 1), nn.Conv2d(c // 2, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class MlpBlock(nn.Module):
+    """FastViT's ConvMlp behind a residual: x + fc2(gelu(fc1(bn(dwconv(x)))))."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = cbn(c, c, 3, g=c)
+        self.fc1, self.act, self.fc2 = nn.Conv2d(c, 2 * c, 1), nn.GELU(), nn.Conv2d(2 * c, c, 1)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(self.conv(x))))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(cbn(3, 16, s=2), nn.ReLU())
+        self.stage1 = nn.Sequential(Basic(16, 16), Basic(16, 16))  # a stage of identity blocks: the blocks offered
+        self.se = SE(16)  # x * gate: 0.5 x when silenced, never the identity
+        self.down = Basic(16, 32, 2)  # a projection: not droppable
+        self.mlp = MlpBlock(32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.mlp(self.down(self.se(self.stage1(self.stem(x))))).mean((2, 3)))
+
+
+def _net():
+    torch.manual_seed(0)
+    m = Net().eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.weight.data.uniform_(0.05, 1.0)
+            mod.running_var.data.uniform_(0.5, 2.0)
+    return m
+
+
+def _pricer(m, ex):
+    """A deterministic 'measured' table: 2 us per op + 1 ns per MAC + 0.2 ns per activation element."""
+    t = dataclasses.replace(load_target("rpi4"), channel_multiple=8)
+    ops = grid_ops(extract_ops(m, ex), 8, 3, 10)
+    entries = {}
+    for o in ops:
+        ms = 2e-3 + o.macs * 1e-6 + o.h * o.w * o.cin * 2e-7
+        entries[o.replace(name="").key] = {"p50": ms, "p90": ms * 1.1}
+    table = LatencyTable({}, {"p50": 0.01, "p90": 0.012}, entries)
+    pr = Pricer(t, "measured", {}, table)
+    pr.dense_p90_ms = pr.predict_ops(extract_ops(m, ex))["p90"]
+    return pr
+
+
+def test_residual_blocks_are_the_modules_that_pass_their_input_through_when_silenced():
+    m = _net()
+    blocks = residual_blocks(m, torch.randn(8, 3, 32, 32))
+    assert [b.name for b in blocks] == ["stage1.0", "stage1.1", "mlp"]
+    assert all(b.contribution > 0 for b in blocks)
+    # dropping one leaves a model that runs, with the block gone and its neighbours untouched
+    x = torch.randn(2, 3, 32, 32)
+    d = drop_blocks(_net(), ["stage1.1"])
+    assert isinstance(d.stage1[1], nn.Identity) and d(x).shape == (2, 10)
+    with pytest.raises(EdgeSparseError, match="no such module"):
+        drop_blocks(_net(), ["stage9.0"])
+
+
+def test_blocks_are_dropped_only_where_the_narrowest_widths_miss_the_budget(tmp_path):
+    m, ex = _net(), torch.zeros(1, 3, 32, 32)
+    pr = _pricer(m, ex)
+    al = Allocator(m, ex, pr, 8, block_images=torch.randn(16, 3, 32, 32))
+    assert [b.name for b in al.blocks] == ["stage1.0", "stage1.1", "mlp"]
+    widths = al.price({g.name: g.min_keep for g in al.groups})["p90"]
+    assert al.narrowest()["p90"] < widths  # every block dropped is faster still
+    # reachable by widths: no block goes
+    a = al.allocate(widths + 0.3 * (pr.dense_p90_ms - widths), "importance")
+    assert a is not None and a.drop == ()
+    # between the two: blocks go, then the widths fill what is left
+    budget = (al.narrowest()["p90"] + widths) / 2
+    x = torch.randn(4, 3, 32, 32)
+    for scoring in ("importance", "relative", "uniform"):
+        a = al.allocate(budget, scoring)
+        assert a is not None and a.drop and a.p90_ms <= budget, (scoring, a)
+        assert "blocks dropped" in a.describe()
+        res = al.apply(a)
+        for name in a.drop:
+            assert isinstance(res.model.get_submodule(name), nn.Identity)
+        assert res.record["dropped"] == list(a.drop)
+        assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)  # the allocator priced this model
+        assert res.macs < res.dense_macs
+        rebuilt = replay(m, res.record, ex)  # what a resumed build and the stage cache load
+        assert torch.allclose(rebuilt(x), res.model(x), atol=1e-5)
+    # the saved model (a stage's cache) loads back without the dropped blocks, same outputs
+    models.save(res.model, tmp_path / "m", arch="test", kwargs={}, record=res.record)
+    state = dict(res.model.state_dict())
+    assert not any(k.startswith(tuple(n + "." for n in a.drop)) for k in state)
+    # unreachable even with every block gone: None, as before
+    assert al.allocate(al.narrowest()["p90"] * 0.9, "importance") is None
+
+
+def test_no_blocks_without_images_and_none_in_a_plain_chain():
+    m, ex = _net(), torch.zeros(1, 3, 32, 32)
+    assert Allocator(m, ex, _pricer(m, ex), 8).blocks == []  # no images: widths only, as before
+    chain = nn.Sequential(cbn(3, 16, s=2), nn.ReLU(), cbn(16, 16), nn.ReLU(), cbn(16, 16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    assert residual_blocks(chain, torch.randn(4, 3, 32, 32)) == []  # a conv that keeps the shape is no block
