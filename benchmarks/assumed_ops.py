@@ -2,7 +2,8 @@
 
 The device estimates (edge_sparse/latency/estimate.py) are fitted on real Pi 4 / Pixel 3 timings of NAS-Bench-201
 networks, which hold convs, pooling and ADD only. The ops of mobile classifiers (hard-swish, sigmoid, GELU, MUL, the
-SE gate's broadcast MUL, CONCATENATION, a chunk's STRIDED_SLICE, a channel shuffle's GATHER, a standalone ReLU) are
+SE gate's broadcast MUL, CONCATENATION, a chunk's STRIDED_SLICE, a channel shuffle's GATHER, a standalone ReLU, a
+channels-last LayerNorm's ten ops) are
 priced by a rule: ADD's cost per byte moved. On a device the rule cannot be checked without timings of those ops;
 here every op can be timed with the real interpreter, so this measures the rule where it can be measured: ADD's
 per-byte cost is fitted on ADD probes of this host (least squares through the origin, overhead removed), each other
@@ -33,7 +34,7 @@ from edge_sparse.latency.table import LatencyTable
 OUT = Path(__file__).resolve().parent / "assumed_ops.json"
 SHAPES = [(56, 16), (28, 32), (28, 64), (14, 96), (14, 128), (7, 256), (7, 576)]  # (side, channels): mobile nets'
 TAG = "assumed-ops"
-KINDS = ["hardswish", "sigmoid", "gelu", "relu", "mul", "mulc", "concat", "slice", "shuffle"]
+KINDS = ["hardswish", "sigmoid", "gelu", "relu", "mul", "mulc", "concat", "slice", "shuffle", "layernorm"]
 
 
 def ops() -> list[Op]:

@@ -8,6 +8,7 @@ so its top-1 answers have margins worth comparing, then is exported; the int8 ar
 on held-out images."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -242,3 +243,80 @@ def test_a_batchnorm_after_an_add_is_priced_as_the_mul_and_add_it_exports_to(rgb
     ours = extract_ops(model, ex)
     assert [o.kind for o in ours].count("mul") == 1, ours
     assert sorted(map(strip, tflite_ops(res["tflite"])), key=repr) == sorted(map(strip, ours), key=repr)
+
+
+class ConvNeXtStage(nn.Module):
+    """torchvision's ConvNeXt as it is written: LayerNorm2d after the stem and before the downsample (permute,
+    LayerNorm over the channels, permute back), blocks with a layer scale (a per-channel parameter) on the MLP."""
+
+    class LayerNorm2d(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+            self.norm, self.pw1, self.act, self.pw2 = nn.LayerNorm(c), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+            self.layer_scale = nn.Parameter(torch.full((c, 1, 1), 0.5))
+
+        def forward(self, x):
+            y = self.pw2(self.act(self.pw1(self.norm(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+            return x + self.layer_scale * y
+
+    def __init__(self, width: int = 16, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 4, 4), self.LayerNorm2d(width))
+        self.blocks = nn.Sequential(self.Block(width), self.Block(width))
+        self.down = nn.Sequential(self.LayerNorm2d(width), nn.Conv2d(width, 2 * width, 2, 2))
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.down(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+def test_convnext_blocks_are_priced_as_their_tflite_ops_and_prune_through_layer_norm(rgb, tmp_path):
+    """ConvNeXt's channels-last blocks through the latency model, the allocator and the export: the permutes vanish
+    in the .tflite (onnx2tf's layout is channels-last), a LayerNorm's ten int8 ops read back as one "layernorm" op, a
+    Linear per pixel is a FULLY_CONNECTED on H*W rows, the layer scale folds into the Linear before it; the stream
+    (coupled through every LayerNorm and residual add) and each MLP's hidden width narrow, and the pruned net ships
+    full-integer with parity."""
+    from edge_sparse.allocate import Allocator
+    from edge_sparse.latency.ops import extract_ops, tflite_ops
+    from edge_sparse.latency.predict import Pricer
+    from edge_sparse.latency.table import LatencyTable, grid_ops
+    from edge_sparse.targets import load_target
+
+    torch.manual_seed(0)
+    model = _train(ConvNeXtStage(), rgb)
+    ex = torch.zeros(1, 3, SIZE, SIZE)
+    ops = extract_ops(model, ex)
+    assert [o.kind for o in ops].count("layernorm") == 4 and "mul" not in [o.kind for o in ops]
+    assert [o.key for o in ops if o.kind == "fc"][:2] == ["fc:7x7:16>64:k1s1:none", "fc:7x7:64>16:k1s1:none"]
+    # a deterministic table on every width the allocator may choose
+    t = dataclasses.replace(load_target("rpi4"), channel_multiple=8)
+    entries = {o.replace(name="").key: {"p50": 1e-3 + o.macs * 1e-6 + o.h * o.w * o.cin * 1e-6,
+                                        "p90": 1.1 * (1e-3 + o.macs * 1e-6 + o.h * o.w * o.cin * 1e-6)}
+               for o in grid_ops(ops, 8, 3, 10)}
+    pr = Pricer(t, "measured", {}, LatencyTable({}, {"p50": 0.01, "p90": 0.012}, entries))
+    pr.dense_p90_ms = pr.predict_ops(ops)["p90"]
+    al = Allocator(model, ex, pr, 8)
+    # the stream (rooted where Torch-Pruning roots it), both hidden widths and the downsample's outputs
+    assert {"blocks.0.pw1", "blocks.1.pw1", "down.1"} <= {g.name for g in al.groups} and len(al.groups) == 4, al.groups
+    a = al.allocate(pr.dense_p90_ms * 0.6, "importance")
+    assert a is not None and a.p90_ms <= pr.dense_p90_ms * 0.6
+    res = al.apply(a)
+    assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
+    m = res.model
+    stream = m.stem[0].out_channels
+    assert stream < 16 or m.blocks[0].pw1.out_features < 64, a.keep  # something narrowed
+    assert m.stem[1].normalized_shape == m.blocks[0].norm.normalized_shape == m.down[0].normalized_shape == (stream,)
+    assert m.blocks[1].pw2.out_features == m.blocks[0].dw.out_channels == m.blocks[1].layer_scale.shape[0] == stream
+    out = es.export(res.model, ex, calib=rgb["calib"], out=tmp_path, mean=rgb["mean"], std=rgb["std"],
+                    eval_images=rgb["test"], eval_labels=rgb["test_y"])
+    rep = lint.lint(out["tflite"])
+    assert not rep.custom_ops and not rep.float_ops and rep.input_dtype == "INT8", rep
+    strip = lambda o: o.replace(act="none", name="")  # noqa: E731 (fused activations are not in the op details)
+    assert sorted(map(strip, tflite_ops(out["tflite"])), key=repr) == sorted(map(strip, extract_ops(res.model, ex)), key=repr)
+    for art in ("model.tflite", "model.onnx"):
+        assert out["parity"][art]["agreement"] >= MIN_AGREEMENT, (art, out["parity"][art])

@@ -815,6 +815,20 @@ def test_ops_that_cost_otherwise_in_a_model_are_probed_in_context_and_priced_les
     assert hs.key not in LatencyTable.from_timings(suite, {"timings": timings}, {"source": "measured"}).entries
 
 
+def test_a_layer_norm_and_a_linear_per_pixel_get_probes_that_read_back_as_themselves(tmp_path):
+    """ConvNeXt's channels-last ops: a LayerNorm over the channels (ten int8 ops XNNPACK leaves to the builtin kernels)
+    is probed between two 1x1 convs and priced less them; a Linear on every pixel is a FULLY_CONNECTED on H*W rows."""
+    from edge_sparse.latency import probes
+
+    ln, fc = Op("layernorm", 6, 6, 24, 24), Op("fc", 6, 6, 24, 40)
+    assert probes.priced_in_context(ln.key) and probes.baseline(ln) == Op("pwpair", 6, 6, 24, 24)
+    assert fc.macs == 6 * 6 * 24 * 40 and (fc.out_h, fc.out_w) == (6, 6) and Op("fc", 1, 1, 24, 40).macs == 960
+    for op, kinds in ((ln, ["conv", "layernorm", "conv"]), (fc, ["fc"])):
+        (tmp_path / "p.tflite").write_bytes(probes.build_probe(op))
+        assert [o.kind for o in tflite_ops(tmp_path / "p.tflite")] == kinds
+        assert [o.key for o in tflite_ops(tmp_path / "p.tflite") if o.kind == op.kind] == [op.key]
+
+
 def test_a_device_table_of_older_probes_is_refused_for_ops_now_probed_in_context(targets_copy):
     """A device table profiled before hard-swish, GELU and a SiLU's MUL were probed in context priced them alone: a
     model with such an op is refused with the command that re-profiles, not priced by the old probes."""

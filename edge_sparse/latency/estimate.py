@@ -38,7 +38,8 @@ FIT_FORMAT = "edge_sparse.device_fit/1"
 # ADD they are memory-bound int8 loops over their tensors (benchmarks/assumed_ops.py measures the rule's error on
 # the host table, where every op is measured); a grouped conv as a 3x3 conv per MAC and byte.
 FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3", "gconv": "conv3x3",
-            **{k: "add" for k in ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle")}}
+            **{k: "add" for k in ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle",
+                                  "layernorm")}}
 BY_ASSUMPTION = tuple(FALLBACK)
 # Per byte, those ops do not cost what ADD costs: several run outside XNNPACK (TFLite's builtin int8 kernels) or do
 # more work per element. Their measured cost relative to ADD's per-byte cost on an x86 host (benchmarks/assumed_ops.py,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from edge_sparse.errors import EdgeSparseError
 
 KINDS = ("conv", "dwconv", "pad", "add", "mean", "fc", "maxpool", "avgpool", "relu",
-         "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle",
+         "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle", "layernorm",
          "pwpair")  # pwpair: two 1x1 convs, the context HARD_SWISH and GELU are probed in (probes.baseline); no model's op
 ELEMENTWISE = ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc")  # one input width, output the same shape
 TFLITE_KIND = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "PAD": "pad", "ADD": "add", "MEAN": "mean",
@@ -37,6 +37,8 @@ TFLITE_KIND = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "PAD": "pad", "
                "RELU6": "relu", "SUB": "add", "RELU_0_TO_1": "relu", "RELU_N1_TO_1": "relu", "HARD_SWISH": "hardswish",
                "LOGISTIC": "sigmoid", "GELU": "gelu", "MUL": "mul", "CONCATENATION": "concat", "SPLIT": "split",
                "SPLIT_V": "split", "STRIDED_SLICE": "slice", "SLICE": "slice", "GATHER": "shuffle"}
+# what onnx2tf writes a LayerNorm over the channels as (after a MEAN over them): read back as the one "layernorm" op
+_LAYER_NORM_OPS = {"MEAN", "SQUARED_DIFFERENCE", "ADD", "RSQRT", "MUL", "SUB"}
 # ops of a .tflite that compute nothing or only move a tensor's shape: skipped when reading one back
 TFLITE_FREE = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "DELEGATE"}
 
@@ -46,7 +48,7 @@ class Op:
     """One int8 op: input H×W×C, output channels, kernel, stride, and its fused activation."""
 
     kind: str  # one of KINDS
-    h: int  # input height (for "fc": 1)
+    h: int  # input height (for "fc": 1, or the feature map's for a Linear on channels-last pixels)
     w: int  # input width
     cin: int  # input channels (features for "fc")
     cout: int  # output channels (== cin for pad/add/mean/pool/relu/dwconv)
@@ -78,7 +80,7 @@ class Op:
         if self.kind == "dwconv":
             return self.out_h * self.out_w * self.cout * self.k * self.k
         if self.kind == "fc":
-            return self.cin * self.cout
+            return self.h * self.w * self.cin * self.cout
         return 0
 
     @property
@@ -96,16 +98,20 @@ class Op:
     def out_h(self) -> int:
         if self.kind == "pad":
             return self.h + 2 * ((self.k - 1) // 2)
-        if self.kind in ("mean", "fc"):
+        if self.kind == "mean":
             return 1
+        if self.kind == "fc":
+            return self.h
         return (self.h - self.k) // self.stride + 1 if self._valid else -(-self.h // self.stride)
 
     @property
     def out_w(self) -> int:
         if self.kind == "pad":
             return self.w + 2 * ((self.k - 1) // 2)
-        if self.kind in ("mean", "fc"):
+        if self.kind == "mean":
             return 1
+        if self.kind == "fc":
+            return self.w
         return (self.w - self.k) // self.stride + 1 if self._valid else -(-self.w // self.stride)
 
     @property
@@ -167,7 +173,8 @@ _SPLIT_FUNCS = {torch.chunk, torch.split, torch.tensor_split}
 _TRANSPOSE_METHODS = {"transpose", "permute"}
 _TRANSPOSE_FUNCS = {torch.transpose, torch.permute}
 PRICED = ("convs (grouped and depthwise too), linear, pooling, ReLU/ReLU6/hard-swish/hard-sigmoid/sigmoid/SiLU/GELU, "
-          "BatchNorm (folded), additions, multiplications (SE gates), concatenation, chunk/split and channel shuffles")
+          "BatchNorm (folded), additions, multiplications (SE gates), concatenation, chunk/split and channel shuffles, "
+          "channels-last blocks (permute, LayerNorm over the channels, Linear per pixel)")
 
 
 def _capture(model: nn.Module, example: torch.Tensor):
@@ -356,12 +363,35 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         emit(node, Op("dwconv" if dw else "conv", h, w, c, cout, k[0], s[0], name=name,
                       groups=1 if dw else groups, same=same))
 
+    # ConvNeXt-style blocks permute a feature map to channels-last (N, H, W, C) for LayerNorm and Linear layers and
+    # back; onnx2tf's layout is channels-last already, so both permutes vanish from the .tflite (measured on
+    # TinyConvNeXt). Nodes holding such a tensor are tracked, and their shapes read as NCHW for the ops below.
+    nhwc: set = set()
+    nchw = lambda sh: (sh[0], sh[3], sh[1], sh[2])  # noqa: E731
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         src = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
         ins = _shape(src) if src is not None else ()
         out = _shape(node)
+        dims = _permutation(node)
+        if dims is not None and len(ins) == 4:
+            if (dims == (0, 2, 3, 1) and src not in nhwc) or (dims == (0, 3, 1, 2) and src in nhwc):
+                if dims == (0, 2, 3, 1):
+                    nhwc.add(node)
+                if src in producer:
+                    producer[node] = producer[src]
+                continue
+        if any(a in nhwc for a in node.args if isinstance(a, torch.fx.Node)):
+            if not _channels_last_ok(node):
+                what = getattr(node.target, "__name__", node.target)
+                raise EdgeSparseError(f"node {node.name}{_in(node)} ({node.op} {what}): no latency class for it on a "
+                                      f"channels-last (permuted) feature map: LayerNorm, Linear, activations, add "
+                                      f"and multiply are priced there")
+            ins = nchw(ins) if src in nhwc else ins
+            if len(out) == 4:
+                nhwc.add(node)
+                out = nchw(out)
         if not out and not (node.op == "call_method" and node.target in _SPLIT_METHODS) and \
                 not (node.op == "call_function" and node.target in _SPLIT_FUNCS):
             continue  # a shape read, a comparison, an assert: no tensor, no op
@@ -380,10 +410,9 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             if isinstance(m, nn.Conv2d):
                 conv(node, node.target, ins, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups)
             elif isinstance(m, nn.Linear):
-                if len(ins) != 2:
-                    raise EdgeSparseError(f"layer {node.target}: a Linear on a {len(ins)}-d input (channels-last blocks) "
-                                          f"is not priced; only the classifier's Linear on (N, features) is")
-                emit(node, Op("fc", 1, 1, m.in_features, m.out_features, name=node.target))
+                emit(node, _linear(node.target, ins, src in nhwc, m.in_features, m.out_features))
+            elif isinstance(m, nn.LayerNorm):
+                emit(node, _layer_norm(node.target, ins, src in nhwc, m.normalized_shape))
             elif isinstance(m, nn.AdaptiveAvgPool2d):
                 if tuple(out[2:]) != (1, 1):
                     raise EdgeSparseError(f"layer {node.target}: adaptive pooling to {out[2:]} is not priced "
@@ -425,7 +454,15 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
                 producer[node] = producer[src]
         elif node.op == "call_function" and node.target in _MUL:
             a, b = (_shape(x) for x in node.args[:2])
-            if len(a) == 4 and len(b) == 4 and a != b:  # x * gate, the gate (N, C, 1, 1): the SE's broadcast MUL
+            other = next((x for x in node.args[:2] if isinstance(x, torch.fx.Node) and x.op != "get_attr"), None)
+            scaled = producer.get(other)
+            if any(isinstance(x, torch.fx.Node) and x.op == "get_attr" for x in node.args[:2]) and scaled is not None \
+                    and ops[scaled].kind in ("conv", "dwconv", "fc") and ops[scaled].act == "none" \
+                    and len(other.users) == 1:
+                # a layer scale (a per-channel parameter) times a conv's or Linear's output: onnx2tf folds it into
+                # that layer's weights (ConvNeXt's, measured), no MUL is left
+                producer[node] = scaled
+            elif len(a) == 4 and len(b) == 4 and a != b:  # x * gate, the gate (N, C, 1, 1): the SE's broadcast MUL
                 emit(node, Op("mulc", out[2], out[3], out[1], out[1], name=node.name))
             elif a and b:
                 sig = producer.get(_sigmoid_arg(node))  # x * sigmoid(x) written out: a SiLU's MUL
@@ -470,7 +507,9 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             conv(node, node.name, ins, wshape[0], k, pair(st), p if isinstance(p, str) else pair(p), pair(d), groups)
         elif node.op == "call_function" and node.target in (F.linear,):
             wshape = _shape(node.args[1])
-            emit(node, Op("fc", 1, 1, wshape[1], wshape[0], name=node.name))
+            emit(node, _linear(node.name, ins, src in nhwc, wshape[1], wshape[0]))
+        elif node.op == "call_function" and node.target is F.layer_norm:
+            emit(node, _layer_norm(node.name, ins, src in nhwc, _arg(node, 1, "normalized_shape")))
         elif node.op == "call_function" and node.target in (F.max_pool2d, F.avg_pool2d):
             k = _arg(node, 1, "kernel_size")
             st = _arg(node, 2, "stride") or k
@@ -504,6 +543,62 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
     return ops
 
 
+def _permutation(node) -> Optional[tuple]:
+    """The dims of a permute (or of a two-dim transpose, as a full permutation) of a 4-d tensor; None otherwise."""
+    if not ((node.op == "call_method" and node.target in _TRANSPOSE_METHODS) or
+            (node.op == "call_function" and node.target in _TRANSPOSE_FUNCS)):
+        return None
+    args = [a for a in node.args[1:]]
+    if "dims" in node.kwargs:
+        args = [node.kwargs["dims"]]
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = list(args[0])
+    if not all(isinstance(a, int) for a in args):
+        return None
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    if name == "transpose" and len(args) == 2:
+        p = [0, 1, 2, 3]
+        a, b = (x % 4 for x in args)
+        p[a], p[b] = p[b], p[a]
+        return tuple(p)
+    return tuple(a % 4 for a in args) if len(args) == 4 else None
+
+
+def _channels_last_ok(node) -> bool:
+    """Whether `node` may read a channels-last feature map (the ops of a ConvNeXt block between its two permutes)."""
+    if node.op == "call_module":
+        m = node.graph.owning_module.get_submodule(node.target)
+        return isinstance(m, (nn.LayerNorm, nn.Linear, nn.Dropout, nn.Identity)) or \
+            any(isinstance(m, t) for t, _ in _ACT_MODULES) or _act_of(node) is not None
+    if node.op == "call_function":
+        return node.target in (F.layer_norm, F.linear, F.dropout, operator.add, torch.add, operator.iadd, *_MUL) or \
+            node.target in _ACT_FUNCS or _act_of(node) is not None or \
+            getattr(node.target, "__name__", "") in _IDENTITY_IN_EVAL or node.target in _TRANSPOSE_FUNCS
+    return node.op == "call_method" and (node.target in _ACT_METHODS or node.target in ("contiguous", "mul", "add")
+                                         or node.target in _TRANSPOSE_METHODS or _act_of(node) is not None)
+
+
+def _linear(name: str, ins: tuple, channels_last: bool, cin: int, cout: int) -> Op:
+    """A Linear: FULLY_CONNECTED on (N, features), or on every pixel of a channels-last feature map (ConvNeXt)."""
+    if len(ins) == 2:
+        return Op("fc", 1, 1, cin, cout, name=name)
+    if len(ins) == 4 and channels_last:
+        return Op("fc", ins[2], ins[3], cin, cout, name=name)
+    raise EdgeSparseError(f"layer {name}: a Linear on a {len(ins)}-d input is not priced (only on (N, features) and on "
+                          f"a channels-last feature map)")
+
+
+def _layer_norm(name: str, ins: tuple, channels_last: bool, normalized_shape) -> Op:
+    """A LayerNorm over the channels of a channels-last feature map (ConvNeXt's, timm's LayerNorm2d), which onnx2tf
+    writes as ten int8 ops (MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, three MULs, SUB, ADD): one op here."""
+    shape = tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) else (normalized_shape,)
+    if not (len(ins) == 4 and channels_last and len(shape) == 1 and shape[0] == ins[1]):
+        raise EdgeSparseError(f"layer {name}: a LayerNorm over {shape} of a {len(ins)}-d "
+                              f"{'channels-last ' if channels_last else ''}tensor is not priced (only over the channels "
+                              f"of a channels-last feature map)")
+    return Op("layernorm", ins[2], ins[3], ins[1], ins[1], name=name)
+
+
 def conv2d_kind(filter_shape, cin: int) -> tuple[str, int]:
     """A TFLite CONV_2D's kind and groups from its (out, kh, kw, in / groups) filter and input channels. A conv in
     `cin` groups of one channel is a depthwise conv: onnx2tf writes one so after a residual add, and XNNPACK runs it
@@ -528,12 +623,27 @@ def tflite_ops(path: Path | str) -> list[Op]:
     origin: dict[int, int] = {}  # a tensor a shape-only op (QUANTIZE, RESHAPE, ...) made -> the tensor it came from
     sigmoid_of: dict[int, int] = {}  # a LOGISTIC's output -> its input (both through `origin`)
     src = lambda i: origin.get(i, i)  # noqa: E731
+    const = lambda i: model.buffers[sub.tensors[i].buffer].data is not None  # noqa: E731 (weights, constants)
+    norm: set[int] = set()  # tensors inside a LayerNorm's ops: its input, and what its ten ops compute from it
     for op in sub.operators:
         code = model.operatorCodes[op.opcodeIndex]
         name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
         if name in TFLITE_FREE:
             if len(op.inputs) and len(op.outputs) == 1:
                 origin[op.outputs[0]] = src(op.inputs[0])
+            continue
+        live = [src(i) for i in op.inputs if i >= 0 and not const(i)]
+        if name in _LAYER_NORM_OPS and live and all(i in norm for i in live) and \
+                (name != "MEAN" or shape(op.outputs[0])[-1] == 1):  # (a spatial MEAN after it is the pooling)
+            norm.update(src(o) for o in op.outputs)  # one of a LayerNorm's ops (`_layer_norm`): priced with it
+            continue
+        if any(i in norm for i in live):
+            norm = set()  # its output read by the next op: that LayerNorm is complete
+        if name == "MEAN" and len(shape(op.inputs[0])) == 4 and shape(op.inputs[0])[-1] > 1 \
+                and shape(op.outputs[0])[-1] == 1:  # a mean over the channels: a LayerNorm starts
+            x = shape(op.inputs[0])
+            out.append(Op("layernorm", int(x[1]), int(x[2]), int(x[3]), int(x[3])))
+            norm = {src(op.inputs[0]), *(src(o) for o in op.outputs)}
             continue
         if name == "LOGISTIC":
             sigmoid_of[op.outputs[0]] = src(op.inputs[0])
@@ -542,8 +652,9 @@ def tflite_ops(path: Path | str) -> list[Op]:
             raise EdgeSparseError(f"{path}: op {name} has no latency kind (known: {', '.join(sorted(TFLITE_KIND))})")
         x, y = shape(op.inputs[0]), shape(op.outputs[0])
         opts = op.builtinOptions
-        if kind == "fc":
-            out.append(Op("fc", 1, 1, int(x[-1]), int(y[-1])))
+        if kind == "fc":  # on (N, features), or on every pixel of a feature map (a channels-last Linear)
+            hw = (int(x[1]), int(x[2])) if len(x) == 4 and x[1:3] != (1, 1) else (1, 1)
+            out.append(Op("fc", *hw, int(x[-1]), int(y[-1])))
             continue
         if len(x) == 2:  # (N, C) elementwise: the classifier head's activations
             x, y = (x[0], 1, 1, x[1]), (y[0], 1, 1, y[1])

@@ -65,7 +65,7 @@ def priced_in_context(key: str) -> bool:
     """Whether a table entry keyed `key` was probed in context: a difference of two probes (its p90 a difference of two
     tails), not one probe's time, so the tail curve and the drift check leave it out."""
     parts = key.split(":")
-    return parts[0] in ("hardswish", "gelu") or (parts[0] == "mul" and parts[-1] == "silu")
+    return parts[0] in ("hardswish", "gelu", "layernorm") or (parts[0] == "mul" and parts[-1] == "silu")
 
 
 def build_probe(op: Op, seed: int = 0) -> bytes:
@@ -95,21 +95,33 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
     elif op.kind == "mean":
         fn = lambda x: tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # noqa: E731
     elif op.kind == "fc":
-        spec = [tf.TensorSpec([1, op.cin], tf.float32)]
         w = tf.constant(rng.standard_normal((op.cin, op.cout)).astype(np.float32) / np.sqrt(op.cin))
         b = tf.constant(rng.standard_normal(op.cout).astype(np.float32) * 0.1)
-        fn = lambda x: act(tf.matmul(x, w) + b)  # noqa: E731
+        if op.h * op.w == 1:
+            spec = [tf.TensorSpec([1, op.cin], tf.float32)]
+            fn = lambda x: act(tf.matmul(x, w) + b)  # noqa: E731
+        else:  # a Linear on every pixel of a channels-last feature map (ConvNeXt): FULLY_CONNECTED over H*W rows
+            fn = lambda x: act(tf.reshape(tf.matmul(tf.reshape(x, [-1, op.cin]), w) + b,  # noqa: E731
+                                          [1, op.h, op.w, op.cout]))
     elif op.kind in ("maxpool", "avgpool"):
         pool = tf.nn.max_pool2d if op.kind == "maxpool" else tf.nn.avg_pool2d
         fn = lambda x: pool(x, op.k, op.stride, pad)  # noqa: E731
     elif op.kind == "relu":  # also stands in for RELU_0_TO_1 (a hard-sigmoid's clamp), which the converter won't emit
         fn = tf.nn.relu
-    elif op.kind in ("hardswish", "gelu", "pwpair"):  # between two 1x1 convs (a pwpair: the two convs alone)
+    elif op.kind in ("hardswish", "gelu", "layernorm", "pwpair"):  # between two 1x1 convs (pwpair: the convs alone)
         w1, w2 = (tf.constant(rng.standard_normal((1, 1, op.cin, op.cin)).astype(np.float32) / np.sqrt(op.cin))
                   for _ in range(2))
+        gamma, beta = (tf.constant(rng.uniform(0.5, 1.5, op.cin).astype(np.float32)),
+                       tf.constant(rng.standard_normal(op.cin).astype(np.float32) * 0.1))
+
+        def layer_norm(y):  # over the channels, as onnx2tf writes an ONNX LayerNormalization (its ten ops)
+            mean = tf.reduce_mean(y, axis=-1, keepdims=True)
+            rg = tf.math.rsqrt(tf.reduce_mean(tf.math.squared_difference(y, mean), axis=-1, keepdims=True) + 1e-6) * gamma
+            return y * rg + (beta - mean * rg)
+
         # the converter fuses x * relu6(x + 3) / 6 into HARD_SWISH
         mid = {"hardswish": lambda y: y * tf.nn.relu6(y + 3.0) * (1.0 / 6.0), "pwpair": lambda y: y,
-               "gelu": lambda y: tf.nn.gelu(y, approximate=True)}[op.kind]
+               "gelu": lambda y: tf.nn.gelu(y, approximate=True), "layernorm": layer_norm}[op.kind]
         fn = lambda x: tf.nn.conv2d(mid(tf.nn.conv2d(x, w1, 1, "SAME")), w2, 1, "SAME")  # noqa: E731
     elif op.kind == "sigmoid":
         fn = tf.sigmoid
