@@ -147,16 +147,26 @@ class Allocator:
         self._touch = {g.name: [i for i, (ci, co) in enumerate(zip(self.cin_of, self.cout_of)) if g.name in ci
                                 or g.name in co] for g in self.groups}
         self._dropped: set[int] = set()  # ops of the blocks an allocation in progress has dropped: priced at 0
-        self.blocks, self.block_ops = [], {}
-        if block_images is not None:
-            for b in residual_blocks(self.dense, block_images):
+        self._block_images, self._blocks = block_images, None
+        self.block_ops: dict[str, list[int]] = {}  # block -> its ops' indices in `self.ops`
+        self._inside: dict[str, Optional[str]] = {}  # group -> the block all its ops lie in (it goes with the block)
+
+    @property
+    def blocks(self) -> list:
+        """The residual blocks that can be dropped whole, found on `block_images` the first time they are needed (an
+        allocation the widths alone meet never looks for them)."""
+        if self._blocks is None:
+            self._blocks = []
+            for b in residual_blocks(self.dense, self._block_images) if self._block_images is not None else []:
                 ops = self._ops_of_block(b.name)
                 if ops:
-                    self.blocks.append(b)
+                    self._blocks.append(b)
                     self.block_ops[b.name] = ops
-        # a group all of whose ops lie inside a block goes with it (a residual stream through it does not)
-        self._inside = {g.name: next((b.name for b in self.blocks if set(self._touch[g.name]) <= set(self.block_ops[b.name])),
-                                     None) for g in self.groups}
+            # a group all of whose ops lie inside a block goes with it (a residual stream through it does not)
+            self._inside = {g.name: next((b.name for b in self._blocks
+                                          if set(self._touch[g.name]) <= set(self.block_ops[b.name])), None)
+                            for g in self.groups}
+        return self._blocks
 
     def _ops_of_block(self, name: str) -> list[int]:
         """Indices in `self.ops` of the ops that go when block `name` is dropped: the model without it has the same

@@ -170,12 +170,14 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
     blocks_on = to_tensor(splits.train.images(range(min(32, len(splits.train)))), splits.mean, splits.std)
     al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity,
                    taylor_batch=taylor_batch, criterion=criterion, block_images=blocks_on)
-    narrowest = al.narrowest()  # the fastest network the allocator can make
-    if al.blocks:
-        widths_only = al.price({g.name: g.min_keep for g in al.groups})
-        log(f"  depth: {len(al.blocks)} residual blocks can be dropped whole ({', '.join(b.name for b in al.blocks[:4])}"
-            f"{', ...' if len(al.blocks) > 4 else ''}), only where the narrowest widths (p90 {widths_only['p90']:.4g} ms) "
-            f"miss the budget")
+    narrowest = al.price({g.name: g.min_keep for g in al.groups})  # the fastest network of these depths
+    depth = ""
+    if narrowest["p90"] > budget and al.blocks:  # then residual blocks may go whole
+        log(f"  depth: the narrowest widths predict {narrowest['p90']:.4g} ms, over the budget; {len(al.blocks)} "
+            f"residual blocks can be dropped whole ({', '.join(b.name for b in al.blocks[:4])}"
+            f"{', ...' if len(al.blocks) > 4 else ''})")
+        narrowest = al.narrowest()
+        depth = f" (with all {len(al.blocks)} droppable residual blocks dropped)"
     tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
     seen: set = set()
 
@@ -237,8 +239,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         raise BudgetError(
             f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "
             f"({target.describe_budget()}{f', less a {pricer.margin:.0%} margin for prediction error' if pricer.margin else ''}); "
-            f"{why}the narrowest allowed widths predict {narrowest['p90']:.4g} ms"
-            f"{f' (with all {len(al.blocks)} droppable residual blocks dropped)' if al.blocks else ''} and the dense model "
+            f"{why}the narrowest allowed widths predict {narrowest['p90']:.4g} ms{depth} and the dense model "
             f"{dense_c.predicted_p90_ms:.4g} ms; relax the budget in {target.path} or use a smaller --model")
     chosen, res = max(feasible, key=lambda t: (t[0].val_acc_pruned, -t[0].predicted_p90_ms))
     return chosen, res, [c for c, _ in tried]
