@@ -209,7 +209,9 @@ def profile(model: nn.Module, example_input: torch.Tensor) -> list[LayerStat]:
         if isinstance(m, nn.Conv2d):
             k = m.kernel_size[0] * m.kernel_size[1]
             macs = out.shape[2] * out.shape[3] * m.out_channels * (m.in_channels // m.groups) * k
-            kind = "dwconv" if m.groups > 1 and m.groups == m.in_channels else "conv"
+            # a conv of one input channel per group with more outputs (FastViT's 48 -> 96 downsample) is grouped: onnx2tf
+            # writes it as a CONV_2D, not a depthwise conv
+            kind = "dwconv" if m.groups > 1 and m.groups == m.in_channels == m.out_channels else "conv"
             stats.append(LayerStat(names[m], kind, m.in_channels, m.out_channels, p, int(macs)))
         else:
             stats.append(LayerStat(names[m], "linear", m.in_features, m.out_features, p, m.in_features * m.out_features))

@@ -159,6 +159,37 @@ def test_a_depthwise_conv_after_a_residual_add_is_linted_and_priced_as_depthwise
     assert sorted(map(strip, tflite_ops(res["tflite"])), key=repr) == sorted(map(strip, extract_ops(model, ex)), key=repr)
 
 
+class DepthMultiplier(nn.Module):
+    """FastViT's downsample: a conv of one input channel per group and two outputs per group (48 -> 96, groups 48).
+    onnx2tf writes it as a grouped CONV_2D (fastvit_t8's 7x7 and 3x3) or, as here, a DEPTHWISE_CONV_2D with a depth
+    multiplier; the torch side called it depthwise and the lint stopped fastvit_t8's export."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(c, 2 * c, 3, 2, 1, groups=c), nn.BatchNorm2d(2 * c), nn.ReLU())
+        self.fc = nn.Linear(2 * c, 10)
+
+    def forward(self, x):
+        return self.fc(self.down(self.stem(x)).mean((2, 3)))
+
+
+def test_a_conv_with_a_depth_multiplier_is_linted_and_priced_as_the_grouped_conv_it_exports_to(rgb, tmp_path):
+    from edge_sparse.latency.ops import extract_ops, tflite_ops
+    from edge_sparse.pruning import profile
+
+    torch.manual_seed(0)
+    model, ex = DepthMultiplier().eval(), torch.zeros(1, 3, SIZE, SIZE)
+    assert [s.kind for s in profile(model, ex)][:2] == ["conv", "conv"]
+    res = es.export(model, ex, calib=rgb["calib"], out=tmp_path, mean=rgb["mean"], std=rgb["std"])
+    rep = lint.lint(res["tflite"], profile(model, ex))
+    assert rep.channel_mismatch is None and ("conv", 16, 8) in rep.layers, (rep.channel_mismatch, rep.layers)
+    strip = lambda o: o.replace(act="none", name="")  # noqa: E731
+    ours = sorted(map(strip, extract_ops(model, ex)), key=repr)
+    assert ours == sorted(map(strip, tflite_ops(res["tflite"])), key=repr)
+    assert any(o.kind == "conv" and o.groups == 8 for o in ours)
+
+
 def test_bias_correction_steps_aside_with_a_note(tmp_path):
     """Where the correction cannot run, the int8 model is returned unchanged with one line saying why."""
     model = _net("tiny_grouped").eval()

@@ -77,8 +77,9 @@ def lint(path: Path, torch_layers: Optional[Sequence] = None) -> LintReport:
             floats.append(name)
         if name in WEIGHTED:
             w = g.Tensors(op.Inputs(1)).ShapeAsNumpy().tolist()
-            if name == "DEPTHWISE_CONV_2D":
-                layers.append(("dwconv", w[3], w[3]))
+            if name == "DEPTHWISE_CONV_2D":  # with a depth multiplier (out != in) it is a grouped conv in torch
+                cin = int(g.Tensors(op.Inputs(0)).ShapeAsNumpy()[-1])
+                layers.append(("dwconv", w[3], w[3]) if w[3] == cin else ("conv", w[3], cin))
             elif name == "CONV_2D":  # input channels from the input: a grouped conv's filter holds in / groups
                 cin = int(g.Tensors(op.Inputs(0)).ShapeAsNumpy()[-1])
                 kind, _ = conv2d_kind(w, cin)  # a conv in `cin` groups of one channel is depthwise

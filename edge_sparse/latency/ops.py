@@ -666,6 +666,8 @@ def tflite_ops(path: Path | str) -> list[Op]:
             k, s = int(wshape[1]), int(opts.strideH)
             if kind == "conv":
                 kind, groups = conv2d_kind(wshape, x[3])
+            elif int(y[-1]) != int(x[3]):  # a depth multiplier: priced as the grouped conv torch has (one input per group)
+                kind, groups = "conv", int(x[3])
         elif kind == "pad":
             k = int(y[1] - x[1]) + 1
         elif kind in ("maxpool", "avgpool"):
