@@ -375,6 +375,8 @@ class Allocator:
             p90, total = best[2], commit(best[3])
         self._dropped = set()
         r = self.price(keep, drop)
+        if drop:  # each block's ops were found alone; two neighbours gone may fuse otherwise: price what is built
+            r = self.pricer.predict_ops(extract_ops(self._pruned(keep, drop), self.example))
         return Allocation(scoring, {g: keep[g] for g in by}, r["p90"], r["p50"], tuple(drop))
 
     def _drop_one(self, drop: list, per: list, total: float, p90: float) -> Optional[str]:

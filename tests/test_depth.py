@@ -150,3 +150,37 @@ def test_no_blocks_without_images_and_none_in_a_plain_chain():
     chain = nn.Sequential(cbn(3, 16, s=2), nn.ReLU(), cbn(16, 16), nn.ReLU(), cbn(16, 16), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     assert residual_blocks(chain, torch.randn(4, 3, 32, 32)) == []  # a conv that keeps the shape is no block
+
+
+class Plain(nn.Module):
+    """x + bn(conv(x)) with no activation after the add: dropping two neighbours changes what fuses where."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.f = cbn(c, c)
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+class Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbn(3, 16, s=2)
+        self.blocks = nn.Sequential(Plain(16), Plain(16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+def test_an_allocation_that_drops_neighbours_is_priced_as_the_network_it_builds():
+    torch.manual_seed(0)
+    m, ex = Chain().eval(), torch.zeros(1, 3, 32, 32)
+    pr = _pricer(m, ex)
+    al = Allocator(m, ex, pr, 8, block_images=torch.randn(8, 3, 32, 32))
+    assert [b.name for b in al.blocks] == ["blocks.0", "blocks.1"]
+    a = al.allocate(al.narrowest()["p90"] * 1.001, "importance")  # only every block gone fits
+    assert a is not None and set(a.drop) == {"blocks.0", "blocks.1"}
+    res = al.apply(a)
+    assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)

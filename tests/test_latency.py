@@ -815,6 +815,27 @@ def test_ops_that_cost_otherwise_in_a_model_are_probed_in_context_and_priced_les
     assert hs.key not in LatencyTable.from_timings(suite, {"timings": timings}, {"source": "measured"}).entries
 
 
+def test_a_layer_scale_folds_only_into_the_sole_reader_of_a_layer_and_only_per_channel():
+    """A per-channel parameter times a conv's output folds into the conv's weights (onnx2tf leaves no MUL); a conv read
+    twice, or a parameter that is not per channel, leaves a MUL that is priced."""
+    c = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, shape, twice=False):
+            super().__init__()
+            self.c, self.g, self.twice = c, torch.nn.Parameter(torch.ones(shape)), twice
+            self.drop = torch.nn.Dropout()
+
+        def forward(self, x):
+            y = self.c(x)
+            return ((y + self.g * self.drop(y)) if self.twice else self.g * self.drop(y)).mean((2, 3))
+
+    kinds = lambda m: [o.kind for o in extract_ops(m.eval(), torch.zeros(1, 3, 8, 8))]  # noqa: E731
+    assert kinds(Scaled((8, 1, 1))) == ["conv", "mean"]
+    assert "mul" in kinds(Scaled((8, 1, 1), twice=True))
+    assert "mul" in kinds(Scaled((1, 8, 8, 8)))
+
+
 def test_a_layer_norm_and_a_linear_per_pixel_get_probes_that_read_back_as_themselves(tmp_path):
     """ConvNeXt's channels-last ops: a LayerNorm over the channels (ten int8 ops XNNPACK leaves to the builtin kernels)
     is probed between two 1x1 convs and priced less them; a Linear on every pixel is a FULLY_CONNECTED on H*W rows."""

@@ -17,6 +17,7 @@ width choices; tracing takes milliseconds. Channel pruning changes widths, never
 """
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -382,7 +383,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
                 if src in producer:
                     producer[node] = producer[src]
                 continue
-        if any(a in nhwc for a in node.args if isinstance(a, torch.fx.Node)):
+        if any(a in nhwc for a in node.all_input_nodes):  # (inside a list or a keyword too)
             if not _channels_last_ok(node):
                 what = getattr(node.target, "__name__", node.target)
                 raise EdgeSparseError(f"node {node.name}{_in(node)} ({node.op} {what}): no latency class for it on a "
@@ -455,10 +456,11 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         elif node.op == "call_function" and node.target in _MUL:
             a, b = (_shape(x) for x in node.args[:2])
             other = next((x for x in node.args[:2] if isinstance(x, torch.fx.Node) and x.op != "get_attr"), None)
+            param = next((x for x in node.args[:2] if isinstance(x, torch.fx.Node) and x.op == "get_attr"), None)
             scaled = producer.get(other)
-            if any(isinstance(x, torch.fx.Node) and x.op == "get_attr" for x in node.args[:2]) and scaled is not None \
-                    and ops[scaled].kind in ("conv", "dwconv", "fc") and ops[scaled].act == "none" \
-                    and len(other.users) == 1:
+            if param is not None and scaled is not None and ops[scaled].kind in ("conv", "dwconv", "fc") \
+                    and ops[scaled].act == "none" and _sole_reader(other, producer) \
+                    and math.prod(_shape(param)) == ops[scaled].cout:
                 # a layer scale (a per-channel parameter) times a conv's or Linear's output: onnx2tf folds it into
                 # that layer's weights (ConvNeXt's, measured), no MUL is left
                 producer[node] = scaled
@@ -564,6 +566,20 @@ def _permutation(node) -> Optional[tuple]:
     return tuple(a % 4 for a in args) if len(args) == 4 else None
 
 
+def _sole_reader(node, producer: dict) -> bool:
+    """Whether `node`'s value reaches its reader alone: every node from the op that made it (through permutes, views,
+    dropout) has one user, so a scale on it can fold into that op's weights."""
+    i = producer.get(node)
+    while node is not None and producer.get(node) == i:
+        if len(node.users) != 1:
+            return False
+        prev = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        if prev is None or producer.get(prev) != i:
+            return True
+        node = prev
+    return True
+
+
 def _channels_last_ok(node) -> bool:
     """Whether `node` may read a channels-last feature map (the ops of a ConvNeXt block between its two permutes)."""
     if node.op == "call_module":
@@ -574,7 +590,7 @@ def _channels_last_ok(node) -> bool:
         return node.target in (F.layer_norm, F.linear, F.dropout, operator.add, torch.add, operator.iadd, *_MUL) or \
             node.target in _ACT_FUNCS or _act_of(node) is not None or \
             getattr(node.target, "__name__", "") in _IDENTITY_IN_EVAL or node.target in _TRANSPOSE_FUNCS
-    return node.op == "call_method" and (node.target in _ACT_METHODS or node.target in ("contiguous", "mul", "add")
+    return node.op == "call_method" and (node.target in _ACT_METHODS or node.target == "contiguous"
                                          or node.target in _TRANSPOSE_METHODS or _act_of(node) is not None)
 
 

@@ -34,8 +34,9 @@ from edge_sparse.latency.ops import Op
 
 TABLE_FORMAT = "edge_sparse.latency_table/1"
 ONE_WIDTH = {"dwconv", "pwpair", "pad", "add", "mean", "maxpool", "avgpool", "relu", "hardswish", "sigmoid", "gelu", "mul", "mulc",
-             "concat", "split", "slice", "shuffle"}
+             "concat", "split", "slice", "shuffle", "layernorm"}
 GRID_POINTS = 8
+_CLAMPS = ("none", "relu", "relu6")  # fused activations XNNPACK applies in the op's own kernel
 
 
 def grid(max_c: int, multiple: int, points: int = GRID_POINTS) -> list[int]:
@@ -192,6 +193,10 @@ class LatencyTable:
         if v is not None:
             return float(v[q])
         pts = self._families().get(op.family)
+        if not pts and op.act in _CLAMPS and op.kind in ("conv", "dwconv", "add", "fc"):
+            # a ReLU / ReLU6 fused where the table's probes have another clamp or none (a residual block dropped
+            # whole lets the next ReLU fuse into the op before it): XNNPACK clamps in the same kernel, at no cost
+            pts = next((p for p in (self._families().get(op.replace(act=a).family) for a in _CLAMPS) if p), None)
         if not pts:
             raise EdgeSparseError(f"the latency table {self.path or ''} has no probes for {op.key} "
                                   f"({op.name or op.kind}); profile this architecture first")
