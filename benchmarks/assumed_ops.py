@@ -34,7 +34,8 @@ from edge_sparse.latency.table import LatencyTable
 OUT = Path(__file__).resolve().parent / "assumed_ops.json"
 SHAPES = [(56, 16), (28, 32), (28, 64), (14, 96), (14, 128), (7, 256), (7, 576)]  # (side, channels): mobile nets'
 TAG = "assumed-ops"
-KINDS = ["hardswish", "sigmoid", "gelu", "relu", "mul", "mulc", "concat", "slice", "shuffle", "layernorm"]
+KINDS = ["hardswish", "sigmoid", "gelu", "relu", "mul", "mulc", "concat", "slice", "shuffle", "layernorm",
+         "avgpool"]  # NB201's 3x3 average pooling: the per-byte anchor where a device fit gives ADD no cost
 
 
 def ops() -> list[Op]:
@@ -42,7 +43,7 @@ def ops() -> list[Op]:
     for side, c in SHAPES:
         out.append(Op("add", side, side, c, c))
         for k in KINDS:
-            out.append(Op(k, side, side, c, c, groups=2 if k == "shuffle" else 1))
+            out.append(Op(k, side, side, c, c, k=3 if k == "avgpool" else 1, groups=2 if k == "shuffle" else 1))
     return out
 
 

@@ -190,6 +190,28 @@ def test_estimate_targets_use_the_fit_and_keep_its_error_free(name):
     assert c1.macs == c3.macs and est.op_ms(c1) != pytest.approx(est.op_ms(c3))
 
 
+@pytest.mark.parametrize("name", ["rpi4", "android-arm64"])
+def test_ops_the_reference_lacks_are_never_free_on_a_device_estimate(name):
+    """The elementwise ops of mobile classifiers are priced per byte at their host-measured cost relative to ADD. The
+    Pi 4 fit gives ADD no cost of its own (NB201's ADDs are collinear with its convs): there the anchor is the fitted
+    pooling per byte, scaled by pooling's own measured ratio; before, every hard-swish, SE gate and concat of a Pi 4
+    estimate cost 0. A Linear on every pixel (ConvNeXt) is priced as the 1x1 conv it computes, and named."""
+    from edge_sparse.latency import estimate
+    from edge_sparse.latency.ops import Op
+    from edge_sparse.latency.predict import priced_by_assumption
+    from edge_sparse.targets import load_target
+
+    est = estimate.load(load_target(name))
+    ops = [Op(k, 24, 24, 96, 96) for k in ("hardswish", "gelu", "mulc", "concat", "layernorm", "relu")]
+    assert all(est.op_ms(o) > 0 for o in ops), {o.kind: est.op_ms(o) for o in ops}
+    hs, cat = ops[0], ops[3]  # per byte, as their host ratios say
+    r = est.ratios
+    assert est.op_ms(hs) / est.op_ms(cat) == pytest.approx(r["hardswish"] / r["concat"] * (2 * 24 * 24 * 96) / (2 * 24 * 24 * 96))
+    fc, pw = Op("fc", 24, 24, 96, 384, name="mlp.fc1"), Op("conv", 24, 24, 96, 384)
+    assert fc.cls() == "fcmap" and est.op_ms(fc) == pytest.approx(est.op_ms(pw)) and est.op_ms(fc) > 0
+    assert priced_by_assumption([fc, hs]) == {"fcmap": ["mlp.fc1"], "hardswish": ["hardswish"]}
+
+
 def test_a_fit_beyond_the_sanity_bound_is_refused(tmp_path):
     from edge_sparse.latency import estimate
 

@@ -38,6 +38,7 @@ FIT_FORMAT = "edge_sparse.device_fit/1"
 # ADD they are memory-bound int8 loops over their tensors (benchmarks/assumed_ops.py measures the rule's error on
 # the host table, where every op is measured); a grouped conv as a 3x3 conv per MAC and byte.
 FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3", "gconv": "conv3x3",
+            "fcmap": "conv1x1",  # a Linear on every pixel (ConvNeXt): the GEMM of a 1x1 conv over the same pixels
             **{k: "add" for k in ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle",
                                   "layernorm")}}
 BY_ASSUMPTION = tuple(FALLBACK)
@@ -74,6 +75,10 @@ def op_features(op: Op) -> dict[str, float]:
     return f
 
 
+def _mbytes(op: Op) -> float:
+    return next(v for k, v in op_features(op).items() if k.endswith(".mbytes"))
+
+
 def mobilenet_v2_224() -> list[Op]:
     """MobileNetV2-1.0 at 224x224x3 (Sandler et al. 2018, table 2) as int8 ops: the anchor network."""
     ops = [Op("conv", 224, 224, 3, 32, 3, 2, "relu6")]
@@ -107,8 +112,15 @@ class FittedEstimate:
     ratios: dict = field(default_factory=dict)  # op kind -> cost per byte relative to ADD's (assumed_ratios)
 
     def _raw(self, op: Op) -> float:
-        if FALLBACK.get(op.cls()) == "add":
-            return self._raw_features(op) * self.ratios.get(op.kind, 1.0)
+        if FALLBACK.get(op.cls()) == "add":  # ADD's cost per byte, times the op's measured ratio to it
+            byte = self.factors.get("add.mbytes", 0.0)
+            if not byte and self.factors.get("pool.mbytes"):
+                # the fit left ADD no cost of its own (the Pi 4's: NB201's ADDs are collinear with its convs, and the
+                # fit folded them in; a fitted ReLU or MUL factor is 0 on both devices for the same reason): anchor
+                # on the fitted pooling per byte instead, an int8 loop over a tensor as well, scaled by pooling's
+                # own cost relative to ADD's measured on the host
+                byte = self.factors["pool.mbytes"] / self.ratios.get("avgpool", 1.0)
+            return byte * _mbytes(op) * self.ratios.get(op.kind, 1.0)
         return self._raw_features(op)
 
     def _raw_features(self, op: Op) -> float:

@@ -121,14 +121,16 @@ class Op:
         return self.stride > 1 and not self.same and self.kind in ("conv", "dwconv", "maxpool", "avgpool")
 
     def cls(self) -> str:
-        """Coarse op class, for per-class device factors: conv1x1 | conv3x3 | convkxk | gconv | dwconv | fc | add |
-        pool | mean | pad | relu, or the kind itself for the mobile ops (hardswish, sigmoid, mul, concat, ...)."""
+        """Coarse op class, for per-class device factors: conv1x1 | conv3x3 | convkxk | gconv | dwconv | fc | fcmap (a
+        Linear per pixel) | add | pool | mean | pad | relu, or the kind itself for the mobile ops (hardswish, ...)."""
         if self.kind == "conv":
             if self.groups > 1:
                 return "gconv"
             return "conv1x1" if self.k == 1 else ("conv3x3" if self.k == 3 else "convkxk")
         if self.kind in ("maxpool", "avgpool"):
             return "pool"
+        if self.kind == "fc" and self.h * self.w > 1:
+            return "fcmap"
         return self.kind
 
     def replace(self, **kw) -> "Op":
