@@ -844,7 +844,8 @@ def test_a_layer_norm_and_a_linear_per_pixel_get_probes_that_read_back_as_themse
     ln, fc = Op("layernorm", 6, 6, 24, 24), Op("fc", 6, 6, 24, 40)
     assert probes.priced_in_context(ln.key) and probes.baseline(ln) == Op("pwpair", 6, 6, 24, 24)
     assert fc.macs == 6 * 6 * 24 * 40 and (fc.out_h, fc.out_w) == (6, 6) and Op("fc", 1, 1, 24, 40).macs == 960
-    for op, kinds in ((ln, ["conv", "layernorm", "conv"]), (fc, ["fc"])):
+    # and a TRANSPOSE, which onnx2tf writes around some GELUs (FastViT's): read back from a .tflite, it is priced
+    for op, kinds in ((ln, ["conv", "layernorm", "conv"]), (fc, ["fc"]), (Op("transpose", 6, 6, 24, 24), ["transpose"])):
         (tmp_path / "p.tflite").write_bytes(probes.build_probe(op))
         assert [o.kind for o in tflite_ops(tmp_path / "p.tflite")] == kinds
         assert [o.key for o in tflite_ops(tmp_path / "p.tflite") if o.kind == op.kind] == [op.key]

@@ -40,7 +40,7 @@ FIT_FORMAT = "edge_sparse.device_fit/1"
 FALLBACK = {"dwconv": "conv3x3", "convkxk": "conv3x3", "gconv": "conv3x3",
             "fcmap": "conv1x1",  # a Linear on every pixel (ConvNeXt): the GEMM of a 1x1 conv over the same pixels
             **{k: "add" for k in ("relu", "hardswish", "sigmoid", "gelu", "mul", "mulc", "concat", "split", "slice", "shuffle",
-                                  "layernorm")}}
+                                  "layernorm", "transpose")}}
 BY_ASSUMPTION = tuple(FALLBACK)
 # Per byte, those ops do not cost what ADD costs: several run outside XNNPACK (TFLite's builtin int8 kernels) or do
 # more work per element. Their measured cost relative to ADD's per-byte cost on an x86 host (benchmarks/assumed_ops.py,

@@ -142,6 +142,8 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
         fn = lambda x: x[:, :, :, op.cin:]  # noqa: E731
     elif op.kind == "split":
         fn = lambda x: tuple(tf.split(x, 2, 3))  # noqa: E731
+    elif op.kind == "transpose":  # NHWC -> NCHW, the layout change onnx2tf writes around some ops
+        fn = lambda x: tf.transpose(x, [0, 3, 1, 2])  # noqa: E731
     elif op.kind == "shuffle":  # a channel shuffle as the exporter writes it: a GATHER of the channels
         g = max(2, op.groups)
         perm = tf.constant(np.arange(op.cin).reshape(g, op.cin // g).T.reshape(-1).astype(np.int32))

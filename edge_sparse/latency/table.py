@@ -34,7 +34,7 @@ from edge_sparse.latency.ops import Op
 
 TABLE_FORMAT = "edge_sparse.latency_table/1"
 ONE_WIDTH = {"dwconv", "pwpair", "pad", "add", "mean", "maxpool", "avgpool", "relu", "hardswish", "sigmoid", "gelu", "mul", "mulc",
-             "concat", "split", "slice", "shuffle", "layernorm"}
+             "concat", "split", "slice", "shuffle", "layernorm", "transpose"}
 GRID_POINTS = 8
 _CLAMPS = ("none", "relu", "relu6")  # fused activations XNNPACK applies in the op's own kernel
 
