@@ -7,8 +7,6 @@ as torchvision's ResNet and RegNet write it), a stage of such blocks, a projecti
 residual block whose branch ends in a GELU MLP behind a BatchNorm'd conv (FastViT's)."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn as nn
@@ -16,11 +14,9 @@ import torch.nn as nn
 from edge_sparse import models
 from edge_sparse.allocate import Allocator
 from edge_sparse.errors import EdgeSparseError
-from edge_sparse.latency.ops import extract_ops
-from edge_sparse.latency.predict import Pricer
-from edge_sparse.latency.table import LatencyTable, grid_ops
 from edge_sparse.pruning import drop_blocks, replay, residual_blocks
-from edge_sparse.targets import load_target
+
+from _tables import synthetic_pricer
 
 
 def cbn(i, o, k=3, s=1, g=1):
@@ -86,16 +82,7 @@ def _net():
 
 def _pricer(m, ex):
     """A deterministic 'measured' table: 2 us per op + 1 ns per MAC + 0.2 ns per activation element."""
-    t = dataclasses.replace(load_target("rpi4"), channel_multiple=8)
-    ops = grid_ops(extract_ops(m, ex), 8, 3, 10)
-    entries = {}
-    for o in ops:
-        ms = 2e-3 + o.macs * 1e-6 + o.h * o.w * o.cin * 2e-7
-        entries[o.replace(name="").key] = {"p50": ms, "p90": ms * 1.1}
-    table = LatencyTable({}, {"p50": 0.01, "p90": 0.012}, entries)
-    pr = Pricer(t, "measured", {}, table)
-    pr.dense_p90_ms = pr.predict_ops(extract_ops(m, ex))["p90"]
-    return pr
+    return synthetic_pricer(m, ex, fixed_in=3, per_op=2e-3, per_elem=2e-7, overhead=(0.01, 0.012))
 
 
 def test_residual_blocks_are_the_modules_that_pass_their_input_through_when_silenced():

@@ -8,7 +8,6 @@ so its top-1 answers have margins worth comparing, then is exported; the int8 ar
 on held-out images."""
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import numpy as np
@@ -314,9 +313,8 @@ def test_convnext_blocks_are_priced_as_their_tflite_ops_and_prune_through_layer_
     full-integer with parity."""
     from edge_sparse.allocate import Allocator
     from edge_sparse.latency.ops import extract_ops, tflite_ops
-    from edge_sparse.latency.predict import Pricer
-    from edge_sparse.latency.table import LatencyTable, grid_ops
-    from edge_sparse.targets import load_target
+
+    from _tables import synthetic_pricer
 
     torch.manual_seed(0)
     model = _train(ConvNeXtStage(), rgb)
@@ -324,13 +322,7 @@ def test_convnext_blocks_are_priced_as_their_tflite_ops_and_prune_through_layer_
     ops = extract_ops(model, ex)
     assert [o.kind for o in ops].count("layernorm") == 4 and "mul" not in [o.kind for o in ops]
     assert [o.key for o in ops if o.kind == "fc"][:2] == ["fc:7x7:16>64:k1s1:none", "fc:7x7:64>16:k1s1:none"]
-    # a deterministic table on every width the allocator may choose
-    t = dataclasses.replace(load_target("rpi4"), channel_multiple=8)
-    entries = {o.replace(name="").key: {"p50": 1e-3 + o.macs * 1e-6 + o.h * o.w * o.cin * 1e-6,
-                                        "p90": 1.1 * (1e-3 + o.macs * 1e-6 + o.h * o.w * o.cin * 1e-6)}
-               for o in grid_ops(ops, 8, 3, 10)}
-    pr = Pricer(t, "measured", {}, LatencyTable({}, {"p50": 0.01, "p90": 0.012}, entries))
-    pr.dense_p90_ms = pr.predict_ops(ops)["p90"]
+    pr = synthetic_pricer(model, ex, fixed_in=3, per_elem=1e-6, overhead=(0.01, 0.012))  # every width the allocator may choose
     al = Allocator(model, ex, pr, 8)
     # the stream (rooted where Torch-Pruning roots it), both hidden widths and the downsample's outputs
     assert {"blocks.0.pw1", "blocks.1.pw1", "down.1"} <= {g.name for g in al.groups} and len(al.groups) == 4, al.groups

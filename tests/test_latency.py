@@ -16,9 +16,10 @@ from edge_sparse import models
 from edge_sparse.errors import BudgetError, EdgeSparseError
 from edge_sparse.latency import percentiles
 from edge_sparse.latency.ops import Op, extract_ops, tflite_ops
-from edge_sparse.latency.predict import Pricer
 from edge_sparse.latency.table import LatencyTable, grid, grid_ops
 from edge_sparse.targets import load_target
+
+from _tables import synthetic_pricer, synthetic_table
 
 
 def _tiny(name="tiny_resnet", shape=(1, 28, 28)):
@@ -32,13 +33,9 @@ def _tiny(name="tiny_resnet", shape=(1, 28, 28)):
 
 def _synthetic_table(ops, threads=1) -> LatencyTable:
     """A deterministic 'measured' table: 1 us per op + 1 ns per MAC + 0.1 ns per activation element."""
-    entries = {}
-    for o in ops:
-        ms = 1e-3 + o.macs * 1e-6 + o.h * o.w * o.cin * 1e-7
-        entries[o.replace(name="").key] = {"p50": ms, "p90": ms * 1.1}
     prov = {"source": "measured", "device": "test", "cpu": "synthetic", "runtime": "tflite",
             "runtime_version": "test 1", "threads": threads, "date": "2026-12-01T00:00:00Z"}
-    return LatencyTable(prov, {"p50": 0.002, "p90": 0.0022}, entries)
+    return synthetic_table(ops, provenance=prov)
 
 
 # ------------------------------------------------------------------ ops
@@ -472,11 +469,7 @@ def test_relative_budget_resolves_against_the_dense_model():
 # ------------------------------------------------------------------ allocation
 
 def _pricer(m, ex, multiple=8):
-    t = dataclasses.replace(load_target("rpi4"), channel_multiple=multiple)
-    ops = extract_ops(m, ex)
-    pr = Pricer(t, "measured", {}, _synthetic_table(grid_ops(ops, multiple, 1, 10)))
-    pr.dense_p90_ms = pr.predict_ops(ops)["p90"]
-    return pr
+    return synthetic_pricer(m, ex, fixed_in=1, multiple=multiple)
 
 
 class _Fire(torch.nn.Module):
