@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks import publish
 from edge_sparse import _io
 from edge_sparse.latency import probes
-from edge_sparse.latency.estimate import RATIOS_PATH, op_features
+from edge_sparse.latency.estimate import RATIOS_PATH, op_mbytes
 from edge_sparse.latency.host import cpu_facts, provenance
 from edge_sparse.latency.ops import Op
 from edge_sparse.latency.table import LatencyTable
@@ -47,10 +47,6 @@ def ops() -> list[Op]:
     return out
 
 
-def _bytes(op: Op) -> float:
-    return next(v for k, v in op_features(op).items() if k.endswith(".mbytes"))
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -65,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         timings = probes.time_suite(suite_dir, threads=1, runs=200, rounds=5)
     table = LatencyTable.from_timings(suite, timings, provenance(1, "benchmarks/assumed_ops.py"))
     adds = [o for o in all_ops if o.kind == "add"]
-    x = np.array([_bytes(o) for o in adds])
+    x = np.array([op_mbytes(o) for o in adds])
     y = np.array([table.op_ms(o) for o in adds])
     per_mb = float(x @ y / (x @ x))  # ms per MB moved, through the origin
     rows = []
     for k in KINDS:
         errs = []
         for o in (o for o in all_ops if o.kind == k):
-            measured, rule = table.op_ms(o), per_mb * _bytes(o)
+            measured, rule = table.op_ms(o), per_mb * op_mbytes(o)
             errs.append({"shape": f"{o.h}x{o.w}x{o.cin}", "measured_us": round(measured * 1e3, 3),
                          "rule_us": round(rule * 1e3, 3), "measured_over_rule": round(measured / rule, 3) if rule else None})
         ratios = np.array([e["measured_over_rule"] for e in errs if e["measured_over_rule"]])

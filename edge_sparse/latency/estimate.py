@@ -75,7 +75,8 @@ def op_features(op: Op) -> dict[str, float]:
     return f
 
 
-def _mbytes(op: Op) -> float:
+def op_mbytes(op: Op) -> float:
+    """The MB an op moves, as its per-byte feature counts them (`op_features`)."""
     return next(v for k, v in op_features(op).items() if k.endswith(".mbytes"))
 
 
@@ -120,7 +121,7 @@ class FittedEstimate:
                 # on the fitted pooling per byte instead, an int8 loop over a tensor as well, scaled by pooling's
                 # own cost relative to ADD's measured on the host
                 byte = self.factors["pool.mbytes"] / self.ratios.get("avgpool", 1.0)
-            return byte * _mbytes(op) * self.ratios.get(op.kind, 1.0)
+            return byte * op_mbytes(op) * self.ratios.get(op.kind, 1.0)
         return self._raw_features(op)
 
     def _raw_features(self, op: Op) -> float:
