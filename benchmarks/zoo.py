@@ -3,9 +3,10 @@
 In:  the 20 models of edge_sparse/zoo_models.py (factories in benchmarks/zoo_factories.py; `make zoo-deps` first) and
      the registered mobilenetv3, mobilenetv2 and resnet8, untrained; an image folder made once from Fashion-MNIST
      (build/zoo-data: 28 -> 96 px, grey -> RGB, JPEG, 200 train + 50 test images per class).
-Out: per model and budget, `edge-sparse build --quick --image-size 96` in its own subprocess (timeout 25 min, output
-     under build/zoo/<model>/): shipped or the build's `error:` line, dense -> shipped MACs and params, predicted p90
-     against the shipped .tflite's p90 measured here (1 thread), int8 agreement, build time. Two budgets, relative to
+Out: per model and budget, `edge-sparse build --quick --image-size 96` in its own subprocess (timeout 25 min,
+     `--timeout-min` to change it; output under build/zoo/<model>/): shipped or the build's `error:` line, dense ->
+     shipped MACs and params, predicted p90 against the shipped .tflite's p90 measured here (1 thread), int8
+     agreement, build time. Two budgets, relative to
      each model's dense model: `rpi4:2x` (2x faster by the Pi 4 estimate) and `host:1.5x` (1.5x faster on this host's
      measured table); the profiles come from benchmarks.compare's targets directory. Both builds of a model share one
      stage cache (the training does not depend on the target). benchmarks/zoo.json is rewritten atomically after
@@ -109,7 +110,7 @@ def _why_not(log: str) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
-def build_one(model: str, budget: str, targets: Path) -> dict:
+def build_one(model: str, budget: str, targets: Path, timeout_s: int = TIMEOUT_S) -> dict:
     """One QUICK build in its own process group (killed whole on timeout), then the shipped .tflite timed here."""
     target = budget.replace(":", "-")
     where = OUT / model
@@ -124,7 +125,7 @@ def build_one(model: str, budget: str, targets: Path) -> dict:
         p = subprocess.Popen([sys.executable, "-m", "edge_sparse", *cmd], cwd=SRC, stdout=f, stderr=subprocess.STDOUT,
                              env={**os.environ, "EDGE_SPARSE_TARGETS": str(targets)}, start_new_session=True)
         try:
-            rc = p.wait(timeout=TIMEOUT_S)
+            rc = p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
@@ -133,7 +134,7 @@ def build_one(model: str, budget: str, targets: Path) -> dict:
     text = log.read_text(errors="replace")
     if rc is None:
         last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["(no output)"]
-        return {**row, "shipped": False, "why_not": f"timeout after {TIMEOUT_S // 60} min; last line: {last[0].strip()}"}
+        return {**row, "shipped": False, "why_not": f"timeout after {timeout_s // 60} min; last line: {last[0].strip()}"}
     if rc != 0:
         return {**row, "shipped": False, "exit": rc, "why_not": _why_not(text)}
     from edge_sparse.latency.predict import measure_latency
@@ -464,6 +465,8 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true", help="build nothing: the table from benchmarks/zoo.json")
     ap.add_argument("--retime", action="store_true",
                     help="build nothing: time every shipped bundle again, together, on this (quiet) machine")
+    ap.add_argument("--timeout-min", type=int, default=TIMEOUT_S // 60,
+                    help=f"minutes one build may run before it is killed and recorded as a timeout (default {TIMEOUT_S // 60})")
     a = ap.parse_args(argv)
     models = a.models.split(",") if a.models else list(ORDER)
     bad = [m for m in models if m not in ORDER]
@@ -491,7 +494,7 @@ def main(argv=None) -> int:
                 continue
             _log(f"{m} at {b} ...")
             t0 = time.time()
-            row = build_one(m, b, targets)
+            row = build_one(m, b, targets, a.timeout_min * 60)
             row.update(wall_s=round(time.time() - t0, 1), commit=commit[:10])
             _log(f"{m} at {b}: {'shipped' if row['shipped'] else row['why_not']} ({row['build_s']:.0f} s)")
             res["results"] = [r for r in res["results"] if _key(r) != (m, b)] + [row]
