@@ -499,8 +499,9 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
         elif (node.op == "call_method" and node.target in _TRANSPOSE_METHODS) or \
                 (node.op == "call_function" and node.target in _TRANSPOSE_FUNCS):
             if len(ins) != 5:
-                raise EdgeSparseError(f"node {node.name}{_in(node)}: no latency class for it: {node.target} of a {len(ins)}-d tensor (only the "
-                                      f"5-d transpose of a channel shuffle; channels-last blocks with LayerNorm are not)")
+                raise EdgeSparseError(f"node {node.name}{_in(node)}: no latency class for it: {node.target} of a {len(ins)}-d "
+                                      f"tensor (priced: a channel shuffle's 5-d transpose and the NCHW <-> NHWC permutes "
+                                      f"around channels-last blocks; attention's token reshapes, matmul and softmax are not)")
             n, g, cg, h, w = ins
             emit(node, Op("shuffle", h, w, g * cg, g * cg, name=node.name, groups=g))
         elif node.op == "call_function" and node.target is F.conv2d:
