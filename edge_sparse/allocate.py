@@ -78,7 +78,8 @@ class Allocator:
         import torch_pruning as tp
 
         self.dense, self.example, self.pricer, self.m = dense.eval(), example[:1], pricer, int(round_to)
-        self.ops = extract_ops(self.dense, self.example)
+        self._scopes: list[str] = []  # each op's module (`extract_ops`): a block's ops are those inside it
+        self.ops = extract_ops(self.dense, self.example, self._scopes)
         ignored = _classifier_layers(self.dense, self.example)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -156,21 +157,30 @@ class Allocator:
         """The residual blocks that can be dropped whole, found on `block_images` the first time they are needed (an
         allocation the widths alone meet never looks for them)."""
         if self._blocks is None:
-            self._blocks = []
+            found = []
             for b in residual_blocks(self.dense, self._block_images) if self._block_images is not None else []:
                 ops = self._ops_of_block(b.name)
                 if ops:
-                    self._blocks.append(b)
+                    found.append(b)
                     self.block_ops[b.name] = ops
             # a group all of whose ops lie inside a block goes with it (a residual stream through it does not)
-            self._inside = {g.name: next((b.name for b in self._blocks
+            self._inside = {g.name: next((b.name for b in found
                                           if set(self._touch[g.name]) <= set(self.block_ops[b.name])), None)
                             for g in self.groups}
+            self._blocks = found  # (set last: a failure above leaves the blocks to be looked for again)
         return self._blocks
 
+    @property
+    def blocks_known(self) -> bool:
+        """Whether the blocks have been looked for (`blocks` looks on first use)."""
+        return self._blocks is not None
+
     def _ops_of_block(self, name: str) -> list[int]:
-        """Indices in `self.ops` of the ops that go when block `name` is dropped: the model without it has the same
-        ops before and after it (modules matched by name, functions by shape); [] where that does not hold."""
+        """Indices in `self.ops` of the ops that go when block `name` is dropped: those computed inside it, where the
+        model without it has the same ops before and after it (modules matched by name, functions by shape) and as
+        many of them go; [] where that does not hold. (Read off the alignment alone, two neighbouring blocks could
+        claim one op: a ReLU after the last block fuses into the one before once it is gone, and equal adds then
+        align one op early. Blocks do not nest, so ops by module are each in one block at most.)"""
         mods = set(dict(self.dense.named_modules()))
 
         def ident(o) -> tuple:
@@ -191,7 +201,8 @@ class Allocator:
         if p + q != len(rest) or not gone or any(
                 full[i][1] and not full[i][1].startswith(name + ".") for i in gone):
             return []
-        return gone
+        inside = [i for i, sc in enumerate(self._scopes) if sc == name or sc.startswith(name + ".")]
+        return inside if len(inside) == len(gone) else []
 
     # how each group moves each op's input and output width: prune each group by one multiple and look. A width is
     # linear in the groups' widths: a concat's consumer reads the sum of its inputs' groups, a flatten's FC reads
@@ -259,12 +270,38 @@ class Allocator:
         return ops
 
     def price(self, keep: dict, drop=()) -> dict:
+        """The predicted price of `keep` with the blocks in `drop` gone, as the sum of the ops each leaves (each block's
+        ops found alone: `built_price` prices the network itself)."""
+        if drop:
+            unknown = sorted(set(drop) - {b.name for b in self.blocks})
+            if unknown:
+                raise EdgeSparseError(f"not a block that can be dropped: {', '.join(unknown)} (blocks: "
+                                      f"{', '.join(b.name for b in self.blocks) or 'none'})")
         gone = {i for b in drop for i in self.block_ops[b]}
         return self.pricer.predict_ops([o for i, o in enumerate(self.ops_for(keep)) if i not in gone])
 
+    def built_price(self, keep: dict, drop=()) -> dict:
+        """The price of the network `keep` and `drop` build, traced again: without two neighbouring blocks, an
+        activation may fuse into another op or run alone, which `price`'s sum of ops cannot see. Where that leaves an
+        op the latency table has no probe for, the sum stands in."""
+        if not drop:
+            return self.price(keep)
+        try:
+            return self.pricer.predict_ops(extract_ops(self._pruned(keep, drop), self.example))
+        except EdgeSparseError:
+            return self.price(keep, drop)
+
+    def _priceable(self, keep: dict, drop) -> bool:
+        """Whether every op of the network `keep` and `drop` build has a price (the pricer raises for none)."""
+        try:
+            self.pricer.predict_ops(extract_ops(self._pruned(keep, drop), self.example))
+            return True
+        except EdgeSparseError:
+            return False
+
     def narrowest(self) -> dict:
         """The price of the fastest network the allocator can make: every group at its narrowest, every block dropped."""
-        return self.price({g.name: g.min_keep for g in self.groups}, [b.name for b in self.blocks])
+        return self.built_price({g.name: g.min_keep for g in self.groups}, [b.name for b in self.blocks])
 
     # The greedy loops below price one trial per group per step: whole-model pricing made that O(steps x groups x
     # ops) (densenet121: 2.7 M op prices, 180 s per scoring). A model's cost is its ops' costs plus fixed terms
@@ -313,6 +350,7 @@ class Allocator:
 
         self._dropped = set()
         drop: list[str] = []
+        unpriceable: set[str] = set()
         per = self._state(keep)
         total = sum(per)
         p90 = round(self.pricer.total(total)[1], 5)
@@ -325,7 +363,10 @@ class Allocator:
                 per[i] = ms
             return sum(per)  # summed afresh: no drift from adding differences step after step
 
-        while p90 > budget_ms:
+        def narrow_once() -> bool:
+            """One step narrower: the chunk costing least per ms saved, or, every group at its narrowest, the block
+            that changes its input least per ms; False when nothing is left to remove."""
+            nonlocal p90, total
             best = None
             for g in self.groups:
                 k = keep[g.name]
@@ -342,16 +383,26 @@ class Allocator:
                 if best is None or score < best[0]:
                     best = (score, g.name, t90, moved)
             if best is None:  # every group at its narrowest: drop the block that changes its input least per ms
-                b = self._drop_one(drop, per, total, p90)
-                if b is None:
-                    return None
+                while True:  # ... of those whose network the pricer can price (an op alone it has no probe for)
+                    b = self._drop_one(drop, per, total, p90, unpriceable)
+                    if b is None:
+                        return False
+                    if self._priceable(keep, drop + [b]):
+                        break
+                    unpriceable.add(b)
                 drop.append(b)
                 self._dropped.update(self.block_ops[b])
                 total = commit({i: 0.0 for i in self.block_ops[b]})
                 p90 = round(self.pricer.total(total)[1], 5)
-                continue
+                return True
             keep[best[1]] -= by[best[1]].step
             p90, total = best[2], commit(best[3])
+            return True
+
+        while p90 > budget_ms:
+            if not narrow_once():
+                self._dropped = set()
+                return None
         # fill: give back the most valuable removed chunk that still fits, until none does
         while True:
             best = None
@@ -373,17 +424,22 @@ class Allocator:
                 break
             keep[best[1]] += by[best[1]].step
             p90, total = best[2], commit(best[3])
+        # each block's ops were found alone; with neighbours gone an activation may fuse elsewhere or run alone: price
+        # the network itself, and narrow on while that misses the budget (bounded: every step removes something)
+        r = self.built_price(keep, tuple(drop))
+        while r["p90"] > budget_ms:
+            if not narrow_once():
+                self._dropped = set()
+                return None
+            r = self.built_price(keep, tuple(drop))
         self._dropped = set()
-        r = self.price(keep, drop)
-        if drop:  # each block's ops were found alone; two neighbours gone may fuse otherwise: price what is built
-            r = self.pricer.predict_ops(extract_ops(self._pruned(keep, drop), self.example))
         return Allocation(scoring, {g: keep[g] for g in by}, r["p90"], r["p50"], tuple(drop))
 
-    def _drop_one(self, drop: list, per: list, total: float, p90: float) -> Optional[str]:
+    def _drop_one(self, drop: list, per: list, total: float, p90: float, skip=()) -> Optional[str]:
         """The block whose removal costs the least contribution per ms saved at the current widths; None if none."""
         best = None
         for b in self.blocks:
-            if b.name in drop:
+            if b.name in drop or b.name in skip:
                 continue
             saved = p90 - round(self.pricer.total(total - sum(per[i] for i in self.block_ops[b.name]))[1], 5)
             if saved <= 1e-9:
@@ -411,6 +467,8 @@ class Allocator:
 
     def sparsity(self, alloc: Allocation) -> float:
         """The fraction of the groups' channels removed (a dropped block's groups count as removed)."""
+        if alloc.drop:
+            self.blocks  # noqa: B018 - the blocks (and the groups inside them) are looked for on first use
         total = sum(g.size for g in self.groups)
         kept = sum(k for n, k in alloc.keep.items() if self._inside.get(n) not in alloc.drop)
         return round(1 - kept / total, 4)

@@ -614,7 +614,11 @@ def _latency_identity(t: Target) -> Optional[str]:
     from edge_sparse.latency import estimate
 
     fit = estimate.fit_path(t.latency_fit) if t.latency_fit else None  # a refit (--write-fit) re-runs the search
-    return hashlib.sha256(fit.read_bytes()).hexdigest()[:16] if fit and fit.is_file() else None
+    if not (fit and fit.is_file()):
+        return None
+    # the ops the fit has no class for are priced by the host-measured ratios: re-measured ones re-run the search too
+    ratios = estimate.RATIOS_PATH.read_bytes() if estimate.RATIOS_PATH.is_file() else b""
+    return hashlib.sha256(fit.read_bytes() + ratios).hexdigest()[:16]
 
 
 def _calib_fingerprint() -> str:

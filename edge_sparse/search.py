@@ -172,13 +172,10 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
     al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity,
                    taylor_batch=taylor_batch, criterion=criterion, block_images=blocks_on)
     narrowest = al.price({g.name: g.min_keep for g in al.groups})  # the fastest network of these depths
-    depth = ""
     if narrowest["p90"] > budget and al.blocks:  # then residual blocks may go whole
         log(f"  depth: the narrowest widths predict {narrowest['p90']:.4g} ms, over the budget; {len(al.blocks)} "
             f"residual blocks can be dropped whole ({', '.join(b.name for b in al.blocks[:4])}"
             f"{', ...' if len(al.blocks) > 4 else ''})")
-        narrowest = al.narrowest()
-        depth = f" (with all {len(al.blocks)} droppable residual blocks dropped)"
     tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
     seen: set = set()
 
@@ -238,6 +235,9 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
                f"{max(c.measured_p90_ms for c in measured):.4g} ms on the device, over the full "
                f"{pricer.budget_ms:.4g} ms, and "
                if measured else "")
+        # blocks were looked for if any round needed them (never for the error alone: that is seconds of forwards)
+        depth = (f" ({al.narrowest()['p90']:.4g} ms with all {len(al.blocks)} droppable residual blocks dropped)"
+                 if al.blocks_known and al.blocks else "")
         raise BudgetError(
             f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "
             f"({target.describe_budget()}{f', less a {pricer.margin:.0%} margin for prediction error' if pricer.margin else ''}); "

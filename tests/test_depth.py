@@ -171,3 +171,68 @@ def test_an_allocation_that_drops_neighbours_is_priced_as_the_network_it_builds(
     assert a is not None and set(a.drop) == {"blocks.0", "blocks.1"}
     res = al.apply(a)
     assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
+
+
+class FourPlain(nn.Module):
+    """A ReLU'd stem, four `x + f(x)` blocks, a ReLU after them: with the last block gone that ReLU fuses into the add
+    before it; with every block gone it reads the stem's ReLU and runs alone (an op the table has no probe for)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(cbn(3, 16, s=2), nn.ReLU())
+        self.blocks = nn.Sequential(*[Plain(16) for _ in range(4)])
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+def test_blocks_own_disjoint_ops_and_no_allocation_is_over_its_budget():
+    """Found in review: read off the alignment alone, the last block claimed the add of the block before it (equal
+    adds, the ReLU fused one op early), so sums over several dropped blocks were wrong; an allocation could come back
+    over its budget, or abort the search on a network with an op no probe prices."""
+    torch.manual_seed(0)
+    m, ex = FourPlain().eval(), torch.zeros(1, 3, 32, 32)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.weight.data.uniform_(0.05, 1.0)
+    pr = _pricer(m, ex)
+    al = Allocator(m, ex, pr, 8, block_images=torch.randn(8, 3, 32, 32))
+    owned = [i for b in al.blocks for i in al.block_ops[b.name]]
+    assert len(owned) == len(set(owned)) == 4 * 2  # each block: its conv and its add, no op claimed twice
+    assert all(al.ops[i].name.startswith(b.name + ".") or al._scopes[i] == b.name
+               for b in al.blocks for i in al.block_ops[b.name])
+    widths = al.price({g.name: g.min_keep for g in al.groups})["p90"]
+    for frac in (0.1, 0.3, 0.6, 0.9):
+        budget = widths * (1 - frac)
+        for scoring in ("importance", "uniform"):
+            a = al.allocate(budget, scoring)
+            if a is None:
+                continue
+            assert a.p90_ms <= budget, (frac, scoring, a)
+            res = al.apply(a)
+            assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
+            assert len(a.drop) < 4  # all four gone leaves a lone ReLU the table cannot price: never chosen
+    with pytest.raises(EdgeSparseError, match="not a block that can be dropped"):
+        al.price({g.name: g.size for g in al.groups}, ["stem"])
+
+
+def test_a_shape_read_on_a_channels_last_tensor_costs_nothing():
+    """Found in review: `x.shape` / `torch._assert` on a permuted (NHWC) tensor was refused as an op with no
+    channels-last class, and `F.layer_norm(x, x.shape[-1:])` as a LayerNorm over an unknown shape."""
+    from edge_sparse.latency.ops import extract_ops
+
+    class Block(nn.Module):
+        def __init__(self, c=16):
+            super().__init__()
+            self.stem, self.dw, self.fc = nn.Conv2d(3, c, 4, 4), nn.Conv2d(c, c, 7, padding=3, groups=c), nn.Linear(c, c)
+
+        def forward(self, x):
+            x = self.stem(x)
+            y = self.dw(x).permute(0, 2, 3, 1)
+            torch._assert(y.shape[-1] == 16, "channels")
+            y = self.fc(nn.functional.layer_norm(y, y.shape[-1:]))
+            return (x + y.permute(0, 3, 1, 2)).mean((2, 3))
+
+    kinds = [o.kind for o in extract_ops(Block().eval(), torch.zeros(1, 3, 32, 32))]
+    assert kinds == ["conv", "dwconv", "layernorm", "fc", "add", "mean"], kinds

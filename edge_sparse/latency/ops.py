@@ -321,8 +321,9 @@ def _sigmoid_arg(node):
     return None
 
 
-def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
-    """The int8 TFLite ops `model` exports to, for one NCHW image shaped like `example`."""
+def extract_ops(model: nn.Module, example: torch.Tensor, scopes: Optional[list] = None) -> list[Op]:
+    """The int8 TFLite ops `model` exports to, for one NCHW image shaped like `example`. `scopes`, when given, gets
+    each op's module: a module op's own name, else the module whose forward computed it ("" for the model's own)."""
     model = model.eval()
     gm = _capture(model, example)
     ops: list[Op] = []
@@ -331,6 +332,10 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
     def emit(node, op: Op) -> None:
         producer[node] = len(ops)
         ops.append(op)
+        if scopes is not None:
+            stack = node.meta.get("nn_module_stack") or {}
+            scopes.append(node.target if node.op == "call_module" else
+                          (list(stack.values())[-1][0] if stack else ""))
 
     def elementwise(node, kind: str, like: tuple) -> None:
         if len(like) == 4:
@@ -388,6 +393,9 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
                 if src in producer:
                     producer[node] = producer[src]
                 continue
+        if not out and not (node.op == "call_method" and node.target in _SPLIT_METHODS) and \
+                not (node.op == "call_function" and node.target in _SPLIT_FUNCS):
+            continue  # a shape read, a comparison, an assert: no tensor, no op (on a channels-last tensor too)
         if any(a in nhwc for a in node.all_input_nodes):  # (inside a list or a keyword too)
             if not _channels_last_ok(node):
                 what = getattr(node.target, "__name__", node.target)
@@ -398,9 +406,6 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             if len(out) == 4:
                 nhwc.add(node)
                 out = nchw(out)
-        if not out and not (node.op == "call_method" and node.target in _SPLIT_METHODS) and \
-                not (node.op == "call_function" and node.target in _SPLIT_FUNCS):
-            continue  # a shape read, a comparison, an assert: no tensor, no op
         act = _act_of(node)
         if act is not None:
             i = producer.get(src)
@@ -517,7 +522,7 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             wshape = _shape(node.args[1])
             emit(node, _linear(node.name, ins, src in nhwc, wshape[1], wshape[0]))
         elif node.op == "call_function" and node.target is F.layer_norm:
-            emit(node, _layer_norm(node.name, ins, src in nhwc, _arg(node, 1, "normalized_shape")))
+            emit(node, _layer_norm(node.name, ins, src in nhwc, _static(_arg(node, 1, "normalized_shape"))))
         elif node.op == "call_function" and node.target in (F.max_pool2d, F.avg_pool2d):
             k = _arg(node, 1, "kernel_size")
             st = _arg(node, 2, "stride") or k
@@ -549,6 +554,23 @@ def extract_ops(model: nn.Module, example: torch.Tensor) -> list[Op]:
             raise EdgeSparseError(f"node {node.name}{_in(node)} ({node.op} {what}): no latency class for it; priced ops "
                                   f"are {PRICED}")
     return ops
+
+
+def _static(v):
+    """A traced argument's value where the trace knows it: `x.shape` and an index or slice of it (`F.layer_norm(x,
+    x.shape[-1:])`) read off the tensor's recorded shape; anything else as given."""
+    if not isinstance(v, torch.fx.Node):
+        return v
+    if v.op == "call_function" and v.target is getattr and v.args[1] == "shape" and _shape(v.args[0]):
+        return torch.Size(_shape(v.args[0]))
+    if v.op == "call_method" and v.target == "size" and len(v.args) == 1 and _shape(v.args[0]):
+        return torch.Size(_shape(v.args[0]))
+    if v.op == "call_function" and v.target is operator.getitem:
+        base = _static(v.args[0])
+        if isinstance(base, torch.Size) and isinstance(v.args[1], (int, slice)):
+            got = base[v.args[1]]
+            return got if isinstance(got, torch.Size) else int(got)
+    return v
 
 
 def _permutation(node) -> Optional[tuple]:
