@@ -335,13 +335,20 @@ def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1
     names = {m: n for n, m in model.named_modules() if n}
     hooks = []
 
+    seen: dict[str, torch.Tensor] = {}
+
+    def pre(mod, args):  # the input copied before the forward: a module may write it in place (`x += f(x)`)
+        if len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].ndim == 4 and names[mod] not in io:
+            seen[names[mod]] = args[0].detach().clone()
+
     def hook(mod, args, out):
-        if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor) \
-                and out.shape == args[0].shape and out.ndim == 4 and names[mod] not in io:
-            io[names[mod]] = (args[0].detach(), out.detach())
+        x = seen.pop(names[mod], None)
+        if x is not None and isinstance(out, torch.Tensor) and out.shape == x.shape and names[mod] not in io:
+            io[names[mod]] = (x, out.detach().clone())
 
     for m, n in names.items():
         if any(isinstance(c, nn.Conv2d) for c in m.modules()):
+            hooks.append(m.register_forward_pre_hook(pre))
             hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -361,7 +368,7 @@ def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1
                 elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                     m.bias.zero_()
             try:
-                passed = silent(x)
+                passed = silent(x.clone())  # (an in-place module would return `x` itself: the identity, falsely)
             except Exception:  # noqa: BLE001 - a module that does not run alone on its captured input is no block
                 continue
         scale = float(x.abs().max()) or 1.0

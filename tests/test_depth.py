@@ -236,3 +236,35 @@ def test_a_shape_read_on_a_channels_last_tensor_costs_nothing():
 
     kinds = [o.kind for o in extract_ops(Block().eval(), torch.zeros(1, 3, 32, 32))]
     assert kinds == ["conv", "dwconv", "layernorm", "fc", "add", "mean"], kinds
+
+
+class InplaceResidual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.f = nn.Sequential(cbn(c, c), nn.ReLU(), cbn(c, c))
+
+    def forward(self, x):
+        x += self.f(x)
+        return x
+
+
+class InplaceSE(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, c // 2, 1), nn.Conv2d(c // 2, c, 1)
+
+    def forward(self, x):
+        return x.mul_(torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))))
+
+
+def test_modules_that_write_their_input_in_place_are_judged_on_what_they_read():
+    """Found in review: the input was held by reference, so `x.mul_(gate)` (an SE, 0.5 x when silenced) passed for a
+    block, and `x += f(x)` for one that changes nothing (contribution 0: always dropped first)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Sequential(cbn(3, 16), nn.ReLU()), InplaceResidual(16), InplaceSE(16), Plain(16)).eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.weight.data.uniform_(0.5, 1.5)
+    blocks = {b.name: b.contribution for b in residual_blocks(m, torch.randn(4, 3, 16, 16))}
+    assert set(blocks) == {"1", "3"}, blocks  # the SE gate is no block, however it is written
+    assert blocks["1"] > 0.05, blocks
