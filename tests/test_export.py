@@ -218,6 +218,10 @@ def test_bias_correction_reads_the_fp32_reference_once_per_image_with_the_same_r
     part, _ = etflite._correct_biases(int8, fp32, x, cached_images=17)
     assert "bias correction on" in note and cached != int8
     assert cached == again == part
+    # each layer's shift is read off the int8 model cut after that layer (its ops after it cannot change it): the same
+    # bytes as running the whole model for every layer
+    whole, _ = etflite._correct_biases(int8, fp32, x, truncate=False)
+    assert whole == cached
 
 
 def test_finalists_are_timed_on_the_shipped_int8_graph_without_its_bias_correction(exported, tmp_path):

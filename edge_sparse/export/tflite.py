@@ -404,8 +404,38 @@ def _reference_tensors(ref: _Runner, x: np.ndarray, names: list[str], images: Op
     return out
 
 
+def _buffer_offsets(model: bytes, buffers: set) -> dict[int, int]:
+    """Where each of `buffers`' data starts in the flatbuffer `model` (a Buffer's `data` is its first field)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    root = schema.Model.GetRootAsModel(model, 0)
+    out = {}
+    for i in buffers:
+        tab = root.Buffers(int(i))._tab
+        o = tab.Offset(4)
+        if not o:
+            raise EdgeSparseError(f"bias correction: buffer {i} holds no data in the flatbuffer")
+        out[int(i)] = tab.Vector(o)
+    return out
+
+
+def _up_to(m, k: int) -> bytes:
+    """The model object `m` run only as far as its operator `k` (ops are stored in execution order), whose output is
+    the graph's: what a layer's correction reads, at the cost of the ops before it (half of the whole model's
+    invokes on average; the values are the same, the ops after it never touched them)."""
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    g = m.subgraphs[0]
+    ops, outs = g.operators, g.outputs
+    try:
+        g.operators, g.outputs = ops[: k + 1], [int(ops[k].outputs[0])]
+        return bytes(fu.convert_object_to_bytearray(m))
+    finally:
+        g.operators, g.outputs = ops, outs
+
+
 def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
-                    cached_images: Optional[int] = None) -> tuple[bytes, str]:
+                    cached_images: Optional[int] = None, truncate: bool = True) -> tuple[bytes, str]:
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
     m = fu.convert_bytearray_to_object(bytearray(model))
@@ -437,21 +467,25 @@ def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
         return model, (f"bias correction skipped: none of {eligible} conv / fully-connected outputs has a twin in the "
                        f"fp32 graph (same name, shape and fused activation) and a bias per output channel")
     calib_nhwc = calib_nhwc[: max(64, _INVOKE_BUDGET // len(todo))]
+    out = bytearray(model)  # corrected in place: a bias keeps its length, so the flatbuffer stays valid as it is
+    where = _buffer_offsets(model, {g.tensors[int(g.operators[k].inputs[2])].buffer for k, _, _ in todo})
     ref = _Runner(fp32_model)
     cached = _reference_tensors(ref, calib_nhwc, [name for _, name, _ in todo], cached_images)
     shifts = []
     info = np.iinfo(np.int32)
-    for k, name, act in todo:  # `m` holds the corrections so far; `model`, its bytes, is what the next layer runs
-        shift = _mean_shift(model, ref, calib_nhwc, name, act != _ACT_NONE, cached[name])
+    for k, name, act in todo:  # `m` and `out` hold the corrections so far, which the next layer runs with
+        shift = _mean_shift(_up_to(m, k) if truncate else bytes(out), ref, calib_nhwc, name, act != _ACT_NONE,
+                            cached[name])
         bt = g.tensors[int(g.operators[k].inputs[2])]
         buf = m.buffers[bt.buffer]
         bias = np.frombuffer(bytes(bytearray(buf.data)), dtype=np.int32).astype(np.float64)
         scale = np.broadcast_to(np.asarray(bt.quantization.scale, dtype=np.float64), bias.shape)
-        buf.data = np.frombuffer(np.clip(np.round(bias - shift / scale), info.min, info.max).astype(np.int32).tobytes(),
-                                 dtype=np.uint8)
-        model = bytes(fu.convert_object_to_bytearray(m))
+        new = np.clip(np.round(bias - shift / scale), info.min, info.max).astype("<i4").tobytes()
+        buf.data = np.frombuffer(new, dtype=np.uint8)
+        start = where[bt.buffer]
+        out[start : start + len(new)] = new
         shifts.append(float(np.abs(shift).mean()))
-    return model, (f"bias correction on {len(calib_nhwc)} calibration images: {len(shifts)} of {eligible} conv / "
+    return bytes(out), (f"bias correction on {len(calib_nhwc)} calibration images: {len(shifts)} of {eligible} conv / "
                    f"fully-connected layers, mean |shift| removed {np.mean(shifts):.4f} (largest layer {max(shifts):.4f})")
 
 
