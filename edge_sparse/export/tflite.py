@@ -305,9 +305,9 @@ def _convert_bytes(saved_model: Path, calib_nhwc: np.ndarray | None) -> bytes:
 
 # tflite BuiltinOperator codes of the ops whose int32 bias `correct_biases` adjusts
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
-# the correction costs two single-threaded invokes per (layer, image) with XNNPACK off: a model with many layers
-# is corrected on fewer calibration images (at least 64), so a 50-layer net at 224 px takes minutes, not an hour;
-# the default ResNet-8 (10 layers) uses all 512
+# the correction costs a single-threaded invoke per (layer, image) with XNNPACK off, of the int8 model as far as that
+# layer (the fp32 reference runs once per image): a model with many layers is corrected on fewer calibration images
+# (at least 64), so a 50-layer net at 224 px takes minutes, not an hour; the default ResNet-8 (10 layers) uses all 512
 _INVOKE_BUDGET = 8192
 # the fp32 reference tensors kept in memory for the correction (beyond it, the reference runs again per layer)
 _REFERENCE_CACHE_BYTES = 1 << 30
