@@ -286,18 +286,14 @@ class Allocator:
         op the latency table has no probe for, the sum stands in."""
         if not drop:
             return self.price(keep)
+        return self._built(keep, drop) or self.price(keep, drop)
+
+    def _built(self, keep: dict, drop) -> Optional[dict]:
+        """The price of the network `keep` and `drop` build; None where it has an op the pricer has no price for."""
         try:
             return self.pricer.predict_ops(extract_ops(self._pruned(keep, drop), self.example))
         except EdgeSparseError:
-            return self.price(keep, drop)
-
-    def _priceable(self, keep: dict, drop) -> bool:
-        """Whether every op of the network `keep` and `drop` build has a price (the pricer raises for none)."""
-        try:
-            self.pricer.predict_ops(extract_ops(self._pruned(keep, drop), self.example))
-            return True
-        except EdgeSparseError:
-            return False
+            return None
 
     def narrowest(self) -> dict:
         """The price of the fastest network the allocator can make: every group at its narrowest, every block dropped."""
@@ -387,7 +383,7 @@ class Allocator:
                     b = self._drop_one(drop, per, total, p90, unpriceable)
                     if b is None:
                         return False
-                    if self._priceable(keep, drop + [b]):
+                    if self._built(keep, drop + [b]) is not None:
                         break
                     unpriceable.add(b)
                 drop.append(b)
