@@ -225,6 +225,8 @@ def write(b, meta: dict, d: Path) -> None:
     for k, v in meta["build"]["stage_seconds"].items():
         L.append(f"| {k} | {v:.1f} | {built.get(k, v):.1f} |")
     ex = r["export"]["seconds"]
-    L.append("\nExport breakdown: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.items()) + "\n")
+    dense_from = r["export"].get("dense_export")  # its own cache entry, shared by builds of the same dense model
+    L.append("\nExport breakdown: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.items())
+             + (f" (dense reference: {dense_from})" if dense_from else "") + "\n")
     L.append("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + f". Commit {meta['build']['git_commit']}.\n")
     (d / "report.md").write_text("\n".join(L) + "\n")

@@ -623,3 +623,19 @@ def test_parity_gate_fails_the_build(quick, tmp_path, monkeypatch):
     with pytest.raises(pipeline.GateError, match=r"top-1 agreement .*% < 100.01%"):
         pipeline.run("rpi4", cfg, out_dir=tmp_path / "dist", cache_dir=quick["dir"] / "cache")
     assert not (tmp_path / "dist").exists()
+
+
+def test_dense_reference_export_is_shared_between_builds(quick, tmp_path):
+    """The dense reference is exported once per dense model, calibration and export code (its own cache entry): a
+    build whose shipped model exports again copies it (the same bytes), and `--from export` exports it again."""
+    a = quick["b"]
+    assert a.results["export"]["dense_export"].startswith("dense-export-")
+    cache = tmp_path / "cache"
+    shutil.copytree(quick["dir"] / "cache", cache)
+    shutil.rmtree(cache / a.dirs["export"].name)  # the shipped model's export is gone, the dense one's kept
+    b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=cache)
+    assert b.times["export"] > 0 and b.results["export"]["dense_export"].endswith("(reused)")
+    for name in pipeline.DENSE_ARTIFACTS:
+        assert (b.dirs["export"] / name).read_bytes() == (a.dirs["export"] / name).read_bytes(), name
+    c = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist2", cache_dir=cache, from_stage="export")
+    assert c.results["export"]["dense_export"].endswith("(made now)")

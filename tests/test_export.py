@@ -213,15 +213,56 @@ def test_bias_correction_reads_the_fp32_reference_once_per_image_with_the_same_r
     sm = etflite.onnx_to_saved_model(d / "model_fp32.onnx", exported["nhwc"], tmp_path / "sm")
     int8, fp32 = etflite._convert_bytes(sm, exported["nhwc"]), etflite._convert_bytes(sm, None)
     x = exported["nhwc"][:40]
-    cached, note = etflite._correct_biases(int8, fp32, x)
-    again, _ = etflite._correct_biases(int8, fp32, x, cached_images=0)
-    part, _ = etflite._correct_biases(int8, fp32, x, cached_images=17)
-    assert "bias correction on" in note and cached != int8
-    assert cached == again == part
+    for xnnpack in (True, False):
+        cached, note = etflite._correct_biases(int8, fp32, x, xnnpack=xnnpack)
+        again, _ = etflite._correct_biases(int8, fp32, x, cached_images=0, xnnpack=xnnpack)
+        part, _ = etflite._correct_biases(int8, fp32, x, cached_images=17, xnnpack=xnnpack)
+        assert "bias correction on" in note and cached != int8
+        assert cached == again == part
     # each layer's shift is read off the int8 model cut after that layer (its ops after it cannot change it): the same
-    # bytes as running the whole model for every layer
+    # bytes as running the whole model for every layer, on the same (builtin) kernels
     whole, _ = etflite._correct_biases(int8, fp32, x, truncate=False)
     assert whole == cached
+
+
+def test_bias_correction_runs_the_shipped_kernels_and_falls_back_where_xnnpack_refuses(exported, tmp_path, monkeypatch):
+    """The cut models run through XNNPACK as the shipped model does (the int8 one and the fp32 reference with the
+    compared tensors as its outputs); where the delegate refuses a graph the builtin kernels read the same tensors:
+    then the bytes are those of the builtin-kernel correction."""
+    import ai_edge_litert.interpreter as lit
+
+    d = exported["dir"]
+    sm = etflite.onnx_to_saved_model(d / "model_fp32.onnx", exported["nhwc"], tmp_path / "sm")
+    int8, fp32 = etflite._convert_bytes(sm, exported["nhwc"]), etflite._convert_bytes(sm, None)
+    x = exported["nhwc"][:24]
+    kinds = []
+    real_init = etflite._Runner.__init__
+
+    def init(self, model, output_only=False):
+        real_init(self, model, output_only)
+        kinds.append((output_only, self.xnnpack))
+
+    monkeypatch.setattr(etflite._Runner, "__init__", init)
+    fast, _ = etflite._correct_biases(int8, fp32, x)
+    assert kinds and all(k == (True, True) for k in kinds), kinds  # every runner (the reference too) on XNNPACK
+    builtin, _ = etflite._correct_biases(int8, fp32, x, xnnpack=False)
+    real = lit.Interpreter
+
+    class Refusing(real):  # the delegate fails to prepare, as it did on a graph with a dead output
+        def allocate_tensors(self):
+            if not self._refuse_done:
+                raise RuntimeError("failed to create XNNPACK runtime (refused here)")
+            return super().allocate_tensors()
+
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self._refuse_done = "experimental_op_resolver_type" in kw
+
+    monkeypatch.setattr(lit, "Interpreter", Refusing)
+    kinds.clear()
+    fell_back, note = etflite._correct_biases(int8, fp32, x)
+    assert "bias correction on" in note and kinds and all(k == (True, False) for k in kinds), kinds
+    assert fell_back == builtin and fast != int8
 
 
 def test_finalists_are_timed_on_the_shipped_int8_graph_without_its_bias_correction(exported, tmp_path):
@@ -274,6 +315,7 @@ def test_bias_correction_changes_only_biases_and_removes_the_mean_shift(exported
             assert np.array_equal(tr.quantization.scale, tf_.quantization.scale)
     out = gf.tensors[gf.outputs[0]].name.decode()
     ref = etflite._Runner(etflite._convert_bytes(sm, None))
-    shift = {k: np.abs(etflite._mean_shift((tmp_path / f"{k}.tflite").read_bytes(), ref, exported["nhwc"], out, False)).mean()
+    shift = {k: np.abs(etflite._mean_shift((tmp_path / f"{k}.tflite").read_bytes(), ref, exported["nhwc"], out, False,
+                                           output_only=True)).mean()  # as the shipped runtime (XNNPACK) computes it
              for k in ("raw", "fixed")}
     assert shift["fixed"] < shift["raw"]

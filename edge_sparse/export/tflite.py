@@ -305,9 +305,10 @@ def _convert_bytes(saved_model: Path, calib_nhwc: np.ndarray | None) -> bytes:
 
 # tflite BuiltinOperator codes of the ops whose int32 bias `correct_biases` adjusts
 CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED = 3, 4, 9
-# the correction costs a single-threaded invoke per (layer, image) with XNNPACK off, of the int8 model as far as that
-# layer (the fp32 reference runs once per image): a model with many layers is corrected on fewer calibration images
-# (at least 64), so a 50-layer net at 224 px takes minutes, not an hour; the default ResNet-8 (10 layers) uses all 512
+# the correction costs an invoke per (layer, image) of the int8 model as far as that layer, through XNNPACK (the fp32
+# reference, with the compared tensors as its outputs, runs once per image): a model with many layers is corrected on
+# fewer calibration images (at least 64); the default ResNet-8 (10 layers) uses all 512. A 316 M-MAC MobileNetV2 at
+# 96 px (26 layers, 315 images): 74 s, where TFLite's builtin kernels took 406 s
 _INVOKE_BUDGET = 8192
 # the fp32 reference tensors kept in memory for the correction (beyond it, the reference runs again per layer)
 _REFERENCE_CACHE_BYTES = 1 << 30
@@ -316,17 +317,31 @@ _ACT_RELUS = (1, 2, 3)  # RELU, RELU_N1_TO_1, RELU6: a fused clamp below which t
 
 
 class _Runner:
-    """A .tflite (bytes) kept for reading its intermediate tensors on normalised NHWC float inputs."""
+    """A .tflite (bytes) kept for reading its tensors on normalised NHWC float inputs.
 
-    def __init__(self, model: bytes):
+    By default with TFLite's builtin kernels and every intermediate tensor kept (the XNNPACK delegate may fuse away
+    the tensors read). `output_only`: only the graph's output is read, so the model runs as the shipped one does,
+    through XNNPACK (~4.6x the builtin int8 kernels' speed on a 316 M-MAC MobileNetV2 at 96 px: 4.8 vs 22 ms); where
+    the delegate cannot take the graph, the builtin kernels run it."""
+
+    def __init__(self, model: bytes, output_only: bool = False):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        # TFLite's builtin kernels, not the XNNPACK delegate: it may fuse away the tensors read here
-        self.it = Interpreter(model_content=model, num_threads=1, experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        self.it.allocate_tensors()
+        builtin = dict(experimental_preserve_all_tensors=True,
+                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        self.xnnpack = False
+        if output_only:
+            try:
+                self.it = Interpreter(model_content=model, num_threads=min(4, os.cpu_count() or 1))
+                self.it.allocate_tensors()
+                self.xnnpack = True
+            except (RuntimeError, ValueError):  # the delegate refused the graph ("failed to prepare"): builtin kernels
+                pass
+        if not self.xnnpack:
+            self.it = Interpreter(model_content=model, num_threads=1, **builtin)
+            self.it.allocate_tensors()
         self.inp = self.it.get_input_details()[0]
-        self.det = {d["name"]: d for d in self.it.get_tensor_details()}
+        self.det = {d["name"]: d for d in (self.it.get_output_details() if self.xnnpack else self.it.get_tensor_details())}
 
     def run(self, x1: np.ndarray) -> None:
         if self.inp["dtype"] == np.int8:
@@ -346,11 +361,12 @@ class _Runner:
 
 
 def _mean_shift(q_model: bytes, ref: _Runner, x: np.ndarray, name: str, behind_relu: bool,
-                cached: Optional[list] = None) -> np.ndarray:
+                cached: Optional[list] = None, output_only: bool = False) -> np.ndarray:
     """Per channel of tensor `name`: the mean of int8 - fp32 over the images `x`, counting only values
     unsaturated in int8 and, behind a fused ReLU, positive in both (where the pre-activation's error shows).
-    `cached[i]`: the fp32 tensor of image i, read before (`_reference_tensors`); images past it are run again."""
-    q = _Runner(q_model)
+    `cached[i]`: the fp32 tensor of image i, read before (`_reference_tensors`); images past it are run again.
+    `output_only`: `name` is `q_model`'s output, read off the shipped runtime's kernels (`_Runner`)."""
+    q = _Runner(q_model, output_only=output_only)
     total = count = None
     for i in range(len(x)):
         q.run(x[i : i + 1])
@@ -376,10 +392,12 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
     bias, in that bias's own scale. Compared: the fp32 .tflite of the same SavedModel, tensor by tensor name;
     counted: only values unsaturated in int8 and, behind a fused ReLU, positive in both (the pre-activation's
     error). CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED with an int32 bias and no fused activation or a
-    fused ReLU; nothing else changes (ops, scales, weights, I/O, latency). The shifts are read with TFLite's
-    builtin kernels (reading intermediate tensors turns the XNNPACK delegate off); its int8 results differ
-    from XNNPACK's by rounding only. Default rpi4 build, all 10k test images: BENCHMARKS.md "Where int8
-    disagrees with fp32".
+    fused ReLU; nothing else changes (ops, scales, weights, I/O, latency). The shifts are read off the
+    kernels the shipped model runs on, XNNPACK's (each layer's tensor is the output of the int8 model cut after it,
+    and the fp32 graph's compared tensors are made its outputs), or TFLite's builtin kernels where the delegate
+    refuses a graph; the two round differently, so the corrected bytes depend on which ran (and on the CPU's
+    XNNPACK kernels, as the int8 results themselves do). Default rpi4 build, all 10k test images: BENCHMARKS.md
+    "Where int8 disagrees with fp32".
 
     Returns the corrected model and one line saying what was done; where the interpreter cannot run a layer's
     tensors, the model unchanged and a line saying why the correction was skipped."""
@@ -435,7 +453,7 @@ def _up_to(m, k: int) -> bytes:
 
 
 def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
-                    cached_images: Optional[int] = None, truncate: bool = True) -> tuple[bytes, str]:
+                    cached_images: Optional[int] = None, truncate: bool = True, xnnpack: bool = True) -> tuple[bytes, str]:
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
     m = fu.convert_bytearray_to_object(bytearray(model))
@@ -469,13 +487,20 @@ def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
     calib_nhwc = calib_nhwc[: max(64, _INVOKE_BUDGET // len(todo))]
     out = bytearray(model)  # corrected in place: a bias keeps its length, so the flatbuffer stays valid as it is
     where = _buffer_offsets(model, {g.tensors[int(g.operators[k].inputs[2])].buffer for k, _, _ in todo})
-    ref = _Runner(fp32_model)
+    if truncate and xnnpack:  # the fp32 graph with the tensors compared as its outputs: XNNPACK runs it (~4x faster)
+        names = {name.encode() for _, name, _ in todo}
+        outs = fg.outputs
+        fg.outputs = [i for i, t in enumerate(fg.tensors) if t.name in names]
+        ref = _Runner(bytes(fu.convert_object_to_bytearray(fm)), output_only=True)
+        fg.outputs = outs
+    else:
+        ref = _Runner(fp32_model)
     cached = _reference_tensors(ref, calib_nhwc, [name for _, name, _ in todo], cached_images)
     shifts = []
     info = np.iinfo(np.int32)
     for k, name, act in todo:  # `m` and `out` hold the corrections so far, which the next layer runs with
         shift = _mean_shift(_up_to(m, k) if truncate else bytes(out), ref, calib_nhwc, name, act != _ACT_NONE,
-                            cached[name])
+                            cached[name], output_only=truncate and xnnpack)
         bt = g.tensors[int(g.operators[k].inputs[2])]
         buf = m.buffers[bt.buffer]
         bias = np.frombuffer(bytes(bytearray(buf.data)), dtype=np.int32).astype(np.float64)
