@@ -343,3 +343,31 @@ def test_convnext_blocks_are_priced_as_their_tflite_ops_and_prune_through_layer_
     assert sorted(map(strip, tflite_ops(out["tflite"])), key=repr) == sorted(map(strip, extract_ops(res.model, ex)), key=repr)
     for art in ("model.tflite", "model.onnx"):
         assert out["parity"][art]["agreement"] >= MIN_AGREEMENT, (art, out["parity"][art])
+
+
+class NormResidual(nn.Module):
+    """x + LayerNorm(x) over the channels of a channels-last map: the ADD reads the LayerNorm's own input, which the
+    read-back once took for one of the LayerNorm's ten ops (and priced with it, not as the add it is)."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.ReLU())
+        self.norm = nn.LayerNorm(c)
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        x = (x + self.norm(x)).permute(0, 3, 1, 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_an_add_of_a_layer_norms_input_and_output_is_read_back_as_an_add(rgb, tmp_path):
+    from edge_sparse.latency.ops import extract_ops, tflite_ops
+
+    torch.manual_seed(0)
+    model, ex = NormResidual().eval(), torch.zeros(1, 3, SIZE, SIZE)
+    res = es.export(model, ex, calib=rgb["calib"], out=tmp_path, mean=rgb["mean"], std=rgb["std"])
+    strip = lambda o: o.replace(act="none", name="")  # noqa: E731
+    ours = extract_ops(model, ex)
+    assert [o.kind for o in ours].count("layernorm") == 1 and [o.kind for o in ours].count("add") == 1, ours
+    assert sorted(map(strip, tflite_ops(res["tflite"])), key=repr) == sorted(map(strip, ours), key=repr)

@@ -669,6 +669,7 @@ def tflite_ops(path: Path | str) -> list[Op]:
     src = lambda i: origin.get(i, i)  # noqa: E731
     const = lambda i: model.buffers[sub.tensors[i].buffer].data is not None  # noqa: E731 (weights, constants)
     norm: set[int] = set()  # tensors inside a LayerNorm's ops: its input, and what its ten ops compute from it
+    norm_in = None  # that LayerNorm's input
     for op in sub.operators:
         code = model.operatorCodes[op.opcodeIndex]
         name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
@@ -678,7 +679,9 @@ def tflite_ops(path: Path | str) -> list[Op]:
             continue
         live = [src(i) for i in op.inputs if i >= 0 and not const(i)]
         if name in _LAYER_NORM_OPS and live and all(i in norm for i in live) and \
-                (name != "MEAN" or shape(op.outputs[0])[-1] == 1):  # (a spatial MEAN after it is the pooling)
+                (name != "MEAN" or shape(op.outputs[0])[-1] == 1) and \
+                (name != "ADD" or norm_in not in live):  # (a spatial MEAN after it is the pooling; none of its
+            # ADDs reads its input x, which MEAN, SQUARED_DIFFERENCE and MUL(x, gamma * rsqrt) do: x + LN(x) is an add)
             norm.update(src(o) for o in op.outputs)  # one of a LayerNorm's ops (`_layer_norm`): priced with it
             continue
         if any(i in norm for i in live):
@@ -687,7 +690,7 @@ def tflite_ops(path: Path | str) -> list[Op]:
                 and shape(op.outputs[0])[-1] == 1:  # a mean over the channels: a LayerNorm starts
             x = shape(op.inputs[0])
             out.append(Op("layernorm", int(x[1]), int(x[2]), int(x[3]), int(x[3])))
-            norm = {src(op.inputs[0]), *(src(o) for o in op.outputs)}
+            norm, norm_in = {src(op.inputs[0]), *(src(o) for o in op.outputs)}, src(op.inputs[0])
             continue
         if name == "LOGISTIC":
             sigmoid_of[op.outputs[0]] = src(op.inputs[0])
