@@ -490,7 +490,8 @@ def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
     if truncate and xnnpack:  # the fp32 graph with the tensors compared as its outputs: XNNPACK runs it (~4x faster)
         names = {name.encode() for _, name, _ in todo}
         outs = fg.outputs
-        fg.outputs = [i for i, t in enumerate(fg.tensors) if t.name in names]
+        fg.outputs = list(dict.fromkeys(int(op.outputs[0]) for op in fg.operators
+                                        if fg.tensors[int(op.outputs[0])].name in names))
         ref = _Runner(bytes(fu.convert_object_to_bytearray(fm)), output_only=True)
         fg.outputs = outs
     else:
