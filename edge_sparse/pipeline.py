@@ -47,7 +47,7 @@ STAGE_CODE = {
                "latency/predict.py", "latency/estimate.py"),
     "finetune": ("train.py", "pruning.py"),
     "reference": ("train.py",),
-    "export": ("quantize.py", "export/onnx.py", "export/tflite.py", "export/lint.py"),
+    "export": ("quantize.py", "export/onnx.py", "export/tflite.py", "export/lint.py", "export/rewrite.py"),
     "verify": ("verify.py",),
     "robustness": ("robustness.py",),
 }
@@ -439,6 +439,14 @@ def stage_export(b: Build, d: Path) -> dict:
 DENSE_ARTIFACTS = ("dense_fp32.onnx", "dense_int8.onnx", "dense_fp32.tflite", "dense_int8.tflite")
 
 
+def _files_digest(d: Path) -> str:
+    """One sha256 over the names and contents of every file under `d`."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in d.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(d)}\0{_io.sha256_file(p)}\0".encode())
+    return h.hexdigest()
+
+
 def _dense_export(b: Build, dense, nchw: np.ndarray, nhwc: np.ndarray, d: Path) -> str:
     """The dense reference's four artifacts, copied into the export entry `d` from a cache entry of their own,
     `dense-export-<key>` (the dense model, calibration images and export code): builds of one model for other
@@ -447,13 +455,17 @@ def _dense_export(b: Build, dense, nchw: np.ndarray, nhwc: np.ndarray, d: Path) 
     from edge_sparse.export import onnx as eonnx, tflite as etflite
 
     e = b.cache / f"dense-export-{b.keys['dense_export']}"
-    made = "export" in b.recompute or not (e / "stage.json").is_file() or _entry_ok(e) is not None
+    # the dense weights themselves, not only their key: a reference entry recomputed differently (a damaged one
+    # rebuilt, a GPU retrain) is exported again
+    weights = _files_digest(b.dirs["reference"] / "dense")
+    made = "export" in b.recompute or not (e / "stage.json").is_file() or _entry_ok(e) is not None \
+        or json.loads((e / "stage.json").read_text()).get("dense_sha256") != weights
     if made:
         with _io.atomic_dir(e) as tmp:
             eonnx.export_fp32(dense, b.splits.input_shape, tmp / "dense_fp32.onnx")
             eonnx.quantize_int8(tmp / "dense_fp32.onnx", nchw, tmp / "dense_int8.onnx")
             notes = etflite.export(tmp / "dense_fp32.onnx", nhwc, tmp / "dense_fp32.tflite", tmp / "dense_int8.tflite")
-            _io.write_json(tmp / "stage.json", {"notes": notes, "reference": b.keys["reference"]})
+            _io.write_json(tmp / "stage.json", {"notes": notes, "reference": b.keys["reference"], "dense_sha256": weights})
             _seal(tmp)
     for name in DENSE_ARTIFACTS:
         shutil.copyfile(e / name, d / name)

@@ -627,15 +627,21 @@ def test_parity_gate_fails_the_build(quick, tmp_path, monkeypatch):
 
 def test_dense_reference_export_is_shared_between_builds(quick, tmp_path):
     """The dense reference is exported once per dense model, calibration and export code (its own cache entry): a
-    build whose shipped model exports again copies it (the same bytes), and `--from export` exports it again."""
+    build whose shipped model exports again reuses it; an entry made from other dense weights (a reference entry
+    recomputed differently) and `--from export` export it again."""
     a = quick["b"]
     assert a.results["export"]["dense_export"].startswith("dense-export-")
     cache = tmp_path / "cache"
     shutil.copytree(quick["dir"] / "cache", cache)
+    entry = cache / a.results["export"]["dense_export"].split()[0]
     shutil.rmtree(cache / a.dirs["export"].name)  # the shipped model's export is gone, the dense one's kept
     b = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist", cache_dir=cache)
-    assert b.times["export"] > 0 and b.results["export"]["dense_export"].endswith("(reused)")
-    for name in pipeline.DENSE_ARTIFACTS:
-        assert (b.dirs["export"] / name).read_bytes() == (a.dirs["export"] / name).read_bytes(), name
-    c = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist2", cache_dir=cache, from_stage="export")
-    assert c.results["export"]["dense_export"].endswith("(made now)")
+    assert b.times["export"] > 0 and b.results["export"]["dense_export"] == f"{entry.name} (reused)"
+    meta = json.loads((entry / "stage.json").read_text())
+    (entry / "stage.json").write_text(json.dumps({**meta, "dense_sha256": "0" * 64}))  # made from other weights
+    shutil.rmtree(cache / b.dirs["export"].name)
+    c = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist2", cache_dir=cache)
+    assert c.results["export"]["dense_export"] == f"{entry.name} (made now)"
+    assert json.loads((entry / "stage.json").read_text())["dense_sha256"] == meta["dense_sha256"]
+    d = pipeline.run("rpi4", BuildConfig.quick(), out_dir=tmp_path / "dist3", cache_dir=cache, from_stage="export")
+    assert d.results["export"]["dense_export"] == f"{entry.name} (made now)"

@@ -332,7 +332,7 @@ class _Runner:
         self.xnnpack = False
         if output_only:
             try:
-                self.it = Interpreter(model_content=model, num_threads=min(4, os.cpu_count() or 1))
+                self.it = Interpreter(model_content=model, num_threads=min(4, len(os.sched_getaffinity(0))))
                 self.it.allocate_tensors()
                 self.xnnpack = True
             except (RuntimeError, ValueError):  # the delegate refused the graph ("failed to prepare"): builtin kernels
