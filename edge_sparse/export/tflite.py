@@ -392,11 +392,11 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
     bias, in that bias's own scale. Compared: the fp32 .tflite of the same SavedModel, tensor by tensor name;
     counted: only values unsaturated in int8 and, behind a fused ReLU, positive in both (the pre-activation's
     error). CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED with an int32 bias and no fused activation or a
-    fused ReLU; nothing else changes (ops, scales, weights, I/O, latency). The shifts are read off the
-    kernels the shipped model runs on, XNNPACK's (each layer's tensor is the output of the int8 model cut after it,
-    and the fp32 graph's compared tensors are made its outputs), or TFLite's builtin kernels where the delegate
-    refuses a graph; the two round differently, so the corrected bytes depend on which ran (and on the CPU's
-    XNNPACK kernels, as the int8 results themselves do). Default rpi4 build, all 10k test images: BENCHMARKS.md
+    fused ReLU; nothing else changes (ops, scales, weights, I/O, latency). The shifts are read off XNNPACK,
+    the runtime the shipped model runs on, with this host's kernels (a device's ARM kernels may round otherwise;
+    each layer's tensor is the output of the int8 model cut after it, and the fp32 graph's compared tensors are
+    made its outputs), or TFLite's builtin kernels where the delegate refuses a graph; the two round differently,
+    so the corrected bytes depend on which ran (and on the CPU's XNNPACK kernels, as the int8 results do). Default rpi4 build, all 10k test images: BENCHMARKS.md
     "Where int8 disagrees with fp32".
 
     Returns the corrected model and one line saying what was done; where the interpreter cannot run a layer's
