@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -87,7 +88,7 @@ def run(images: int) -> dict:
     return {"model": "mobilenetv2 (registered), 96 px RGB, 10 classes", "layers_corrected": len(layers),
             "images": int(len(x)), "seconds": seconds, "speedup": round(seconds["builtin"] / seconds["xnnpack"], 2),
             "layers": layers,
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count()},
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 

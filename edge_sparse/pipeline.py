@@ -439,14 +439,6 @@ def stage_export(b: Build, d: Path) -> dict:
 DENSE_ARTIFACTS = ("dense_fp32.onnx", "dense_int8.onnx", "dense_fp32.tflite", "dense_int8.tflite")
 
 
-def _files_digest(d: Path) -> str:
-    """One sha256 over the names and contents of every file under `d`."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in d.rglob("*") if q.is_file()):
-        h.update(f"{p.relative_to(d)}\0{_io.sha256_file(p)}\0".encode())
-    return h.hexdigest()
-
-
 def _dense_export(b: Build, dense, nchw: np.ndarray, nhwc: np.ndarray, d: Path) -> str:
     """The dense reference's four artifacts, copied into the export entry `d` from a cache entry of their own,
     `dense-export-<key>` (the dense model, calibration images and export code): builds of one model for other
@@ -456,8 +448,10 @@ def _dense_export(b: Build, dense, nchw: np.ndarray, nhwc: np.ndarray, d: Path) 
 
     e = b.cache / f"dense-export-{b.keys['dense_export']}"
     # the dense weights themselves, not only their key: a reference entry recomputed differently (a damaged one
-    # rebuilt, a GPU retrain) is exported again
-    weights = _files_digest(b.dirs["reference"] / "dense")
+    # rebuilt, a GPU retrain) is exported again. Their hashes are in the reference entry's files.json (`_seal`)
+    listing = json.loads((b.dirs["reference"] / "files.json").read_text())
+    weights = hashlib.sha256(json.dumps(sorted((k, v) for k, v in listing.items() if k.startswith("dense/")))
+                             .encode()).hexdigest()
     made = "export" in b.recompute or not (e / "stage.json").is_file() or _entry_ok(e) is not None \
         or json.loads((e / "stage.json").read_text()).get("dense_sha256") != weights
     if made:

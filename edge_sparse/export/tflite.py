@@ -441,12 +441,19 @@ def _up_to(m, k: int) -> bytes:
     """The model object `m` run only as far as its operator `k` (ops are stored in execution order), whose output is
     the graph's: what a layer's correction reads, at the cost of the ops before it (half of the whole model's
     invokes on average; the values are the same, the ops after it never touched them)."""
+    ops = m.subgraphs[0].operators
+    return _serialized(m, [int(ops[k].outputs[0])], ops[: k + 1])
+
+
+def _serialized(m, outputs: list, operators: Optional[list] = None) -> bytes:
+    """The model object `m` as bytes with `outputs` as its graph's outputs (and only `operators`, if given); `m`
+    itself is left as it was."""
     from tensorflow.lite.tools import flatbuffer_utils as fu
 
     g = m.subgraphs[0]
     ops, outs = g.operators, g.outputs
     try:
-        g.operators, g.outputs = ops[: k + 1], [int(ops[k].outputs[0])]
+        g.operators, g.outputs = ops if operators is None else operators, outputs
         return bytes(fu.convert_object_to_bytearray(m))
     finally:
         g.operators, g.outputs = ops, outs
@@ -489,11 +496,9 @@ def _correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray,
     where = _buffer_offsets(model, {g.tensors[int(g.operators[k].inputs[2])].buffer for k, _, _ in todo})
     if truncate and xnnpack:  # the fp32 graph with the tensors compared as its outputs: XNNPACK runs it (~4x faster)
         names = {name.encode() for _, name, _ in todo}
-        outs = fg.outputs
-        fg.outputs = list(dict.fromkeys(int(op.outputs[0]) for op in fg.operators
-                                        if fg.tensors[int(op.outputs[0])].name in names))
-        ref = _Runner(bytes(fu.convert_object_to_bytearray(fm)), output_only=True)
-        fg.outputs = outs
+        ref = _Runner(_serialized(fm, list(dict.fromkeys(int(op.outputs[0]) for op in fg.operators
+                                                         if fg.tensors[int(op.outputs[0])].name in names))),
+                      output_only=True)
     else:
         ref = _Runner(fp32_model)
     cached = _reference_tensors(ref, calib_nhwc, [name for _, name, _ in todo], cached_images)
