@@ -53,6 +53,31 @@ STAGE_CODE = {
 }
 
 
+# The libraries whose behaviour decides each stage's output: upgrading one invalidates that stage (and, through the
+# chained keys, every later one), as editing the stage's code does. Pillow decodes image folders; onnx2tf, TensorFlow's
+# converter and LiteRT's kernels (the bias correction reads them) make the .tflite; onnxruntime the int8 ONNX and its
+# parity. (The host latency table is keyed by its runtime's version already: `latency.host.cache_path`.)
+STAGE_LIBS = {
+    "train": ("torch", "numpy", "pillow", "torch-pruning"),
+    "search": ("torch-pruning",),
+    "export": ("onnx", "onnxruntime", "tensorflow", "onnx2tf", "ai-edge-litert"),
+    "verify": ("onnxruntime", "ai-edge-litert"),
+}
+
+
+def _lib_versions(stage: str) -> list:
+    """[(distribution, installed version or None)] for the libraries `stage`'s output depends on (`STAGE_LIBS`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in STAGE_LIBS.get(stage, ()):
+        try:
+            out.append((dist, version(dist)))
+        except PackageNotFoundError:
+            out.append((dist, None))
+    return out
+
+
 def _code_fingerprint(stage: str) -> str:
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
@@ -611,9 +636,10 @@ def _keys(b: Build) -> dict:
     user = [usermodel.fingerprint(c.model)] if usermodel.is_ref(c.model) else []
     if c.weights:
         user += ["weights", usermodel.weights_fingerprint(c.weights), c.no_train]
-    keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint("train"), data_key, c.model, asdict(c.train)] + user)
-    keys["search"] = _hash(["search", keys["train"], _code_fingerprint("search"), c.criterion, sorted(c.sparsities),
-                            c.fixed_sparsity, c.search, c.target_device, t.latency_budget_ms, t.latency_budget, t.model_size_budget_kb,
+    keys["train"] = _hash(["train", CACHE_VERSION, _code_fingerprint("train"), _lib_versions("train"), data_key, c.model,
+                           asdict(c.train)] + user)
+    keys["search"] = _hash(["search", keys["train"], _code_fingerprint("search"), _lib_versions("search"), c.criterion,
+                            sorted(c.sparsities), c.fixed_sparsity, c.search, c.target_device, t.latency_budget_ms, t.latency_budget, t.model_size_budget_kb,
                             t.channel_multiple, asdict(t.latency_model) if t.latency_model else None, _latency_identity(t)])
     keys["finetune"] = _hash(["finetune", keys["search"], _code_fingerprint("finetune"), asdict(c.finetune), c.no_train]
                              + ([c.prune_steps] if c.prune_steps > 1 else [])
@@ -623,11 +649,12 @@ def _keys(b: Build) -> dict:
     keys["reference"] = _hash(["reference", keys["train"], _code_fingerprint("reference"),
                                asdict(c.finetune) if c.reference == "retrain" else None, c.reference,
                                c.weights is not None])
-    keys["export"] = _hash(["export", keys["finetune"], keys["reference"], _code_fingerprint("export"), c.calib_size, _calib_fingerprint()])
+    keys["export"] = _hash(["export", keys["finetune"], keys["reference"], _code_fingerprint("export"), _lib_versions("export"),
+                            c.calib_size, _calib_fingerprint()])
     # the dense reference's export alone (`_dense_export`): shared by every build of the same dense model
-    keys["dense_export"] = _hash(["dense-export", keys["reference"], _code_fingerprint("export"), c.calib_size,
-                                  _calib_fingerprint()])
-    keys["verify"] = _hash(["verify", keys["export"], _code_fingerprint("verify"), c.eval_size])
+    keys["dense_export"] = _hash(["dense-export", keys["reference"], _code_fingerprint("export"), _lib_versions("export"),
+                                  c.calib_size, _calib_fingerprint()])
+    keys["verify"] = _hash(["verify", keys["export"], _code_fingerprint("verify"), _lib_versions("verify"), c.eval_size])
     keys["robustness"] = _hash(["robustness", keys["verify"], _code_fingerprint("robustness"), list(c.robust_eps),
                                 c.robust_n, t.robust_eps])
     keys["bundle"] = "-"

@@ -574,6 +574,26 @@ def test_new_data_under_the_same_dir_changes_the_key(cifar10_dir, tmp_path):
     assert pipeline.data_fingerprint("cifar10", d) != k0
 
 
+def test_a_library_upgrade_invalidates_the_stages_it_decides(tmp_path, monkeypatch):
+    """A cached .tflite made by another onnx2tf (or a model trained by another torch) is not reused: the stage's
+    libraries are in its key, and the keys chain, so the stages after it go too; the stages before it stay."""
+    import importlib.metadata
+
+    from edge_sparse.targets import load_target
+
+    b = pipeline.Build(load_target("rpi4"), BuildConfig.quick(), tmp_path / "cache", tmp_path / "dist")
+    before = pipeline._keys(b)
+    real = importlib.metadata.version
+    for dist, changed, kept in (("onnx2tf", {"export", "dense_export", "verify", "robustness"}, {"train", "search"}),
+                                ("torch", set(pipeline.STAGES) - {"bundle"} | {"dense_export"}, set())):
+        monkeypatch.setattr(importlib.metadata, "version", lambda d, dist=dist: "0.0-other" if d == dist else real(d))
+        after = pipeline._keys(b)
+        assert {k for k in before if before[k] != after[k]} == changed, dist
+        assert all(before[k] == after[k] for k in kept)
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    assert pipeline._keys(b) == before
+
+
 def test_second_build_on_a_cache_waits_for_the_first(tmp_path):
     lock = pipeline._lock_cache(tmp_path)
     code = (f"from pathlib import Path; from edge_sparse import pipeline; print('trying', flush=True); "
