@@ -263,6 +263,17 @@ def test_bias_correction_runs_the_shipped_kernels_and_falls_back_where_xnnpack_r
     fell_back, note = etflite._correct_biases(int8, fp32, x)
     assert "bias correction on" in note and kinds and all(k == (True, False) for k in kinds), kinds
     assert fell_back == builtin and fast != int8
+    monkeypatch.setattr(lit, "Interpreter", real)
+
+    def failing_invoke(self, x1):  # the delegate prepared the graph, then fails while it runs
+        if self.xnnpack:
+            raise RuntimeError("XNNPACK invoke failed (here)")
+        real_run(self, x1)
+
+    real_run = etflite._Runner.run
+    monkeypatch.setattr(etflite._Runner, "run", failing_invoke)
+    again, note = etflite.correct_biases(int8, fp32, x)
+    assert again == builtin and "builtin kernels, as XNNPACK failed (RuntimeError: XNNPACK invoke failed" in note
 
 
 def test_finalists_are_timed_on_the_shipped_int8_graph_without_its_bias_correction(exported, tmp_path):

@@ -399,12 +399,20 @@ def correct_biases(model: bytes, fp32_model: bytes, calib_nhwc: np.ndarray) -> t
     so the corrected bytes depend on which ran (and on the CPU's XNNPACK kernels, as the int8 results do). Default rpi4 build, all 10k test images: BENCHMARKS.md
     "Where int8 disagrees with fp32".
 
-    Returns the corrected model and one line saying what was done; where the interpreter cannot run a layer's
-    tensors, the model unchanged and a line saying why the correction was skipped."""
+    Returns the corrected model and one line saying what was done. Where XNNPACK fails while the correction runs (past
+    the graph checks `_Runner` makes when it loads one), the whole correction runs again on the builtin kernels and the
+    line says why; where those cannot run a layer's tensors either, the model unchanged and a line saying why the
+    correction was skipped."""
+    why = lambda e: f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"  # noqa: E731
     try:
         return _correct_biases(model, fp32_model, calib_nhwc)
     except Exception as e:  # noqa: BLE001  (an optional improvement: a failure of any kind leaves the model as is)
-        return model, f"bias correction skipped: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        first = why(e)
+    try:  # the same correction, read off TFLite's builtin kernels (the old path: whole models, every tensor kept)
+        data, note = _correct_biases(model, fp32_model, calib_nhwc, xnnpack=False)
+        return data, f"{note}; on TFLite's builtin kernels, as XNNPACK failed ({first})"
+    except Exception as e:  # noqa: BLE001
+        return model, f"bias correction skipped: {why(e)} (on XNNPACK first: {first})"
 
 
 def _reference_tensors(ref: _Runner, x: np.ndarray, names: list[str], images: Optional[int]) -> dict[str, list]:
