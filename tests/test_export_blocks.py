@@ -371,3 +371,47 @@ def test_an_add_of_a_layer_norms_input_and_output_is_read_back_as_an_add(rgb, tm
     ours = extract_ops(model, ex)
     assert [o.kind for o in ours].count("layernorm") == 1 and [o.kind for o in ours].count("add") == 1, ours
     assert sorted(map(strip, tflite_ops(res["tflite"])), key=repr) == sorted(map(strip, ours), key=repr)
+
+
+class DenseBlock(nn.Module):
+    """DenseNet's block: every layer reads the concatenation of all the features before it (2, 3, 4 tensors), and
+    the block's output concatenates all five. onnx2tf writes each torch.cat as one CONCATENATION of all its tensors,
+    which costs a copy loop per tensor: priced as a concat of that many inputs, not as two halves."""
+
+    def __init__(self, c: int = 16, growth: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.layers = nn.ModuleList(nn.Sequential(nn.Conv2d(c + i * growth, growth, 3, 1, 1), nn.BatchNorm2d(growth),
+                                                  nn.ReLU()) for i in range(4))
+        self.fc = nn.Linear(c + 4 * growth, 10)
+
+    def forward(self, x):
+        feats = [self.stem(x)]
+        for layer in self.layers:
+            feats.append(layer(torch.cat(feats, 1) if len(feats) > 1 else feats[0]))
+        return self.fc(torch.cat(feats, 1).mean((2, 3)))
+
+
+def test_a_concat_of_many_tensors_is_priced_with_its_input_count(rgb, tmp_path):
+    from edge_sparse.latency.ops import Op, extract_ops, tflite_ops
+    from edge_sparse.latency.probes import build_probe
+    from edge_sparse.latency.table import grid_ops
+
+    torch.manual_seed(0)
+    model, ex = _train(DenseBlock(), rgb), torch.zeros(1, 3, SIZE, SIZE)
+    ours = extract_ops(model, ex)
+    assert [o.inputs for o in ours if o.kind == "concat"] == [2, 3, 4, 5], ours
+    res = es.export(model, ex, calib=rgb["calib"], out=tmp_path, mean=rgb["mean"], std=rgb["std"],
+                    eval_images=rgb["test"], eval_labels=rgb["test_y"])
+    assert res["parity"]["model.tflite"]["agreement"] >= MIN_AGREEMENT, res["parity"]
+    strip = lambda o: o.replace(act="none", name="")  # noqa: E731
+    assert sorted(map(strip, tflite_ops(res["tflite"])), key=repr) == sorted(map(strip, ours), key=repr)
+    # the probe is a concat of that many tensors (as equal parts), keyed apart from two halves of the same width
+    five = Op("concat", 14, 14, 48, 48, inputs=5)
+    assert five.key == "concat:14x14:48>48:k1s1n5:none" and five.replace(inputs=2).key == "concat:14x14:48>48:k1s1:none"
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=build_probe(five))
+    assert sorted(int(d["shape"][-1]) for d in it.get_input_details()) == [9, 9, 9, 9, 12]
+    # pruned, its tensors keep at least a channel each: the table's narrowest probe of a 25-tensor concat has 25
+    assert min(o.cin for o in grid_ops([Op("concat", 6, 6, 448, 448, inputs=25)], 8, 3)) == 25

@@ -133,10 +133,14 @@ def build_probe(op: Op, seed: int = 0) -> bytes:
     elif op.kind == "mulc":  # the squeeze-and-excitation gate: (1, H, W, C) * (1, 1, 1, C)
         spec = spec + [tf.TensorSpec([1, 1, 1, op.cin], tf.float32)]
         fn = lambda x, y: x * y  # noqa: E731
-    elif op.kind == "concat":  # two halves (a shuffle unit's, a fire module's): the split barely moves the cost
-        a = op.cin // 2
-        spec = [tf.TensorSpec([1, op.h, op.w, a], tf.float32), tf.TensorSpec([1, op.h, op.w, op.cin - a], tf.float32)]
-        fn = lambda x, y: tf.concat([x, y], 3)  # noqa: E731
+    elif op.kind == "concat":  # its inputs as equal parts (two halves: a shuffle unit's, a fire module's; how the
+        # channels are shared barely moves the cost, how many tensors there are does: `Op.inputs`)
+        n = max(2, op.inputs)
+        if op.cin < n:
+            raise EdgeSparseError(f"no probe for {op.key}: {n} inputs cannot share {op.cin} channels")
+        parts = [op.cin // n] * (n - 1) + [op.cin - (n - 1) * (op.cin // n)]
+        spec = [tf.TensorSpec([1, op.h, op.w, c], tf.float32) for c in parts]
+        fn = lambda *xs: tf.concat(list(xs), 3)  # noqa: E731
     elif op.kind == "slice":  # one half of a 2c-channel tensor (a chunk(2) piece)
         spec = [tf.TensorSpec([1, op.h, op.w, 2 * op.cin], tf.float32)]
         fn = lambda x: x[:, :, :, op.cin:]  # noqa: E731

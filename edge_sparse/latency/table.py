@@ -72,7 +72,8 @@ def grid_ops(ops: Sequence[Op], multiple: int, fixed_in: int, fixed_out: Optiona
     out: dict[str, Op] = {}
     for proto, ins, outs in axes.values():
         if proto.kind in ONE_WIDTH:
-            pairs = [(c, c) for c in sorted(ins | outs)]
+            # a concat of n tensors has at least n channels: its narrowest probe has n
+            pairs = [(c, c) for c in sorted({max(c, proto.inputs if proto.kind == "concat" else 1) for c in ins | outs})]
         else:
             pairs = [(ci, co) for ci in sorted(ins) for co in sorted(outs)]
         for ci, co in pairs:
