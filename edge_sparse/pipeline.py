@@ -67,15 +67,9 @@ STAGE_LIBS = {
 
 def _lib_versions(stage: str) -> list:
     """[(distribution, installed version or None)] for the libraries `stage`'s output depends on (`STAGE_LIBS`)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from edge_sparse.versions import package_versions
 
-    out = []
-    for dist in STAGE_LIBS.get(stage, ()):
-        try:
-            out.append((dist, version(dist)))
-        except PackageNotFoundError:
-            out.append((dist, None))
-    return out
+    return list(package_versions(STAGE_LIBS.get(stage, ())).items())
 
 
 def _code_fingerprint(stage: str) -> str:

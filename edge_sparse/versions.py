@@ -10,16 +10,23 @@ from pathlib import Path
 from typing import Optional
 
 
-def environment_versions() -> dict:
+def package_versions(dists) -> dict:
+    """{distribution: its installed version, or None where it is not installed}, in the order given."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "tensorflow", "onnx", "onnxruntime", "ai-edge-litert", "onnx2tf", "torch-pruning", "numpy"):
+    out = {}
+    for dist in dists:
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def environment_versions() -> dict:
+    return {"python": platform.python_version(),
+            **package_versions(("torch", "tensorflow", "onnx", "onnxruntime", "ai-edge-litert", "onnx2tf", "torch-pruning",
+                                "numpy"))}
 
 
 def git_commit() -> Optional[str]:
