@@ -158,11 +158,20 @@ class Allocator:
         allocation the widths alone meet never looks for them)."""
         if self._blocks is None:
             found = []
-            for b in residual_blocks(self.dense, self._block_images) if self._block_images is not None else []:
+            imgs = self._block_images
+            for b in residual_blocks(self.dense, imgs, plain=True) if imgs is not None else []:
                 ops = self._ops_of_block(b.name)
-                if ops:
+                if ops and (b.residual or self._keeps_width(ops)):
                     found.append(b)
                     self.block_ops[b.name] = ops
+            plain = [b.name for b in found if not b.residual]
+            if plain:  # read off the op order: the narrowest network without every one of them must still run
+                try:
+                    narrow = self._pruned({g.name: g.min_keep for g in self.groups}, plain)
+                    with torch.no_grad():
+                        narrow(self.example)
+                except RuntimeError:
+                    found = [b for b in found if b.residual]
             # a group all of whose ops lie inside a block goes with it (a residual stream through it does not)
             self._inside = {g.name: next((b.name for b in found
                                           if set(self._touch[g.name]) <= set(self.block_ops[b.name])), None)
@@ -174,6 +183,15 @@ class Allocator:
     def blocks_known(self) -> bool:
         """Whether the blocks have been looked for (`blocks` looks on first use)."""
         return self._blocks is not None
+
+    def _keeps_width(self, ops: list[int]) -> bool:
+        """Whether a plain block (no skip) with these ops hands on as many channels as it is given at every
+        allocation: the op before it and its own last op write widths that move with the same groups by the same
+        amounts (a stride-1 ShuffleNet unit: the shuffled stream, which no group narrows). A residual block's add ties
+        the two; a fire module's input and output are different groups, and dropped it would leave its reader the
+        wrong width."""
+        before, last = min(ops) - 1, max(ops)
+        return before >= 0 and self.cout_of[before] == self.cout_of[last] and self.ops[before].cout == self.ops[last].cout
 
     def _ops_of_block(self, name: str) -> list[int]:
         """Indices in `self.ops` of the ops that go when block `name` is dropped: those computed inside it, where the

@@ -92,7 +92,7 @@ def metadata(b) -> dict:
         "model": {"arch": b.cfg.model, "params": chosen["params"], "macs": chosen["macs"], "layers": chosen["layers"],
                   "size_kb": round((e / "model.tflite").stat().st_size / 1024, 2),
                   "unpruned": r["search"].get("unprunable", []),  # layers kept whole, and why
-                  "dropped_blocks": r["search"].get("dropped_blocks", []),  # residual blocks removed whole
+                  "dropped_blocks": r["search"].get("dropped_blocks", []),  # blocks removed whole (residual, or units that keep their width)
                   "weights_notes": r["train"].get("weights_notes", [])},
         "dense": {"params": dense_c["params"], "macs": dense_c["macs"], "layers": dense_c["layers"],
                   "size_kb_int8": round((e / "dense_int8.tflite").stat().st_size / 1024, 2),

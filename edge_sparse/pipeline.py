@@ -324,9 +324,9 @@ def stage_search(b: Build, d: Path) -> dict:
         out["unprunable"] = res.record.get("unprunable", [])  # kept whole, with why (pruning.prune)
         for u in out["unprunable"]:
             _log(f"  kept unpruned: {', '.join(u['layers'][:4])}{', ...' if len(u['layers']) > 4 else ''} ({u['why']})")
-        out["dropped_blocks"] = res.record.get("dropped", [])  # residual blocks removed whole (allocate)
+        out["dropped_blocks"] = res.record.get("dropped", [])  # blocks removed whole (allocate)
         if out["dropped_blocks"]:
-            _log(f"  residual blocks dropped whole ({len(out['dropped_blocks'])}): {', '.join(out['dropped_blocks'])}")
+            _log(f"  blocks dropped whole ({len(out['dropped_blocks'])}): {', '.join(out['dropped_blocks'])}")
     return out
 
 

@@ -313,15 +313,17 @@ def _classifier_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn
 
 @dataclass
 class Block:
-    """A residual block that can be dropped whole: with its residual branch silenced it passes its input through."""
+    """A block that can be dropped whole: a residual block (with its residual branch silenced it passes its input
+    through) or, in a network without one, a plain unit that keeps its input's shape (`residual_blocks(plain=True)`)."""
     name: str  # module path
     contribution: float  # mean |block(x) - x| / |x| on real images: how much the block changes what it is given
+    residual: bool = True  # False: a plain unit (a ShuffleNet unit, a fire module): dropping it removes a layer
 
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1e-5) -> list[Block]:
+def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1e-5, plain: bool = False) -> list[Block]:
     """The model's residual blocks that can be removed whole (depth pruning), outermost first, with their contribution.
 
     A block is a module whose output has its input's shape and which becomes the identity on these images when
@@ -329,7 +331,13 @@ def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1
     outputs zero and the skip carries the input through (a projection shortcut, an SE gate (sigmoid(0) = 0.5) or a
     final activation that clips the input makes it fail the test, and it is not offered). Containers whose
     children with convs are all blocks (a stage of blocks) are not offered themselves: their blocks are. A block
-    inside another offered block is not offered. Read on the model as it is (no copy is kept)."""
+    inside another offered block is not offered. Read on the model as it is (no copy is kept).
+
+    `plain=True`, in a network with no residual block at all (ShuffleNetV2's units concatenate and shuffle, SqueezeNet
+    has no skip): the modules with a conv that keep their input's shape (a stride-1 ShuffleNet unit, a fire module
+    whose output is as wide as its input) are offered instead, by the same outermost / container rules, marked
+    `residual=False`. Dropping one removes a layer of the network, not a branch beside a skip: the fine-tune has more
+    to relearn, and the allocator offers them only where their input and output widths move together."""
     model = model.eval()
     io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     names = {m: n for n, m in model.named_modules() if n}
@@ -357,6 +365,7 @@ def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1
         for h in hooks:
             h.remove()
     ok: dict[str, float] = {}
+    shaped: dict[str, float] = {}  # modules that keep the shape but are not residual (for `plain`)
     for n, (x, y) in io.items():
         silent = copy.deepcopy(dict(model.named_modules())[n]).eval()
         with torch.no_grad():
@@ -372,18 +381,26 @@ def residual_blocks(model: nn.Module, images: torch.Tensor, tolerance: float = 1
             except Exception:  # noqa: BLE001 - a module that does not run alone on its captured input is no block
                 continue
         scale = float(x.abs().max()) or 1.0
+        changed = float(((y - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
         if passed.shape == x.shape and float((passed - x).abs().max()) <= tolerance * scale:
-            ok[n] = float(((y - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+            ok[n] = changed
+        else:
+            shaped[n] = changed
+    residual = bool(ok)
+    if plain and not ok:
+        ok = shaped
     mods = dict(model.named_modules())
 
     def container_of_blocks(n: str) -> bool:  # every child with a conv is a block, or again such a container
+        if not residual and not isinstance(mods[n], (nn.Sequential, nn.ModuleList)):
+            return False  # a plain unit (ShuffleNet's) is offered whole, not its branch of shape-keeping convs
         kids = [f"{n}.{c}" for c, m in mods[n].named_children() if any(isinstance(x, nn.Conv2d) for x in m.modules())]
         return bool(kids) and all(k in ok or container_of_blocks(k) for k in kids)
 
     offered = [n for n in ok if not container_of_blocks(n)]
     top = [n for n in offered if not any(n.startswith(o + ".") for o in offered if o != n)]
     order = [n for n in names.values() if n in top]  # the model's own order
-    return [Block(n, round(ok[n], 6)) for n in order]
+    return [Block(n, round(ok[n], 6), residual) for n in order]
 
 
 def drop_blocks(model: nn.Module, names) -> nn.Module:

@@ -186,7 +186,7 @@ def write(b, meta: dict, d: Path) -> None:
     for u in r["search"].get("unprunable", []):
         L.append(f"Kept unpruned: {', '.join(u['layers'])} — {u['why']}.\n")
     if r["search"].get("dropped_blocks"):
-        L.append(f"Residual blocks dropped whole (the narrowest widths alone missed the budget): "
+        L.append(f"Blocks dropped whole (the narrowest widths alone missed the budget): "
                  f"{', '.join(r['search']['dropped_blocks'])}.\n")
     for n in r["train"].get("weights_notes", []):
         L.append(f"Weights: {n}.\n")

@@ -166,15 +166,17 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
     if dense_c.fits:
         log("  the dense model already meets the budget: shipping it unpruned")
         return dense_c, None, [dense_c]
-    # the residual blocks that may be dropped whole are found and ranked on 16 training images (each candidate's input
-    # and output are held: at 224 px on a ConvNeXt, ~1 GB)
+    # the blocks that may be dropped whole (residual blocks; where there are none, units that keep their width) are
+    # found and ranked on 16 training images (each candidate's input and output are held: at 224 px on a ConvNeXt,
+    # ~1 GB)
     blocks_on = to_tensor(splits.train.images(range(min(16, len(splits.train)))), splits.mean, splits.std)
     al = Allocator(dense, example, pricer, target.channel_multiple, max_layer_sparsity=max_layer_sparsity,
                    taylor_batch=taylor_batch, criterion=criterion, block_images=blocks_on)
     narrowest = al.price({g.name: g.min_keep for g in al.groups})  # the fastest network of these depths
-    if narrowest["p90"] > budget and al.blocks:  # then residual blocks may go whole
+    if narrowest["p90"] > budget and al.blocks:  # then blocks may go whole
+        kind = "residual blocks" if al.blocks[0].residual else "units that keep their width (no residual block)"
         log(f"  depth: the narrowest widths predict {narrowest['p90']:.4g} ms, over the budget; {len(al.blocks)} "
-            f"residual blocks can be dropped whole ({', '.join(b.name for b in al.blocks[:4])}"
+            f"{kind} can be dropped whole ({', '.join(b.name for b in al.blocks[:4])}"
             f"{', ...' if len(al.blocks) > 4 else ''})")
     tried: list[tuple[Candidate, Optional[PruneResult]]] = [(dense_c, None)]
     seen: set = set()
@@ -236,7 +238,7 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
                f"{pricer.budget_ms:.4g} ms, and "
                if measured else "")
         # blocks were looked for if any round needed them (never for the error alone: that is seconds of forwards)
-        depth = (f" ({al.narrowest()['p90']:.4g} ms with all {len(al.blocks)} droppable residual blocks dropped)"
+        depth = (f" ({al.narrowest()['p90']:.4g} ms with all {len(al.blocks)} droppable blocks dropped)"
                  if al.blocks_known and al.blocks else "")
         raise BudgetError(
             f"no width allocation meets target {target.name!r}: budget p90 <= {budget:.4g} ms "

@@ -268,3 +268,71 @@ def test_modules_that_write_their_input_in_place_are_judged_on_what_they_read():
     blocks = {b.name: b.contribution for b in residual_blocks(m, torch.randn(4, 3, 16, 16))}
     assert set(blocks) == {"1", "3"}, blocks  # the SE gate is no block, however it is written
     assert blocks["1"] > 0.05, blocks
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's stride-1 unit: half the channels pass, the other half through 1x1 / dw 3x3 / 1x1, concatenated
+    and shuffled. No skip is added: silenced it is no identity, but it keeps its input's shape."""
+
+    def __init__(self, c):
+        super().__init__()
+        h = c // 2
+        self.branch = nn.Sequential(cbn(h, h, 1), nn.ReLU(), cbn(h, h, 3, g=h), cbn(h, h, 1), nn.ReLU())
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat((a, self.branch(b)), 1)
+        n, c, hh, w = y.shape
+        return y.view(n, 2, c // 2, hh, w).transpose(1, 2).reshape(n, c, hh, w)
+
+
+class Fire(nn.Module):
+    """SqueezeNet's fire module: squeeze 1x1, expand 1x1 and 3x3, concatenated; here as wide out as in."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.squeeze, self.e1, self.e3 = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c // 2, 1), nn.Conv2d(c // 4, c // 2, 3, padding=1)
+
+    def forward(self, x):
+        s = torch.relu(self.squeeze(x))
+        return torch.cat((torch.relu(self.e1(s)), torch.relu(self.e3(s))), 1)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(cbn(3, 32, s=2), nn.ReLU())
+        self.units = nn.Sequential(*[ShuffleUnit(32) for _ in range(3)])
+        self.fire = Fire(32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.fire(self.units(self.stem(x))).mean((2, 3)))
+
+
+def test_a_network_without_residual_blocks_may_drop_units_that_keep_their_width():
+    """ShuffleNetV2 and SqueezeNet have no residual block: at 96 px their stems and per-op costs left the narrowest
+    widths 7-16 % under the dense model, short of a 1.5x budget (shufflenet_v2_x0_5, squeezenet1_1 on the host). A
+    stride-1 unit keeps the shuffled stream's width (no group narrows it), so it can go whole; a fire module's output
+    width is its own groups', not its input's: dropped, it would hand its reader the wrong width, so it is not offered."""
+    torch.manual_seed(0)
+    m, ex = ShuffleNet().eval(), torch.zeros(1, 3, 32, 32)
+    imgs = torch.randn(8, 3, 32, 32)
+    assert residual_blocks(m, imgs) == []  # no residual block ...
+    plain = residual_blocks(m, imgs, plain=True)  # ... but four modules that keep their shape
+    assert [b.name for b in plain] == ["units.0", "units.1", "units.2", "fire"]
+    assert not any(b.residual for b in plain) and all(b.contribution > 0 for b in plain)
+    pr = _pricer(m, ex)
+    al = Allocator(m, ex, pr, 8, block_images=imgs)
+    assert [b.name for b in al.blocks] == ["units.0", "units.1", "units.2"]  # the fire module would break its reader
+    assert {"fire.e1", "fire.e3"} <= {g.name for g in al.groups}  # (because its output width is its own groups')
+    widths = al.price({g.name: g.min_keep for g in al.groups})["p90"]
+    assert al.narrowest()["p90"] < widths
+    budget = (al.narrowest()["p90"] + widths) / 2
+    x = torch.randn(4, 3, 32, 32)
+    a = al.allocate(budget, "importance")
+    assert a is not None and a.drop and set(a.drop) <= {"units.0", "units.1", "units.2"} and a.p90_ms <= budget
+    res = al.apply(a)
+    assert res.model(x).shape == (4, 10)
+    assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
+    assert torch.allclose(replay(m, res.record, ex)(x), res.model(x), atol=1e-5)
