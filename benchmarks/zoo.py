@@ -98,6 +98,8 @@ def _snapshot(src: Path = SRC) -> str:
     for ignored in ("calib_data", "build/zoo-libs", "build/latency"):  # not in git: the checkout's own
         shutil.rmtree(src / ignored, ignore_errors=True)
         (src / ignored).parent.mkdir(parents=True, exist_ok=True)
+        if ignored == "build/latency":  # the host tables' home: on a fresh clone not made yet, and a link to nothing
+            (ROOT / ignored).mkdir(parents=True, exist_ok=True)  # fails mkdir(exist_ok=True) in every host build
         (src / ignored).symlink_to(ROOT / ignored)
     (src / ".commit").write_text(commit)
     return commit

@@ -151,6 +151,7 @@ class Allocator:
         self._block_images, self._blocks = block_images, None
         self.block_ops: dict[str, list[int]] = {}  # block -> its ops' indices in `self.ops`
         self._inside: dict[str, Optional[str]] = {}  # group -> the block all its ops lie in (it goes with the block)
+        self._ties: dict[str, list[tuple[str, str]]] = {}  # plain block -> (output group, input group it follows)
 
     @property
     def blocks(self) -> list:
@@ -161,9 +162,11 @@ class Allocator:
             imgs = self._block_images
             for b in residual_blocks(self.dense, imgs, plain=True) if imgs is not None else []:
                 ops = self._ops_of_block(b.name)
-                if ops and (b.residual or self._keeps_width(ops)):
+                ties = [] if b.residual or not ops else self._width_ties(ops)
+                if ops and ties is not None:
                     found.append(b)
                     self.block_ops[b.name] = ops
+                    self._ties[b.name] = ties
             plain = [b.name for b in found if not b.residual]
             if plain:  # read off the op order: the narrowest network without every one of them must still run
                 try:
@@ -184,14 +187,45 @@ class Allocator:
         """Whether the blocks have been looked for (`blocks` looks on first use)."""
         return self._blocks is not None
 
-    def _keeps_width(self, ops: list[int]) -> bool:
-        """Whether a plain block (no skip) with these ops hands on as many channels as it is given at every
-        allocation: the op before it and its own last op write widths that move with the same groups by the same
-        amounts (a stride-1 ShuffleNet unit: the shuffled stream, which no group narrows). A residual block's add ties
-        the two; a fire module's input and output are different groups, and dropped it would leave its reader the
-        wrong width."""
+    def _width_ties(self, ops: list[int]) -> Optional[list[tuple[str, str]]]:
+        """How a plain block (no skip) with these ops can hand on as many channels as it is given at every allocation:
+        [] where the op before it and its own last op write widths that move with the same groups by the same
+        amounts (a stride-1 ShuffleNet unit: the shuffled stream, which no group narrows); else the pairs (its output
+        group, the input group it must then keep as wide as), where its input and output widths are sums of groups
+        that pair one to one (a fire module: its expand 1x1 / 3x3 groups with the ones of the fire module before
+        it); None where they do not pair (dropped, it would hand its reader the wrong width). A residual block's
+        add ties the two sides itself."""
         before, last = min(ops) - 1, max(ops)
-        return before >= 0 and self.cout_of[before] == self.cout_of[last] and self.ops[before].cout == self.ops[last].cout
+        if before < 0 or self.ops[before].cout != self.ops[last].cout:
+            return None
+        a, b = self.cout_of[before], self.cout_of[last]
+        if any(a[g] != b[g] for g in set(a) & set(b)):
+            return None
+        ins, outs = [g for g in a if g not in b], [g for g in b if g not in a]
+        by = {g.name: g for g in self.groups}
+        if len(ins) != len(outs) or any(
+                a[i] != b[o] or (by[i].size, by[i].step, by[i].min_keep) != (by[o].size, by[o].step, by[o].min_keep)
+                for i, o in zip(ins, outs)):
+            return None
+        return list(zip(outs, ins))
+
+    def _tie_roots(self, drop) -> dict[str, str]:
+        """Output group -> the untied group it keeps as wide as, over the dropped plain blocks `drop` (a chain of
+        dropped neighbours followed to its end)."""
+        ties = dict(p for b in drop for p in self._ties.get(b, ()))
+        roots = {}
+        for out, src in ties.items():
+            for _ in range(len(ties)):  # bounded: a chain is at most every tie long
+                if src not in ties:
+                    break
+                src = ties[src]
+            roots[out] = src
+        return roots
+
+    def _tied(self, keep: dict, drop) -> dict:
+        """`keep` with each dropped plain block's output groups as wide as the input groups they are tied to."""
+        roots = self._tie_roots(drop)
+        return {g: keep[roots[g]] if g in roots else k for g, k in keep.items()}
 
     def _ops_of_block(self, name: str) -> list[int]:
         """Indices in `self.ops` of the ops that go when block `name` is dropped: those computed inside it, where the
@@ -258,6 +292,7 @@ class Allocator:
         blocks in `drop` (dropped after the pruning: a group rooted inside a block may run through the rest)."""
         import torch_pruning as tp
 
+        keep = self._tied(keep, drop)
         model = copy.deepcopy(self.dense).eval()
         named = dict(model.named_modules())
         with warnings.catch_warnings():
@@ -296,7 +331,7 @@ class Allocator:
                 raise EdgeSparseError(f"not a block that can be dropped: {', '.join(unknown)} (blocks: "
                                       f"{', '.join(b.name for b in self.blocks) or 'none'})")
         gone = {i for b in drop for i in self.block_ops[b]}
-        return self.pricer.predict_ops([o for i, o in enumerate(self.ops_for(keep)) if i not in gone])
+        return self.pricer.predict_ops([o for i, o in enumerate(self.ops_for(self._tied(keep, drop))) if i not in gone])
 
     def built_price(self, keep: dict, drop=()) -> dict:
         """The price of the network `keep` and `drop` build, traced again: without two neighbouring blocks, an
@@ -335,10 +370,10 @@ class Allocator:
         self._op_cost: dict[tuple[int, int, int], float] = {}
         return [self._cost(i, keep) for i in range(len(self.ops))]
 
-    def _p90_moved(self, per: list[float], total: float, keep: dict, group: str) -> tuple[float, dict]:
+    def _p90_moved(self, per: list[float], total: float, keep: dict, groups) -> tuple[float, dict]:
         """p90 (rounded as `price` rounds it) of `keep`, which differs from the state `per` (summing to `total`) in
-        `group` alone; and the costs of the ops it moved."""
-        moved = {i: self._cost(i, keep) for i in self._touch[group]}
+        `groups` alone (a group and those tied to it); and the costs of the ops they moved."""
+        moved = {i: self._cost(i, keep) for g in groups for i in self._touch[g]}
         t = total + sum(ms - per[i] for i, ms in moved.items())
         return round(self.pricer.total(t)[1], 5), moved
 
@@ -369,8 +404,31 @@ class Allocator:
         total = sum(per)
         p90 = round(self.pricer.total(total)[1], 5)
 
-        def live(g: Group) -> bool:  # not inside a dropped block
-            return self._inside.get(g.name) not in drop
+        follow: dict[str, list[str]] = {}  # group -> the groups tied to it by a dropped plain block (they move with it)
+
+        def live(g: Group) -> bool:  # not inside a dropped block, nor tied to another group
+            return self._inside.get(g.name) not in drop and g.name not in tied
+
+        def tie_up() -> float:
+            """The groups tied by the blocks dropped so far, set to their roots' widths (equal already: blocks go
+            only with every group at its narrowest); the new total."""
+            roots = self._tie_roots(drop)
+            tied.clear()
+            tied.update(roots)
+            follow.clear()
+            for out, src in roots.items():
+                follow.setdefault(src, []).append(out)
+                keep[out] = keep[src]
+            return commit({i: self._cost(i, keep) for g in tied for i in self._touch[g]})
+
+        def step(g: Group, d: int) -> list[str]:
+            """Move group g by d channels, with the groups tied to it; the groups moved."""
+            keep[g.name] += d
+            for f in follow.get(g.name, ()):
+                keep[f] = keep[g.name]
+            return [g.name, *follow.get(g.name, ())]
+
+        tied: set[str] = set()
 
         def commit(moved: dict) -> float:
             for i, ms in moved.items():
@@ -386,9 +444,9 @@ class Allocator:
                 k = keep[g.name]
                 if k - g.step < g.min_keep or not live(g):
                     continue
-                keep[g.name] = k - g.step  # the trial, undone below
-                t90, moved = self._p90_moved(per, total, keep, g.name)
-                keep[g.name] = k
+                moving = step(g, -g.step)  # the trial, undone below
+                t90, moved = self._p90_moved(per, total, keep, moving)
+                step(g, g.step)
                 saved = p90 - t90
                 cost = chunk_cost(g, g.size - k, g.size - k + g.step)
                 score = cost / saved if saved > 1e-9 else float("inf")
@@ -406,10 +464,11 @@ class Allocator:
                     unpriceable.add(b)
                 drop.append(b)
                 self._dropped.update(self.block_ops[b])
-                total = commit({i: 0.0 for i in self.block_ops[b]})
+                commit({i: 0.0 for i in self.block_ops[b]})
+                total = tie_up()
                 p90 = round(self.pricer.total(total)[1], 5)
                 return True
-            keep[best[1]] -= by[best[1]].step
+            step(by[best[1]], -by[best[1]].step)
             p90, total = best[2], commit(best[3])
             return True
 
@@ -424,9 +483,9 @@ class Allocator:
                 k = keep[g.name]
                 if k + g.step > g.size or not live(g):
                     continue
-                keep[g.name] = k + g.step
-                t90, moved = self._p90_moved(per, total, keep, g.name)
-                keep[g.name] = k
+                moving = step(g, g.step)
+                t90, moved = self._p90_moved(per, total, keep, moving)
+                step(g, -g.step)
                 if t90 > budget_ms:
                     continue
                 gain = chunk_cost(g, g.size - k - g.step, g.size - k)
@@ -436,7 +495,7 @@ class Allocator:
                     best = (score, g.name, t90, moved)
             if best is None:
                 break
-            keep[best[1]] += by[best[1]].step
+            step(by[best[1]], by[best[1]].step)
             p90, total = best[2], commit(best[3])
         # each block's ops were found alone; with neighbours gone an activation may fuse elsewhere or run alone: price
         # the network itself, and narrow on while that misses the budget (bounded: every step removes something)

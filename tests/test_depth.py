@@ -289,9 +289,11 @@ class ShuffleUnit(nn.Module):
 class Fire(nn.Module):
     """SqueezeNet's fire module: squeeze 1x1, expand 1x1 and 3x3, concatenated; here as wide out as in."""
 
-    def __init__(self, c):
+    def __init__(self, c, out=None):
         super().__init__()
-        self.squeeze, self.e1, self.e3 = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c // 2, 1), nn.Conv2d(c // 4, c // 2, 3, padding=1)
+        out = out or c
+        self.squeeze = nn.Conv2d(c, out // 4, 1)
+        self.e1, self.e3 = nn.Conv2d(out // 4, out // 2, 1), nn.Conv2d(out // 4, out // 2, 3, padding=1)
 
     def forward(self, x):
         s = torch.relu(self.squeeze(x))
@@ -313,8 +315,9 @@ class ShuffleNet(nn.Module):
 def test_a_network_without_residual_blocks_may_drop_units_that_keep_their_width():
     """ShuffleNetV2 and SqueezeNet have no residual block: at 96 px their stems and per-op costs left the narrowest
     widths 7-16 % under the dense model, short of a 1.5x budget (shufflenet_v2_x0_5, squeezenet1_1 on the host). A
-    stride-1 unit keeps the shuffled stream's width (no group narrows it), so it can go whole; a fire module's output
-    width is its own groups', not its input's: dropped, it would hand its reader the wrong width, so it is not offered."""
+    stride-1 unit keeps the shuffled stream's width (no group narrows it), so it can go whole; this fire module's
+    output width is its own groups', its input the fixed stream's: dropped, it would hand its reader the wrong width
+    at any narrower allocation, so it is not offered."""
     torch.manual_seed(0)
     m, ex = ShuffleNet().eval(), torch.zeros(1, 3, 32, 32)
     imgs = torch.randn(8, 3, 32, 32)
@@ -336,3 +339,48 @@ def test_a_network_without_residual_blocks_may_drop_units_that_keep_their_width(
     assert res.model(x).shape == (4, 10)
     assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
     assert torch.allclose(replay(m, res.record, ex)(x), res.model(x), atol=1e-5)
+
+
+class SqueezeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU())
+        self.fires = nn.Sequential(Fire(16, 32), Fire(32), Fire(32))  # the last two as wide out as in
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.fires(self.stem(x)).mean((2, 3)))
+
+
+def test_a_dropped_fire_module_ties_its_output_groups_to_the_ones_before_it():
+    """SqueezeNet's fire modules that keep their shape: input and output are the expand 1x1 / 3x3 groups of two
+    neighbouring modules, paired one to one. Dropped, a module's output groups keep its input groups' widths (its
+    reader then reads as many channels as the module was given), however the widths fill the budget afterwards, also
+    along a chain of dropped neighbours."""
+    torch.manual_seed(0)
+    m, ex = SqueezeNet().eval(), torch.zeros(1, 3, 32, 32)
+    pr = _pricer(m, ex)
+    al = Allocator(m, ex, pr, 8, block_images=torch.randn(8, 3, 32, 32))
+    assert [b.name for b in al.blocks] == ["fires.1", "fires.2"] and not any(b.residual for b in al.blocks)
+    assert {b: set(t) for b, t in al._ties.items()} == {"fires.1": {("fires.1.e1", "fires.0.e1"), ("fires.1.e3", "fires.0.e3")},
+                                                       "fires.2": {("fires.2.e1", "fires.1.e1"), ("fires.2.e3", "fires.1.e3")}}
+    widths = al.price({g.name: g.min_keep for g in al.groups})["p90"]
+    x = torch.randn(4, 3, 32, 32)
+    n = al.narrowest()["p90"]
+    budgets = [n * 1.0001, n + 0.2 * (widths - n), n + 0.8 * (widths - n)]  # both gone; widths fill after the drops
+    drops, filled = set(), []
+    for budget in budgets:
+        for scoring in ("importance", "uniform"):
+            a = al.allocate(budget, scoring)
+            assert a is not None and a.drop and a.p90_ms <= budget, (budget, scoring, a)
+            drops.add(a.drop)
+            filled.append(a)
+            for b in a.drop:  # the tied groups are as wide as the ones they follow
+                for out, src in al._ties[b]:
+                    assert a.keep[out] == a.keep[src], (a, out, src)
+            res = al.apply(a)
+            assert res.model(x).shape == (4, 10)  # (a reader given the wrong width raises here)
+            assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
+            assert torch.allclose(replay(m, res.record, ex)(x), res.model(x), atol=1e-5)
+    assert ("fires.1", "fires.2") in {tuple(sorted(d)) for d in drops}  # the chain: both gone
+    assert {16} in [{a.keep[g] for g in ("fires.0.e1", "fires.1.e1", "fires.2.e1")} for a in filled]  # widened tied

@@ -533,7 +533,7 @@ def test_a_trial_width_is_priced_by_the_ops_it_moves_as_the_whole_model_prices_i
         for g in al.groups:
             if keep[g.name] - g.step >= g.min_keep:
                 trial = {**keep, g.name: keep[g.name] - g.step}
-                assert al._p90_moved(per, sum(per), trial, g.name)[0] == pytest.approx(al.price(trial)["p90"], abs=1e-5)
+                assert al._p90_moved(per, sum(per), trial, [g.name])[0] == pytest.approx(al.price(trial)["p90"], abs=1e-5)
                 checked += 1
     assert checked > 20
 
