@@ -173,7 +173,7 @@ class Allocator:
                     narrow = self._pruned({g.name: g.min_keep for g in self.groups}, plain)
                     with torch.no_grad():
                         narrow(self.example)
-                except RuntimeError:
+                except (RuntimeError, ValueError, IndexError, EdgeSparseError):  # a width mismatch, however it is raised
                     found = [b for b in found if b.residual]
             # a group all of whose ops lie inside a block goes with it (a residual stream through it does not)
             self._inside = {g.name: next((b.name for b in found
