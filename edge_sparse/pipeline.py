@@ -198,6 +198,11 @@ def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=busy_cores, t
         _log(f"  latency: other jobs keep {busy:.2f} of {cores} cores busy: the dense model is not timed to price its "
              f"weights; the table's per-op costs stand alone (they under-price models whose weights exceed the cache)")
         return
+    from edge_sparse.latency.predict import recheck_host_table
+
+    # the table was probed before the training, maybe hours ago: timed against a table of another speed, the weights'
+    # price would carry the difference into every prediction (checked here, so a busy machine skips it above)
+    recheck_host_table(pr, extract_ops(dense, b.example()), b.example().shape[1], log=_log)
     if time_p50 is None:  # -> (p50, p90); a test may give a p50 alone
         calib = data_mod.normalize_np(_calibration(b)[:64], b.splits.mean, b.splits.std, "NHWC")
         time_p50 = lambda: time_models_on_device({DENSE_KEY: dense}, b.splits.input_shape, calib, None,  # noqa: E731

@@ -102,6 +102,34 @@ def host_table(ops: Sequence[Op], threads: int, *, cache_dir: Path | str = "buil
 _CHECKED: set = set()  # host tables this process has checked for drift (or probed): once per process is enough
 
 
+def recheck(table: LatencyTable, ops: Sequence[Op], threads: int, *, log=None, tolerance: float = 0.10,
+            sample: int = 24, runs: int = 100, rounds: int = 20) -> LatencyTable:
+    """`table` checked against this host as it runs now, where the ops `ops` are priced: probed again, all of them,
+    when a sample of its probes (`_drift`) takes more than `tolerance` longer or shorter than it did.
+
+    A build probes its table before it trains and times its dense model whole after (minutes to hours later): the
+    dense timing prices the weights against the table, and a VM that ran the probes ~1.7x slower than the dense model
+    a minute later (squeezenet1_1's zoo build, 2026-12-06: table sum 0.48 ms, timed 0.28 ms) left every prediction
+    of that build 56 % over what its model measured. The table is re-checked right before the dense model is timed."""
+    want = {o.replace(name="").key: o.replace(name="") for o in ops}
+    have = [o for k, o in want.items() if k in table.entries]
+    if not have:
+        return table
+    drift = _drift(table, have, threads, sample, runs, rounds)
+    if abs(drift - 1) <= tolerance:
+        return table
+    if log:
+        log(f"  latency: this host now runs the table's probes at {drift:.2f}x the time they took when probed "
+            f"({table.provenance.get('date', '?')}; tolerance ±{tolerance:.0%}): probing its {len(want)} op shapes "
+            f"again before the dense model is timed against them")
+    new = _probe(list(want.values()), threads, runs, rounds)
+    new.provenance["drift_before_reprobe"] = round(drift, 4)
+    if table.path:
+        new.save(Path(table.path))
+        _CHECKED.add(str(table.path))
+    return new
+
+
 def _probe(ops: list[Op], threads: int, runs: int, rounds: int) -> LatencyTable:
     from edge_sparse.latency import probes
 

@@ -153,8 +153,7 @@ def resolve(target: Target | str, dense: torch.nn.Module, example: torch.Tensor,
     if t.latency_table == "host":
         from edge_sparse.latency.host import host_table
 
-        need = grid_ops(ops, t.channel_multiple, fixed_in=example.shape[1], fixed_out=ops[-1].cout)
-        table = host_table(need, t.threads, cache_dir=cache_dir, log=log)
+        table = host_table(_host_grid(t, ops, example.shape[1]), t.threads, cache_dir=cache_dir, log=log)
         pr = Pricer(t, "measured", dict(table.provenance), table, margin=HOST_MARGIN)
     elif t.latency_table:
         table = LatencyTable.load(Path(t.path).parent / t.latency_table)
@@ -191,6 +190,26 @@ def resolve(target: Target | str, dense: torch.nn.Module, example: torch.Tensor,
             pr = Pricer(t, "estimate", {"source_text": t.latency_model.source.strip()})
     pr.dense_p90_ms = pr.predict_ops(ops)["p90"]
     return pr
+
+
+def _host_grid(t: Target, ops: Sequence[Op], in_channels: int) -> list[Op]:
+    """Every op a host table must price for `ops` (a dense model's) at any width on the target's channel grid."""
+    return grid_ops(ops, t.channel_multiple, fixed_in=in_channels, fixed_out=ops[-1].cout)
+
+
+def recheck_host_table(pr: Pricer, dense_ops: Sequence[Op], in_channels: int, log=None) -> bool:
+    """Check `pr`'s host table against this host now and, where it drifted, price with the table probed again
+    (`host.recheck`); True if it was. The dense model's predicted p90 follows the new table."""
+    if pr.table is None or pr.target.latency_table != "host":
+        return False
+    from edge_sparse.latency.host import recheck
+
+    new = recheck(pr.table, _host_grid(pr.target, dense_ops, in_channels), pr.target.threads, log=log)
+    if new is pr.table:
+        return False
+    pr.table, pr.provenance = new, dict(new.provenance)
+    pr.dense_p90_ms = pr.predict_ops(dense_ops)["p90"]
+    return True
 
 
 def priced_by_assumption(ops: Sequence[Op]) -> dict[str, list[str]]:
