@@ -231,9 +231,9 @@ def test_a_whole_model_timing_anchors_the_tail_beyond_the_probes():
 
 @pytest.mark.slow
 def test_a_table_probed_at_another_speed_is_probed_again_before_the_dense_model_is_timed(tmp_path):
-    """squeezenet1_1's zoo build: its table was probed while the VM ran ~1.7x slower than a minute later, when the
-    dense model was timed against it, and every prediction of the build came out 56 % over. The search re-checks the
-    table right before timing the dense model; a table at 3x today's times is probed again and saved."""
+    """The table is probed before the training and the dense model timed against it after, when this shared VM may
+    run at another speed (squeezenet1_1's zoo build found its table's probes 1.35x off five minutes later). The
+    search re-checks the table right before timing the dense model; a table at 3x today's times is probed again."""
     import dataclasses
 
     from edge_sparse.latency import host

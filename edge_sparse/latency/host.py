@@ -108,9 +108,10 @@ def recheck(table: LatencyTable, ops: Sequence[Op], threads: int, *, log=None, t
     when a sample of its probes (`_drift`) takes more than `tolerance` longer or shorter than it did.
 
     A build probes its table before it trains and times its dense model whole after (minutes to hours later): the
-    dense timing prices the weights against the table, and a VM that ran the probes ~1.7x slower than the dense model
-    a minute later (squeezenet1_1's zoo build, 2026-12-06: table sum 0.48 ms, timed 0.28 ms) left every prediction
-    of that build 56 % over what its model measured. The table is re-checked right before the dense model is timed."""
+    dense timing prices the weights against the table, so a table probed at another speed of this shared VM (it moves
+    by ~20 % over hours; squeezenet1_1's zoo build on 2026-12-06 found its table's probes 1.35x off five minutes after
+    probing them) would carry that difference into every prediction of the build. The table is re-checked right
+    before the dense model is timed."""
     want = {o.replace(name="").key: o.replace(name="") for o in ops}
     have = [o for k, o in want.items() if k in table.entries]
     if not have:
