@@ -167,14 +167,13 @@ class Allocator:
                     found.append(b)
                     self.block_ops[b.name] = ops
                     self._ties[b.name] = ties
+            # the ties are read off the op order, where a sibling branch traced between a plain block and what feeds
+            # it would tie it to the wrong group: each is dropped alone from a network whose groups are all at
+            # different widths (a wrong tie hands its reader the wrong width), then all together at the narrowest
+            found = [b for b in found if b.residual or self._runs_without([b.name], self._uneven())]
             plain = [b.name for b in found if not b.residual]
-            if plain:  # read off the op order: the narrowest network without every one of them must still run
-                try:
-                    narrow = self._pruned({g.name: g.min_keep for g in self.groups}, plain)
-                    with torch.no_grad():
-                        narrow(self.example)
-                except (RuntimeError, ValueError, IndexError, EdgeSparseError):  # a width mismatch, however it is raised
-                    found = [b for b in found if b.residual]
+            if plain and not self._runs_without(plain, {g.name: g.min_keep for g in self.groups}):
+                found = [b for b in found if b.residual]
             # a group all of whose ops lie inside a block goes with it (a residual stream through it does not)
             self._inside = {g.name: next((b.name for b in found
                                           if set(self._touch[g.name]) <= set(self.block_ops[b.name])), None)
@@ -186,6 +185,25 @@ class Allocator:
     def blocks_known(self) -> bool:
         """Whether the blocks have been looked for (`blocks` looks on first use)."""
         return self._blocks is not None
+
+    def _uneven(self) -> dict:
+        """A width per group, each group (of those that can) at a width no other group has."""
+        keep, used = {}, set()
+        for g in self.groups:
+            widths = range(g.size // g.step * g.step, g.min_keep - 1, -g.step)
+            keep[g.name] = next((w for w in widths if w not in used), g.min_keep)
+            used.add(keep[g.name])
+        return keep
+
+    def _runs_without(self, drop: list[str], keep: dict) -> bool:
+        """Whether the network `keep` builds without the blocks `drop` runs (a reader given the wrong width raises)."""
+        try:
+            model = self._pruned(keep, drop)
+            with torch.no_grad():
+                model(self.example)
+        except (RuntimeError, ValueError, IndexError, EdgeSparseError):  # a width mismatch, however it is raised
+            return False
+        return True
 
     def _width_ties(self, ops: list[int]) -> Optional[list[tuple[str, str]]]:
         """How a plain block (no skip) with these ops can hand on as many channels as it is given at every allocation:
@@ -543,7 +561,8 @@ class Allocator:
         if alloc.drop:
             self.blocks  # noqa: B018 - the blocks (and the groups inside them) are looked for on first use
         total = sum(g.size for g in self.groups)
-        kept = sum(k for n, k in alloc.keep.items() if self._inside.get(n) not in alloc.drop)
+        tied = set(self._tie_roots(alloc.drop))  # a dropped plain block's output groups: gone with it
+        kept = sum(k for n, k in alloc.keep.items() if self._inside.get(n) not in alloc.drop and n not in tied)
         return round(1 - kept / total, 4)
 
 

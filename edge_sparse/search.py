@@ -208,8 +208,10 @@ def search_allocations(dense: torch.nn.Module, splits: Splits, target: Target, p
         for i in idx:
             c, r = tried[i]
             m = round(float(got[c.method]), 5)
-            # measured, the device decides against the whole budget: the margin was for the prediction's error
-            c = replace(c, measured_p90_ms=m, fits_latency=m <= pricer.budget_ms)
+            # measured, the device decides against the whole budget: the margin was for the prediction's error (one
+            # predicted over the whole budget does not fit on one timing)
+            c = replace(c, measured_p90_ms=m, fits_latency=m <= pricer.budget_ms
+                        and c.predicted_p90_ms <= pricer.budget_ms)
             tried[i] = (c, r)
             log(f"  {c.method}: measured p90 {m:.4f} ms on the device{scaled} (predicted {c.predicted_p90_ms:.4f}) -> "
                 f"{'fits' if c.fits_latency else 'over budget'}")

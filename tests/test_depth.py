@@ -383,6 +383,11 @@ def test_a_dropped_fire_module_ties_its_output_groups_to_the_ones_before_it():
             assert pr.predict(res.model, ex)["p90"] == pytest.approx(a.p90_ms, rel=1e-6)
             assert torch.allclose(replay(m, res.record, ex)(x), res.model(x), atol=1e-5)
     assert ("fires.1", "fires.2") in {tuple(sorted(d)) for d in drops}  # the chain: both gone
+    # found in review: a dropped module's tied output groups counted as kept (sparsity 0 reads as "shipped dense")
+    from edge_sparse.allocate import Allocation
+
+    dense_widths = {g.name: g.size for g in al.groups}
+    assert al.sparsity(Allocation("importance", dense_widths, 0.0, 0.0, ("fires.1", "fires.2"))) > 0.5
     assert {16} in [{a.keep[g] for g in ("fires.0.e1", "fires.1.e1", "fires.2.e1")} for a in filled]  # widened tied
 
 
@@ -421,5 +426,47 @@ def test_a_network_predicted_within_the_margin_is_timed_and_the_device_decides()
     assert pr.effective_budget_ms < chosen.predicted_p90_ms <= chosen.measured_p90_ms <= pr.budget_ms
     with pytest.raises(BudgetError, match="ms on the device, over the full"):
         search_allocations(m, splits, pr.target, pr, log=lambda *_: None, time_on_device=timer(1.05))
-    with pytest.raises(BudgetError, match="the narrowest allowed widths predict"):  # untimed: nothing to decide
+    with pytest.raises(BudgetError, match="the narrowest allowed widths predict") as e:  # untimed: nothing decides
         search_allocations(m, splits, pr.target, pr, log=lambda *_: None)
+    assert "on the device" not in str(e.value)
+
+
+class Side(nn.Module):
+    def __init__(self, c, k):
+        super().__init__()
+        self.conv = cbn(c, c, k)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+class Sibling(nn.Module):
+    """Two same-width units reading the stem, the one traced first concatenated last."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(cbn(3, 32, s=2), nn.ReLU())
+        self.side, self.body = Side(32, 1), Side(32, 3)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        s = self.stem(x)
+        a = self.side(s)
+        b = self.body(s)
+        return self.head(torch.cat((b, a), 1).mean((2, 3)))
+
+
+def test_a_plain_block_is_tied_to_what_feeds_it_not_to_the_op_traced_before_it():
+    """Found in review: the ties are read off the op order, and `body` (which reads the stem) was tied to `side`, the
+    sibling traced just before it; at the narrowest widths every group is equally wide and the check passed, then an
+    allocation dropping `body` with the stem wider than `side` built a network whose head got the wrong width."""
+    torch.manual_seed(0)
+    m, ex = Sibling().eval(), torch.zeros(1, 3, 32, 32)
+    al = Allocator(m, ex, _pricer(m, ex), 8, block_images=torch.randn(8, 3, 32, 32))
+    assert [b.name for b in al.blocks] == ["side"]  # side reads the stem, traced just before it: tied right
+    assert al._ties["side"] == [("side.conv.0", "stem.0.0")]
+    widths = al.price({g.name: g.min_keep for g in al.groups})["p90"]
+    for f in (0.3, 0.9):
+        a = al.allocate(al.narrowest()["p90"] + f * (widths - al.narrowest()["p90"]), "importance")
+        assert a is not None and a.drop == ("side",)
+        assert al.apply(a).model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -258,8 +258,16 @@ def test_a_table_probed_at_another_speed_is_probed_again_before_the_dense_model_
     assert pr.dense_p90_ms == pr.predict_ops(ops)["p90"]  # the relative budget's reference follows the table
     assert LatencyTable.load(pr.table.path).entries == pr.table.entries  # saved where the build's cache keeps it
     assert all(pr.table.covers(o) for o in ops)
-    # a table within the tolerance is kept as it is
-    assert host.recheck(pr.table, ops, 1, tolerance=5.0) is pr.table
+    # a fresh table is kept as it is: three checks, each against the table the one before left (a shared machine has
+    # moved by 1.86x between two probings seconds apart); a check that always re-probes fails all three
+    kept = False
+    for _ in range(3):
+        table = pr.table
+        pr.table = host.recheck(table, ops, 1, tolerance=0.5)
+        if pr.table is table:
+            kept = True
+            break
+    assert kept
 
 
 @pytest.mark.slow
