@@ -170,7 +170,8 @@ class Allocator:
             # the ties are read off the op order, where a sibling branch traced between a plain block and what feeds
             # it would tie it to the wrong group: each is dropped alone from a network whose groups are all at
             # different widths (a wrong tie hands its reader the wrong width), then all together at the narrowest
-            found = [b for b in found if b.residual or self._runs_without([b.name], self._uneven())]
+            uneven = self._uneven()
+            found = [b for b in found if b.residual or self._runs_without([b.name], uneven)]
             plain = [b.name for b in found if not b.residual]
             if plain and not self._runs_without(plain, {g.name: g.min_keep for g in self.groups}):
                 found = [b for b in found if b.residual]

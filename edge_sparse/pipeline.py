@@ -202,14 +202,15 @@ def _calibrate_on_dense(b: Build, dense: torch.nn.Module, pr, load=busy_cores, t
 
     # the table was probed before the training, maybe hours ago: timed against a table of another speed, the weights'
     # price would carry the difference into every prediction (checked here, so a busy machine skips it above)
-    recheck_host_table(pr, extract_ops(dense, b.example()), b.example().shape[1], log=_log)
+    dense_ops = extract_ops(dense, b.example())
+    recheck_host_table(pr, dense_ops, b.example().shape[1], log=_log)
     if time_p50 is None:  # -> (p50, p90); a test may give a p50 alone
         calib = data_mod.normalize_np(_calibration(b)[:64], b.splits.mean, b.splits.std, "NHWC")
         time_p50 = lambda: time_models_on_device({DENSE_KEY: dense}, b.splits.input_shape, calib, None,  # noqa: E731
                                                  b.target.threads, log=_log, runs=2000, stat="both")[DENSE_KEY]
     measured = time_p50()
     measured, p90 = measured if isinstance(measured, tuple) else (measured, None)
-    w = pr.calibrate_weights(extract_ops(dense, b.example()), measured,
+    w = pr.calibrate_weights(dense_ops, measured,
                              f"the dense model timed whole on this host (p50{' and p90' if p90 else ''}, 2000 invokes, "
                              f"{busy:.2f} cores busy with other jobs)", measured_p90_ms=p90)
     _log(f"  latency: the dense model measured p50 {measured:.4f} ms here, the table's ops sum to "

@@ -74,13 +74,13 @@ def host_table(ops: Sequence[Op], threads: int, *, cache_dir: Path | str = "buil
         except EdgeSparseError as e:
             if log:
                 log(f"  latency: ignoring a damaged host table ({e}); re-profiling")
-    want = {o.replace(name="").key: o.replace(name="") for o in ops}
+    want = _by_key(ops)
     if table is not None and refresh:
         table = None
     if table is not None and sample > 0 and str(path) not in _CHECKED and any(k in table.entries for k in want):
-        drift = _drift(table, [o for k, o in want.items() if k in table.entries], threads, sample, runs, rounds)
+        drift = _drifted(table, want, threads, drift_tolerance, sample, runs, rounds)
         _CHECKED.add(str(path))
-        if abs(drift - 1) > drift_tolerance:
+        if drift is not None:
             if log:
                 log(f"  latency: this host now runs the cached table's probes at {drift:.2f}x the time they took on "
                     f"{table.provenance.get('date', '?')} (tolerance ±{drift_tolerance:.0%}); re-probing")
@@ -112,12 +112,9 @@ def recheck(table: LatencyTable, ops: Sequence[Op], threads: int, *, log=None, t
     by ~20 % over hours; squeezenet1_1's zoo build on 2026-12-06 found its table's probes 1.35x off five minutes after
     probing them) would carry that difference into every prediction of the build. The table is re-checked right
     before the dense model is timed."""
-    want = {o.replace(name="").key: o.replace(name="") for o in ops}
-    have = [o for k, o in want.items() if k in table.entries]
-    if not have:
-        return table
-    drift = _drift(table, have, threads, sample, runs, rounds)
-    if abs(drift - 1) <= tolerance:
+    want = _by_key(ops)
+    drift = _drifted(table, want, threads, tolerance, sample, runs, rounds)
+    if drift is None:
         return table
     if log:
         log(f"  latency: this host now runs the table's probes at {drift:.2f}x the time they took when probed "
@@ -141,6 +138,22 @@ def _probe(ops: list[Op], threads: int, runs: int, rounds: int) -> LatencyTable:
     return LatencyTable.from_timings(suite, timings, provenance(
         threads, f"bench.py --probes: one int8 op per .tflite, {runs} invokes in {rounds} interleaved rounds; "
                  f"op cost = probe p50 - overhead probe p50 (or - its context's probe p50: probes.baseline)"))
+
+
+def _by_key(ops: Sequence[Op]) -> dict[str, Op]:
+    """`ops` by table key, unnamed (a table prices shapes, not modules)."""
+    return {o.replace(name="").key: o.replace(name="") for o in ops}
+
+
+def _drifted(table: LatencyTable, want: dict[str, Op], threads: int, tolerance: float, sample: int, runs: int,
+             rounds: int) -> float | None:
+    """How far this host now runs `table`'s probes for the ops of `want` it holds (`_drift`, now / then), where that
+    is beyond `tolerance`; None where it is within it, or the table holds none of them."""
+    have = [o for k, o in want.items() if k in table.entries]
+    if not have:
+        return None
+    drift = _drift(table, have, threads, sample, runs, rounds)
+    return drift if abs(drift - 1) > tolerance else None
 
 
 def provenance(threads: int, how: str) -> dict:
