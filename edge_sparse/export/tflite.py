@@ -56,8 +56,11 @@ def onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) 
     return _onnx_to_saved_model(onnx_path, calib_nhwc, workdir)[0]
 
 
-def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path) -> tuple[Path, list[str]]:
-    """`onnx_to_saved_model`, and one line per kind of graph rewrite made on the way (`rewrite.for_onnx2tf`)."""
+def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path,
+                         onnx2tf_saves: bool = False) -> tuple[Path, list[str]]:
+    """`onnx_to_saved_model`, and one line per kind of graph rewrite made on the way (`rewrite.for_onnx2tf`).
+    `onnx2tf_saves`: the way it was done before (onnx2tf writes the SavedModel, and its fp32 and fp16 .tflite files
+    beside it), for benchmarks/convert_speed.py; the same SavedModel graph, ~5x slower."""
     import onnx
     import onnx2tf
 
@@ -76,11 +79,15 @@ def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path)
     try:
         with _quiet() as log:
             try:
-                onnx2tf.convert(
+                model = onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path), output_folder_path=str(out),
                     non_verbose=True, verbosity="error", output_signaturedefs=True,
-                    copy_onnx_input_output_names_to_tflite=True, not_use_onnxsim=True,  # done by `rewrite`
+                    not_use_onnxsim=True,  # done by `rewrite`
+                    disable_model_save=not onnx2tf_saves,  # written below; onnx2tf's own .tflite files are never read
+                    copy_onnx_input_output_names_to_tflite=onnx2tf_saves,
                 )
+                if not onnx2tf_saves:
+                    _write_saved_model(model, out)
             except SystemExit as e:  # onnx2tf exits on unsupported ops
                 raise EdgeSparseError(f"onnx2tf could not convert {src} (exit {e.code}): {log.getvalue()[-400:]}") from None
             except Exception as e:
@@ -90,6 +97,20 @@ def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path)
     if not (out / "saved_model.pb").is_file():
         raise EdgeSparseError(f"onnx2tf produced no SavedModel for {src}")
     return out, notes
+
+
+def _write_saved_model(model, out: Path) -> None:
+    """The Keras model onnx2tf built, as the SavedModel its `output_signaturedefs` path writes (one `serving_default`
+    endpoint, as onnx2tf 1.29 writes it). onnx2tf's own save then also converts the model to fp32 and fp16
+    .tflite files we never read, each through `TFLiteConverter.from_keras_model`, which serializes every layer's
+    config (TFOpLambda layers carry their constants): 200 of 254 s of a ResNet-18's export at 96 px, measured."""
+    import tensorflow as tf
+    import tf_keras
+
+    archive = tf_keras.export.ExportArchive()
+    archive.add_endpoint(name="serving_default", fn=lambda *inputs: model(inputs),
+                         input_signature=[tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs])
+    archive.write_out(str(out))
 
 
 def convert(saved_model: Path, path: Path, calib_nhwc: np.ndarray | None, correct_bias: bool = True,
