@@ -173,6 +173,24 @@ def test_a_dead_layer_exports_on_a_coarser_scale_instead_of_failing_xnnpack(tmp_
     assert etflite._widen_dead_outputs(ok) == (ok, [])
 
 
+def test_conversion_writes_only_the_saved_model_and_the_same_int8_bytes(tmp_path):
+    """onnx2tf builds the Keras model and the export writes its SavedModel: none of onnx2tf's own .tflite files (each
+    a slow from_keras_model conversion nobody read), and the int8 .tflite is byte for byte what onnx2tf's own save
+    gave, tensor names aside (Keras numbers its layers per process; benchmarks/convert_speed.py times the two)."""
+    from benchmarks.convert_speed import unnamed
+
+    torch.manual_seed(0)
+    m = models.create("tiny_vgg", in_channels=3, num_classes=10, input_size=16).eval()
+    eonnx.export_fp32(m, (3, 16, 16), tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    out = {}
+    for before in (False, True):
+        sm, _ = etflite._onnx_to_saved_model(tmp_path / "m.onnx", calib, tmp_path / f"w{before}", onnx2tf_saves=before)
+        assert bool(list(sm.glob("*.tflite"))) == before, sorted(p.name for p in sm.iterdir())
+        out[before] = etflite._convert_bytes(sm, calib)
+    assert unnamed(out[False]) == unnamed(out[True])
+
+
 def test_bad_inputs(exported, tmp_path):
     d = exported["dir"]
     trunc = tmp_path / "trunc.onnx"
