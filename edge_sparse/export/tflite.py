@@ -60,7 +60,7 @@ def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path,
                          onnx2tf_saves: bool = False) -> tuple[Path, list[str]]:
     """`onnx_to_saved_model`, and one line per kind of graph rewrite made on the way (`rewrite.for_onnx2tf`).
     `onnx2tf_saves`: the way it was done before (onnx2tf writes the SavedModel, and its fp32 and fp16 .tflite files
-    beside it), for benchmarks/convert_speed.py; the same SavedModel graph, ~5x slower."""
+    beside it), for benchmarks/convert_speed.py; the same SavedModel graph, 1.5-4x slower there."""
     import onnx
     import onnx2tf
 
@@ -87,9 +87,13 @@ def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path,
                     copy_onnx_input_output_names_to_tflite=onnx2tf_saves,
                 )
                 if not onnx2tf_saves:
+                    if model is None:
+                        raise EdgeSparseError(f"onnx2tf built no model from {src}: {log.getvalue()[-400:]}")
                     _write_saved_model(model, out)
             except SystemExit as e:  # onnx2tf exits on unsupported ops
                 raise EdgeSparseError(f"onnx2tf could not convert {src} (exit {e.code}): {log.getvalue()[-400:]}") from None
+            except EdgeSparseError:
+                raise
             except Exception as e:
                 raise EdgeSparseError(f"onnx2tf could not convert {src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     finally:
