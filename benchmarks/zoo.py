@@ -234,6 +234,10 @@ def claim(res: dict) -> dict:
             "host_weights_within_10": sum(within(r) for r in in_run if r.get("latency_weights")),
             "host_now": sum(1 for r in host if r.get("host_predicted_now")),
             "host_now_within_10": sum(within(r, now=True) for r in host if r.get("host_predicted_now")),
+            # the same run timed again right after: how often the machine agrees with itself within ±10 %
+            "again": sum(1 for r in in_run if r.get("host_measured_p90_ms_again")),
+            "again_within_10": sum(abs(r["host_measured_p90_ms_again"] / r["host_measured_p90_ms"] - 1) <= 0.10
+                                   for r in in_run if r.get("host_measured_p90_ms_again")),
             # each bundle timed right after its own build: the same hour as its prediction, not one run for all
             "host_at_build": sum(1 for r in host if _at_build(r)),
             "host_at_build_within_10": sum(abs(r["predicted_p90_ms"] / _at_build(r) - 1) <= 0.10
@@ -255,14 +259,16 @@ def _timing(res: dict) -> str:
     parts = []
     for date, rs in sorted(runs.items()):
         w = rs[0]["retimed"]
-        parts.append(f"{len(rs)} timed together on {date} (load average {w['load_avg_1min'][0]} → {w['load_avg_1min'][1]})")
+        how = (f"interleaved with the {w['with_probes']} probes of their ops, {w['runs']} invokes each in {w['rounds']} "
+               f"rounds, the pooled p90" if w.get("with_probes") else
+               f"round-robin over the bundles, median of {w['rounds']} rounds of a {w['runs']}-invoke p90")
+        parts.append(f"{len(rs)} timed together on {date} ({how}; load average {w['load_avg_1min'][0]} → "
+                     f"{w['load_avg_1min'][1]})")
     rest = len(shipped) - sum(len(v) for v in runs.values())
     if rest:
         parts.append(f"{rest} right after their build, beside other jobs")
-    w = next(iter(runs.values()))[0]["retimed"]
-    return (f"by `python -m benchmarks.zoo --retime` (round-robin over the bundles, median of {w['rounds']} rounds of a "
-            f"{w['runs']}-invoke p90): {'; '.join(parts)}; the p90 timed right after each build is in zoo.json as "
-            f"host_measured_p90_ms_at_build")
+    return (f"by `python -m benchmarks.zoo --retime`: {'; '.join(parts)}; the p90 timed right after each build is in "
+            f"zoo.json as host_measured_p90_ms_at_build")
 
 
 # 41004a7: until then the Pi 4 estimate priced every op it has no reference timings of (hard-swish, SE gates,
@@ -319,9 +325,11 @@ def markdown(res: dict) -> str:
          f"{c['host_within_10']} of {c['host_in_run']} (goal ≥ 90 % of the {c['host_shipped']} shipped host builds)"
          + (f", {c['host_weights_within_10']} of the {c['host_weights']} built since a host build prices each op's "
             f"weights from memory by its dense model timed whole" if c["host_weights"] else "")
-         + (f"; predicted again in the last retime, with the table of that hour on each .tflite's own ops and the "
-            f"weights priced by the dense model timed in the same rounds, as a build does: {c['host_now_within_10']} "
+         + (f"; predicted again in the last retime, with a table probed in the same interleaved run on each .tflite's "
+            f"own ops and the weights priced by the dense model timed in it, as a build does: {c['host_now_within_10']} "
             f"of {c['host_now']} present host bundles" if c["host_now"] else "")
+         + (f"; the machine against itself (the same run again, right after): {c['again_within_10']} of {c['again']} "
+            f"within ±10 %" if c["again"] else "")
          + (f"; against the p90 timed right after each build (its own hour, one bundle at a time, some beside other "
             f"jobs: not the one-run comparison the goal asks for) {c['host_at_build_within_10']} of "
             f"{c['host_at_build']}" if c["host_at_build"] else "")
@@ -360,15 +368,12 @@ def markdown(res: dict) -> str:
                 L.append(f"| {name} | {b} | **not shipped**{mark}: {why} | | | | | | {r['build_s']:.0f} |")
     L += ["", "rpi4's predicted p90 is the Pi 4 estimate (4 threads) and is not comparable with the host column; "
           "host rows add the prediction's error, predicted / measured − 1 (the load average when it was timed is in "
-          "zoo.json), and for the bundles present at the last retime, what that session's host table predicts on the "
-          "bundle's .tflite ('predicted now': with each op's weights priced by the bundle's dense model timed in the "
-          "same rounds, as a build prices them, and by the table alone). Top-1 on the 500 test images (10 classes): "
+          "zoo.json), and for the bundles present at the last retime, what a host table probed in that run predicts on "
+          "the bundle's .tflite ('predicted now': with each op's weights priced by the bundle's dense model timed in the "
+          "same run, as a build prices them, and by the table alone). Top-1 on the 500 test images (10 classes): "
           "3 + 2 QUICK epochs from random weights leave these nets near chance, so the agreement column says little "
           "about int8 on trained weights.", f"<!-- {TAG}:end -->"]
     return "\n".join(L) + "\n"
-
-
-RETIME_ROUNDS, RETIME_RUNS = 7, 400
 
 
 def _now(r: dict) -> str:
@@ -383,14 +388,22 @@ def _now(r: dict) -> str:
     return f"; predicted now {n['p90_ms']:.3f} ({err(n['p90_ms'])})"
 
 
-def retime(res: dict) -> None:
-    """Time every shipped bundle again, all in one run on a quiet machine: round-robin over the bundles (a drift in
-    the machine's load hits every bundle alike), each round a 400-invoke p90 per bundle (1 thread), the median of 7
-    rounds kept as `host_measured_p90_ms` (the p90 timed right after its build, beside other jobs, is kept as
-    `host_measured_p90_ms_at_build`)."""
-    from statistics import median
+RETIME_RUNS, RETIME_ROUNDS = 1000, 100  # invokes per model in one timing, over that many interleaved rounds
 
-    from edge_sparse.latency.predict import measure_latency
+
+def retime(res: dict) -> None:
+    """Time every shipped bundle again, in one run on a quiet machine, interleaved with the host table's probes of
+    their ops: `measure_many` over the probes, the bundles and each host bundle's dense model together, 1000 invokes
+    each in 100 rounds (10 a round, a fresh order each round), 1 thread; then the whole run again right after.
+
+    This VM runs at two speeds ~1.7x apart that alternate within seconds (2026-12-06: one .tflite's p50 0.81 and
+    1.39 ms in consecutive half-seconds, on either vCPU), in proportions that change over hours: a p90 timed in one
+    spell and a table probed in another measure the spells. Interleaved, every model and every probe samples the
+    same mixture of spells, so the table's prediction on each .tflite (`_predict_now`) is judged against its
+    measurement in the same units. The first run's pooled p90 is kept as `host_measured_p90_ms` (the p90 timed
+    right after its build as `host_measured_p90_ms_at_build`), the second's as `host_measured_p90_ms_again`: how
+    often the machine agrees with itself within ±10 % two minutes later, the floor under any prediction's error."""
+    from edge_sparse.latency import measure_many
 
     rows = [r for r in res["results"] if r["shipped"]]
     paths = {_key(r): OUT / r["model"] / r["budget"].replace(":", "-") / r["budget"].replace(":", "-") / "model.tflite"
@@ -408,29 +421,72 @@ def retime(res: dict) -> None:
     # each host bundle's dense int8 model, timed in the same rounds: the weights' price of `_predict_now`
     dense = {(k[0], "dense"): _dense_tflite(k[0]) for k in paths if k[1].startswith("host")}
     dense = {k: p for k, p in dense.items() if p is not None}
-    got = {k: ([], []) for k in {**paths, **dense}}
+    host = {k: p for k, p in paths.items() if k[1].startswith("host")}
+    suite_dir, suite = _probe_suite([*host.values(), *dense.values()])
+    probe_paths = [suite_dir / p["file"] for p in suite["probes"]]
+    models = {**paths, **dense}
+    n = len(probe_paths)
     load0 = os.getloadavg()[0]
-    for i in range(RETIME_ROUNDS):
-        for k, p in {**paths, **dense}.items():
-            m = measure_latency(p, threads=1, runs=RETIME_RUNS, warmup=50)
-            got[k][0].append(m["p90"])
-            got[k][1].append(m["p50"])
-        _log(f"retime: round {i + 1}/{RETIME_ROUNDS} of {len(paths)} bundles")
+    timed = []
+    for i in range(2):
+        _log(f"retime: run {i + 1}/2: {n} probes and {len(models)} models interleaved, {RETIME_RUNS} invokes each "
+             f"in {RETIME_ROUNDS} rounds ...")
+        t0 = time.time()
+        timed.append(measure_many(probe_paths + list(models.values()), threads=1, runs=RETIME_RUNS,
+                                  rounds=RETIME_ROUNDS))
+        _log(f"retime: run {i + 1}/2 took {time.time() - t0:.0f} s")
     when = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": RETIME_ROUNDS, "runs": RETIME_RUNS,
-            "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+            "with_probes": n, "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    got = [dict(zip(models, t[n:])) for t in timed]
+    table = _table_from(suite, timed[0][:n])
     for r in rows:  # whether the build priced the weights (rows built before zoo.py recorded it)
         meta = paths[_key(r)].parent / "metadata.json"
         if "latency_weights" not in r and meta.is_file():
             r["latency_weights"] = json.loads(meta.read_text())["latency_ms"].get("weights")
-    now = _predict_now({k: p for k, p in paths.items() if k[1].startswith("host")},
-                       {k[0]: (p, median(got[k][1]), median(got[k][0])) for k, p in dense.items()})
+    now = _predict_now(table, host, {k[0]: (p, got[0][k]["p50"], got[0][k]["p90"]) for k, p in dense.items()})
     for r in rows:
-        p90s, p50s = got[_key(r)]
+        k = _key(r)
         r.setdefault("host_measured_p90_ms_at_build", r["host_measured_p90_ms"])
-        r.update(host_measured_p90_ms=median(p90s), host_measured_p50_ms=median(p50s),
-                 host_p90_rounds=[round(v, 4) for v in p90s], retimed=when)
-        if _key(r) in now:
-            r["host_predicted_now"] = now[_key(r)]
+        r.pop("host_p90_rounds", None)  # the earlier retime's rounds: this one pools them
+        r.update(host_measured_p90_ms=got[0][k]["p90"], host_measured_p50_ms=got[0][k]["p50"],
+                 host_measured_p90_ms_again=got[1][k]["p90"], retimed=when)
+        r.pop("host_predicted_now", None)
+        if k in now:
+            r["host_predicted_now"] = now[k]
+
+
+def _probe_suite(tflites: list) -> tuple[Path, dict]:
+    """The host table's probes (one int8 op per .tflite, `probes.write_suite`) for every op of `tflites`, built once
+    under build/zoo/retime-probes-<hash of their keys>."""
+    import hashlib
+
+    from edge_sparse import _io
+    from edge_sparse.latency import probes
+    from edge_sparse.latency.ops import tflite_ops
+
+    need = {}
+    for p in tflites:
+        for o in tflite_ops(p):
+            o = o.replace(name="")
+            need.setdefault(o.key, o)
+    key = json.dumps([probes.VERSION, *sorted(need)])
+    suite_dir = OUT / ("retime-probes-" + hashlib.sha256(key.encode()).hexdigest()[:12])
+    if not (suite_dir / "probes.json").is_file():
+        _log(f"retime: building {len(need)} probes (one int8 op each) ...")
+        with _io.atomic_dir(suite_dir) as tmp:
+            probes.write_suite(need.values(), tmp)
+    return suite_dir, json.loads((suite_dir / "probes.json").read_text())
+
+
+def _table_from(suite: dict, timings: list):
+    """The host table of the probes' timings in this run (`LatencyTable.from_timings`, as a build's probing makes it)."""
+    from edge_sparse.latency.host import provenance
+    from edge_sparse.latency.table import LatencyTable
+
+    return LatencyTable.from_timings(
+        suite, {"timings": {p["name"]: m for p, m in zip(suite["probes"], timings)}},
+        provenance(1, f"benchmarks.zoo --retime: probes timed in the same interleaved run as the bundles "
+                      f"({RETIME_RUNS} invokes in {RETIME_ROUNDS} rounds)"))
 
 
 def _dense_tflite(model: str) -> Optional[Path]:
@@ -439,32 +495,25 @@ def _dense_tflite(model: str) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def _predict_now(paths: dict, dense: dict) -> dict:
-    """The host table of this session (re-probed when the machine drifted >10 % since it was made) on each shipped
-    .tflite's own op list (`tflite_ops`): the prediction made at build time used the table of that hour, and this
-    shared VM's speed drifts by up to ~20 % over hours, so a retime compares with both. With `dense`
-    ({model: (dense int8 .tflite, its p50 and p90 timed in this retime)}), the prediction also prices each op's weights
-    and anchors the table's tail curve as a build does (`Pricer.calibrate_weights`, from the dense model timed whole);
-    `table_only_p90_ms` is without either."""
-    from edge_sparse.latency.host import host_table
+def _predict_now(table, paths: dict, dense: dict) -> dict:
+    """`table` (probed in the retime's own run) on each shipped .tflite's own op list (`tflite_ops`), as a build
+    prices a model. With `dense` ({model: (dense int8 .tflite, its p50 and p90 timed in the same run)}), each op's
+    weights are priced and the table's tail curve anchored as a build does (`Pricer.calibrate_weights`, from the
+    dense model timed whole); `table_only_p90_ms` is without either."""
     from edge_sparse.latency.ops import tflite_ops
     from edge_sparse.latency.predict import Pricer
     from edge_sparse.targets import load_target
 
-    ops = {k: tflite_ops(p) for k, p in paths.items()}
-    dense_ops = {m: tflite_ops(p) for m, (p, *_) in dense.items()}
-    if not ops:
-        return {}
-    table = host_table([o for v in [*ops.values(), *dense_ops.values()] for o in v], 1,
-                       cache_dir=ROOT / "build" / "latency", log=_log)
     out = {}
-    for k, v in ops.items():
+    for k, p in paths.items():
+        v = tflite_ops(p)
         pr = Pricer(load_target("host"), "measured", dict(table.provenance), table)
         only = round(table.predict(v)["p90"], 5)
-        row = {"p90_ms": only, "table_only_p90_ms": only, "table_date": table.provenance.get("date")}
+        row = {"p90_ms": only, "table_only_p90_ms": only, "table_date": table.provenance.get("date"),
+               "table": "probed in the retime's own run"}
         if k[0] in dense:
-            w = pr.calibrate_weights(dense_ops[k[0]], dense[k[0]][1], "the dense int8 model timed in this retime",
-                                     measured_p90_ms=dense[k[0]][2])
+            w = pr.calibrate_weights(tflite_ops(dense[k[0]][0]), dense[k[0]][1],
+                                     "the dense int8 model timed in the retime's own run", measured_p90_ms=dense[k[0]][2])
             row.update(p90_ms=round(pr.predict_ops(v)["p90"], 5), weights=w)
         out[k] = row
     return out

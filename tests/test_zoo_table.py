@@ -26,3 +26,24 @@ def test_refusals_are_counted_apart_by_kind():
     md = zoo.markdown({"results": rows})
     assert "**budget unreachable at the narrowest widths**: 1 (ghostnet_100 rpi4:2x)" in md
     assert "0 of the 20 zoo models shipped at both budgets" in md
+
+
+def _host(model: str, pred: float, meas: float, again: float) -> dict:
+    return {"model": model, "budget": "host:1.5x", "shipped": True, "predicted_p90_ms": pred, "host_measured_p90_ms": meas,
+            "host_measured_p90_ms_again": again, "host_measured_p90_ms_at_build": pred, "build_s": 1.0,
+            "sparsity": 0.5, "dense_macs": 2e6, "macs": 1e6, "dense_params": 2e4, "params": 1e4, "budget_ms": 1.5,
+            "int8_agreement_pct": 99.0, "tflite_int8_acc": 50.0, "torch_fp32_acc": 50.0,
+            "retimed": {"date": "2026-12-06 09:22", "rounds": 100, "runs": 1000, "with_probes": 3,
+                        "load_avg_1min": [0.1, 0.2]}}
+
+
+def test_the_retime_reports_how_often_the_machine_agrees_with_itself():
+    """A prediction cannot be judged more finely than the same timing repeats: the claim counts the bundles whose
+    second interleaved timing is within ±10 % of the first, beside the predictions within ±10 %."""
+    rows = [_host("lcnet_050", 1.0, 1.0, 1.05), _host("tinynet_e", 1.0, 1.0, 1.25), _host("mnasnet0_5", 1.3, 1.0, 0.95)]
+    c = zoo.claim({"results": rows})
+    assert (c["host_within_10"], c["host_in_run"]) == (2, 3)
+    assert (c["again_within_10"], c["again"]) == (2, 3)
+    md = zoo.markdown({"results": rows})
+    assert "the machine against itself (the same run again, right after): 2 of 3 within ±10 %" in md
+    assert "interleaved with the 3 probes of their ops, 1000 invokes each in 100 rounds" in md
