@@ -117,8 +117,13 @@ def section(r: dict) -> str:
                      f"{'yes' if row['same_bytes'] else '**no**'} |")
     varied = [row["model"] for row in r["rows"] if not row.get("all_rounds_same", True)]
     lines += ["", "The same bytes: round 1's two conversions, the first two of the process. " + (
-        f"Later rounds of {', '.join(varied)} gave other bytes in both ways alike (a later conversion in one process "
-        f"can differ from the first; not from this change, and not looked into yet). " if varied else ""),
+        f"Later rounds of {', '.join(varied)} gave other bytes in both ways alike: from a process's third conversion on, "
+        f"the converter can schedule independent branches in another order (resnet8's shortcut and main-path convs; "
+        f"the same ops, weights and scales, and the same int8 outputs on 64 images: checked 2026-12-06). Keras numbered "
+        f"the layers per process; each conversion now starts a fresh Keras session, which makes them all alike. "
+        if varied else "Since 2026-12-06 each conversion starts a fresh Keras session, so every round gives the "
+        "bytes a fresh process gives, names included (before, Keras numbered the layers per process, and from a "
+        "process's third conversion the converter could order a residual block's branches otherwise). "),
               "The shipped files do not change (in separate processes, byte for byte, names included: checked on "
               "mobilenet_v3_small, resnet18 and shufflenet_v2_x0_5 at 96 px); only the time to make them. In a build this "
               "conversion runs once per timed finalist (host budgets), twice per export (the bundle's model and the "

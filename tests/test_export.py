@@ -191,6 +191,19 @@ def test_conversion_writes_only_the_saved_model_and_the_same_int8_bytes(tmp_path
     assert unnamed(out[False]) == unnamed(out[True])
 
 
+def test_conversions_in_one_process_give_the_same_bytes(tmp_path):
+    """A build converts its timed finalists before it exports the shipped model: the shipped bytes must not depend on
+    how many conversions came first. Keras numbers its layers per process, and without a fresh session every
+    conversion got other tensor names and, from about the third, another order of a residual block's branches."""
+    torch.manual_seed(0)
+    m = models.create("tiny_resnet", in_channels=1, num_classes=10, input_size=16).eval()
+    eonnx.export_fp32(m, (1, 16, 16), tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).normal(size=(8, 16, 16, 1)).astype(np.float32)
+    got = [etflite._convert_bytes(etflite.onnx_to_saved_model(tmp_path / "m.onnx", calib, tmp_path / f"w{i}"), calib)
+           for i in range(3)]
+    assert got[0] == got[1] == got[2]
+
+
 def test_bad_inputs(exported, tmp_path):
     d = exported["dir"]
     trunc = tmp_path / "trunc.onnx"

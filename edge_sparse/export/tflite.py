@@ -63,6 +63,7 @@ def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path,
     beside it), for benchmarks/convert_speed.py; the same SavedModel graph, 1.5-4x slower there."""
     import onnx
     import onnx2tf
+    import tf_keras
 
     from edge_sparse.export import onnx as eonnx, rewrite
 
@@ -74,6 +75,11 @@ def _onnx_to_saved_model(onnx_path: Path, calib_nhwc: np.ndarray, workdir: Path,
     onnx.save(mp, str(onnx_path))
     np.save(workdir / ONNX2TF_SAMPLE, _onnx2tf_sample(calib_nhwc))
     out = workdir / "saved_model"
+    # Keras numbers the layers it builds per process (tf.nn.convolution_9, then _10): from a process's second
+    # conversion on, the names changed, and from about its third the converter scheduled independent branches in
+    # another order (the same ops and weights). A fresh Keras session each time makes every conversion in a process
+    # give the bytes a fresh process gives, whatever a build converted before it (its timed finalists).
+    tf_keras.backend.clear_session()
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
