@@ -396,7 +396,7 @@ def retime(res: dict) -> None:
     their ops: `measure_many` over the probes, the bundles and each host bundle's dense model together, 1000 invokes
     each in 100 rounds (10 a round, a fresh order each round), 1 thread; then the whole run again right after.
 
-    This VM runs at two speeds ~1.7x apart that alternate within seconds (2026-12-06: one .tflite's p50 0.81 and
+    This VM runs at two speeds 1.7-2.2x apart that alternate within seconds (2026-12-06: one .tflite's p50 0.81 and
     1.39 ms in consecutive half-seconds, on either vCPU), in proportions that change over hours: a p90 timed in one
     spell and a table probed in another measure the spells. Interleaved, every model and every probe samples the
     same mixture of spells, so the table's prediction on each .tflite (`_predict_now`) is judged against its
