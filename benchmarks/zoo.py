@@ -403,7 +403,8 @@ def retime(res: dict) -> None:
     measurement in the same units. The first run's pooled p90 is kept as `host_measured_p90_ms` (the p90 timed
     right after its build as `host_measured_p90_ms_at_build`), the second's as `host_measured_p90_ms_again`: how
     often the machine agrees with itself within ±10 % two minutes later, the floor under any prediction's error."""
-    from edge_sparse.latency import measure_many
+    from edge_sparse.latency import measure_many, probes
+    from edge_sparse.latency.ops import tflite_ops
 
     rows = [r for r in res["results"] if r["shipped"]]
     paths = {_key(r): OUT / r["model"] / r["budget"].replace(":", "-") / r["budget"].replace(":", "-") / "model.tflite"
@@ -422,7 +423,9 @@ def retime(res: dict) -> None:
     dense = {(k[0], "dense"): _dense_tflite(k[0]) for k in paths if k[1].startswith("host")}
     dense = {k: p for k, p in dense.items() if p is not None}
     host = {k: p for k, p in paths.items() if k[1].startswith("host")}
-    suite_dir, suite = _probe_suite([*host.values(), *dense.values()])
+    ops = {p: tflite_ops(p) for p in [*host.values(), *dense.values()]}  # read once: the probes and the predictions
+    suite_dir, suite = probes.cached_suite([o.replace(name="") for v in ops.values() for o in v], OUT,
+                                           prefix="retime-probes-", log=lambda m: _log(f"retime: {m}"))
     probe_paths = [suite_dir / p["file"] for p in suite["probes"]]
     models = {**paths, **dense}
     n = len(probe_paths)
@@ -443,7 +446,8 @@ def retime(res: dict) -> None:
         meta = paths[_key(r)].parent / "metadata.json"
         if "latency_weights" not in r and meta.is_file():
             r["latency_weights"] = json.loads(meta.read_text())["latency_ms"].get("weights")
-    now = _predict_now(table, host, {k[0]: (p, got[0][k]["p50"], got[0][k]["p90"]) for k, p in dense.items()})
+    now = _predict_now(table, {k: ops[p] for k, p in host.items()},
+                       {k[0]: (ops[p], got[0][k]["p50"], got[0][k]["p90"]) for k, p in dense.items()})
     for r in rows:
         k = _key(r)
         r.setdefault("host_measured_p90_ms_at_build", r["host_measured_p90_ms"])
@@ -453,29 +457,6 @@ def retime(res: dict) -> None:
         r.pop("host_predicted_now", None)
         if k in now:
             r["host_predicted_now"] = now[k]
-
-
-def _probe_suite(tflites: list) -> tuple[Path, dict]:
-    """The host table's probes (one int8 op per .tflite, `probes.write_suite`) for every op of `tflites`, built once
-    under build/zoo/retime-probes-<hash of their keys>."""
-    import hashlib
-
-    from edge_sparse import _io
-    from edge_sparse.latency import probes
-    from edge_sparse.latency.ops import tflite_ops
-
-    need = {}
-    for p in tflites:
-        for o in tflite_ops(p):
-            o = o.replace(name="")
-            need.setdefault(o.key, o)
-    key = json.dumps([probes.VERSION, *sorted(need)])
-    suite_dir = OUT / ("retime-probes-" + hashlib.sha256(key.encode()).hexdigest()[:12])
-    if not (suite_dir / "probes.json").is_file():
-        _log(f"retime: building {len(need)} probes (one int8 op each) ...")
-        with _io.atomic_dir(suite_dir) as tmp:
-            probes.write_suite(need.values(), tmp)
-    return suite_dir, json.loads((suite_dir / "probes.json").read_text())
 
 
 def _table_from(suite: dict, timings: list):
@@ -495,24 +476,22 @@ def _dense_tflite(model: str) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def _predict_now(table, paths: dict, dense: dict) -> dict:
-    """`table` (probed in the retime's own run) on each shipped .tflite's own op list (`tflite_ops`), as a build
-    prices a model. With `dense` ({model: (dense int8 .tflite, its p50 and p90 timed in the same run)}), each op's
-    weights are priced and the table's tail curve anchored as a build does (`Pricer.calibrate_weights`, from the
-    dense model timed whole); `table_only_p90_ms` is without either."""
-    from edge_sparse.latency.ops import tflite_ops
+def _predict_now(table, ops: dict, dense: dict) -> dict:
+    """`table` (probed in the retime's own run) on each shipped .tflite's own op list (`ops`: {key: `tflite_ops`}), as
+    a build prices a model. With `dense` ({model: (the dense int8 .tflite's ops, its p50 and p90 timed in the same
+    run)}), each op's weights are priced and the table's tail curve anchored as a build does
+    (`Pricer.calibrate_weights`, from the dense model timed whole); `table_only_p90_ms` is without either."""
     from edge_sparse.latency.predict import Pricer
     from edge_sparse.targets import load_target
 
     out = {}
-    for k, p in paths.items():
-        v = tflite_ops(p)
+    for k, v in ops.items():
         pr = Pricer(load_target("host"), "measured", dict(table.provenance), table)
         only = round(table.predict(v)["p90"], 5)
         row = {"p90_ms": only, "table_only_p90_ms": only, "table_date": table.provenance.get("date"),
                "table": "probed in the retime's own run"}
         if k[0] in dense:
-            w = pr.calibrate_weights(tflite_ops(dense[k[0]][0]), dense[k[0]][1],
+            w = pr.calibrate_weights(dense[k[0]][0], dense[k[0]][1],
                                      "the dense int8 model timed in the retime's own run", measured_p90_ms=dense[k[0]][2])
             row.update(p90_ms=round(pr.predict_ops(v)["p90"], 5), weights=w)
         out[k] = row

@@ -96,13 +96,7 @@ def run(target: str = "host", per_arch: int = 10, seed: int = 0, cache: Path | s
     # The table under test is probed in the same interleaved run as the models it predicts: on a shared
     # machine whose speed drifts by tens of percent over hours, a table probed yesterday and models timed
     # today would measure the drift, not the predictor (the cached table's error is reported beside it).
-    key = json.dumps([probes.VERSION, *sorted(need)])
-    suite_dir = cache / ("probes-" + hashlib.sha256(key.encode()).hexdigest()[:12])
-    if not (suite_dir / "probes.json").is_file():
-        log(f"  building {len(need)} probes (one int8 op each) ...")
-        with _io.atomic_dir(suite_dir) as tmp:
-            probes.write_suite(need.values(), tmp)
-    suite = json.loads((suite_dir / "probes.json").read_text())
+    suite_dir, suite = probes.cached_suite(need.values(), cache, log=lambda m: log(f"  {m}"))
     probe_paths = [suite_dir / p["file"] for p in suite["probes"]]
     log(f"  timing {len(probe_paths)} probes and {len(paths)} models side by side ({runs} invokes each, "
         f"{t.threads} thread(s)), twice ...")

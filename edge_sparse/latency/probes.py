@@ -227,6 +227,22 @@ def write_suite(ops: Iterable[Op], directory: Path) -> Path:
     return d
 
 
+def cached_suite(ops: Iterable[Op], parent: Path, prefix: str = "probes-", log=None) -> tuple[Path, dict]:
+    """`write_suite` for `ops`, built once under `parent`/<prefix><hash of their keys and VERSION> (a later call with
+    the same shapes reuses it); the suite's directory and its probes.json."""
+    need: dict = {}
+    for o in ops:
+        need.setdefault(o.key, o)
+    key = json.dumps([VERSION, *sorted(need)])
+    suite_dir = Path(parent) / (prefix + hashlib.sha256(key.encode()).hexdigest()[:12])
+    if not (suite_dir / "probes.json").is_file():
+        if log:
+            log(f"building {len(need)} probes (one int8 op each) ...")
+        with _io.atomic_dir(suite_dir) as tmp:
+            write_suite(need.values(), tmp)
+    return suite_dir, json.loads((suite_dir / "probes.json").read_text())
+
+
 def time_suite(directory: Path, threads: int, *, runs: int = 100, rounds: int = 5, runtime: Optional[str] = None,
                python: str = sys.executable, timeout: float = 900) -> dict:
     """Time a probe suite on this host with the bundle's own harness (`bench.py --probes`)."""
